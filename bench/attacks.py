@@ -1,0 +1,76 @@
+"""Shared attack building blocks: one L-inf PGD loop parameterised by objective and start.
+
+Every method's training-time attack and every evaluation attack is this loop with its own
+objective; a method only says which networks, in which mode, the objective runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Start = Literal["none", "uniform", "normal"]
+KLReduction = Literal["mean", "batchmean", "sum"]
+
+
+def kl(target_logits: Tensor, input_logits: Tensor, reduction: KLReduction, t: float = 1.0) -> Tensor:
+    """KL(softmax(target/t) || softmax(input/t)) as `F.kl_div` computes it (methods.md notation).
+
+    No temperature-squared factor: the methods multiply by t**2 themselves where they do.
+    "mean" is computed as sum / (B*C) explicitly: PyTorch has announced that its own "mean"
+    will turn into "batchmean", which would silently change the faithful presets.
+    """
+    out = F.kl_div(F.log_softmax(input_logits / t, dim=1), F.softmax(target_logits / t, dim=1),
+                   reduction="sum" if reduction == "mean" else reduction)
+    return out / input_logits.numel() if reduction == "mean" else out
+
+
+def cw_margin(logits: Tensor, y: Tensor) -> Tensor:
+    """Summed Carlini-Wagner margin: best wrong logit minus true logit (to maximise)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    wrong = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return (wrong - true).sum()
+
+
+def random_start(x: Tensor, start: Start, eps: float, clamp: bool) -> Tensor:
+    """The attack's starting point: x itself, uniform in the eps ball, or x + 0.001 N(0, I)."""
+    if start == "none":
+        x0 = x.clone()
+    elif start == "uniform":
+        x0 = x + torch.empty_like(x).uniform_(-eps, eps)
+    elif start == "normal":
+        x0 = x + 0.001 * torch.randn_like(x)
+    else:
+        raise ValueError(f"unknown start {start!r}")
+    return x0.clamp(0.0, 1.0) if clamp else x0
+
+
+def pgd(
+    objective: Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    eps: float,
+    step: float,
+    steps: int,
+    start: Start,
+    clamp_start: bool = True,
+) -> Tensor:
+    """L-inf PGD maximising `objective(x_adv)` (a scalar), pixels kept in [0, 1].
+
+    Each step is x <- clip(Proj_eps(x + step * sign(grad)), 0, 1), as in every reference code.
+    Networks stay in whatever mode the caller put them in.
+    """
+    x = x.detach()
+    x_adv = random_start(x, start, eps, clamp_start).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            loss = objective(x_adv)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = x_adv.detach() + step * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    return x_adv.detach()

@@ -1,0 +1,1 @@
+"""In-tree methods: one module per method, each registering one Distiller."""

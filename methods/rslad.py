@@ -1,0 +1,64 @@
+"""RSLAD (Zi et al., ICCV 2021): robust soft-label distillation from a fixed robust teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bench.attacks import kl, pgd
+from bench.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
+from bench.registry import register
+
+
+@dataclass(frozen=True)
+class RSLADParams(Params):
+    """Defaults: CIFAR-10. Milestones 215/260/285 are 0-based (decay AFTER epoch 215 of 1..300)."""
+
+    epochs: int = 300
+    milestones: tuple[int, ...] = (215, 260, 285)
+    seed: int | None = 0
+    w_adv: float = 5 / 6
+    w_nat: float = 1 / 6
+    scale: float = 1.0  # x10 on CIFAR-100
+    kl_eps: float = 1e-5  # the authors' hand-written KL: b*log(b + eps) - b*log_softmax(s)
+
+
+def rslad_kl(t_logits: Tensor, s_logits: Tensor, eps: float) -> Tensor:
+    """The authors' KL, averaged over B*C; eps=0 is exactly KL_mean."""
+    b = F.softmax(t_logits, dim=1)
+    if eps == 0:
+        return kl(t_logits, s_logits, "mean")
+    return (b * torch.log(b + eps) - b * F.log_softmax(s_logits, dim=1)).mean()
+
+
+@register("rslad")
+class RSLAD(Distiller):
+    """RSLAD (Zi et al. 2021): distil a robust teacher's clean soft labels on S's own x'."""
+
+    needs_teacher = True
+    Params = RSLADParams
+    presets = {
+        "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(scale=10.0)}),
+        "paper": PAPER,
+        "exact-kl": Preset("faithful with the exact mean KL (no 1e-5 shift in the log)",
+                           common=dict(kl_eps=0.0), base="faithful"),
+    }
+
+    def attack(self, x: Tensor, y: Tensor) -> Tensor:
+        s = self.student.eval()
+        with torch.no_grad():
+            t = self.teacher(x)
+        return pgd(lambda xa: kl(t, s(xa), "sum"), x, eps=self.p.eps, step=self.p.step,
+                   steps=self.p.steps, start="normal", clamp_start=False)
+
+    def loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
+        s_net = self.student.train()
+        s_adv, s_nat = s_net(x_adv), s_net(x)
+        with torch.no_grad():
+            t = self.teacher(x)
+        e = self.p.kl_eps
+        return self.p.scale * (self.p.w_adv * rslad_kl(t, s_adv, e)
+                               + self.p.w_nat * rslad_kl(t, s_nat, e))
