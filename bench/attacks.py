@@ -17,7 +17,8 @@ Start = Literal["none", "uniform", "normal"]
 KLReduction = Literal["mean", "batchmean", "sum"]
 
 
-def kl(target_logits: Tensor, input_logits: Tensor, reduction: KLReduction, t: float = 1.0) -> Tensor:
+def kl(target_logits: Tensor, input_logits: Tensor, reduction: KLReduction,
+       t: float = 1.0) -> Tensor:
     """KL(softmax(target/t) || softmax(input/t)) as `F.kl_div` computes it (methods.md notation).
 
     No temperature-squared factor: the methods multiply by t**2 themselves where they do.

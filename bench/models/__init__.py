@@ -15,7 +15,7 @@ from bench.suggest import unknown
 
 Factory = Callable[..., nn.Module]
 _MODELS: dict[str, Factory] = {}
-_MODULES = ("small", "resnet")  # in-tree model modules, imported on first use
+_MODULES = ("small", "resnet", "preact", "wrn", "mobilenet")  # in-tree, imported on first use
 
 
 def register_model(name: str) -> Callable[[Factory], Factory]:

@@ -1,0 +1,119 @@
+"""A cell of the benchmark grid: one (method, preset, data set, arch, seed) training run.
+
+Resolving a cell fixes every hyper-parameter; its id is a hash of that resolved config, so
+the same experiment always maps to the same checkpoint folder and result rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import BenchError, data, registry
+from bench.distiller import Distiller, Params
+from bench.models import model_names
+from bench.suggest import unknown
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What the user asked for; `resolve()` turns it into a fully specified experiment."""
+
+    method: str
+    dataset: str = "digits"
+    arch: str | None = None  # None: the data set's default architecture
+    seed: int = 0
+    preset: str = "faithful"
+    overrides: tuple[tuple[str, Any], ...] = ()
+    peer_arch: str | None = None  # PeerAiD's peer; None: same as the student
+    teacher: str | None = None  # a checkpoint file; None: train (and cache) one
+    teacher_arch: str | None = None
+    teacher_method: str = "pgdat"
+    select: str = "test"  # model selection split: "test" (as the papers) or "val"
+    select_every: int = 1
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A cell with every choice made: what the runner trains and the store records."""
+
+    cell: Cell
+    cls: type[Distiller]
+    spec: data.DataSpec
+    arch: str
+    params: Params
+    teacher_cell: Cell | None = None
+    teacher_file: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps(self.config, sort_keys=True, default=str).encode()
+        digest = hashlib.sha256(blob).hexdigest()[:10]
+        c = self.cell
+        return f"{c.method}-{c.preset}-{c.dataset}-{self.arch}-s{c.seed}-{digest}"
+
+
+def _check_arch(name: str | None) -> None:
+    if name is not None and name not in model_names():
+        raise unknown("arch", name, model_names())
+
+
+def _file_digest(path: Path) -> str:
+    if not path.is_file():
+        raise BenchError(f"teacher checkpoint {path} does not exist")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _check_params(p: Params) -> None:
+    """Reject values that can only be typos: a silent wrong result is worse than an error."""
+    if not 0 < p.eps <= 1:
+        raise BenchError(f"eps must be in (0, 1] for pixels in [0, 1], got {p.eps}")
+    if not 0 < p.step <= p.eps * 4:
+        raise BenchError(f"step must be in (0, 4*eps], got {p.step} with eps {p.eps}")
+    if p.steps < 1 or p.epochs < 1 or p.batch_size < 1:
+        raise BenchError(f"steps, epochs and batch size must be >= 1, got "
+                         f"{p.steps}, {p.epochs}, {p.batch_size}")
+    if not p.lr > 0:
+        raise BenchError(f"lr must be > 0, got {p.lr}")
+
+
+def resolve(cell: Cell) -> Resolved:
+    """Fix every hyper-parameter of `cell`, with a clear error for anything invalid."""
+    cls = registry.get(cell.method)
+    spec = data.spec(cell.dataset)
+    for a in (cell.arch, cell.peer_arch, cell.teacher_arch):
+        _check_arch(a)
+    if cell.seed < 0:
+        raise BenchError(f"seeds must be >= 0, got {cell.seed}")
+    if cell.select not in ("test", "val"):
+        raise BenchError(f"--select must be 'test' or 'val', got {cell.select!r}")
+    if cell.select_every < 1:
+        raise BenchError(f"--select-every must be >= 1, got {cell.select_every}")
+    arch = cell.arch or spec.default_arch
+    params = cls.resolve(cell.preset, cell.dataset, arch=arch, budget=spec.budget,
+                         **dict(cell.overrides))
+    _check_params(params)
+    teacher_cell = teacher_file = None
+    teacher_id: str | None = None
+    if cls.needs_teacher:
+        if cell.teacher:
+            teacher_file = Path(cell.teacher)
+            teacher_id = f"file:{_file_digest(teacher_file)}"
+        else:
+            epochs = dict(cell.overrides).get("epochs")
+            teacher_cell = Cell(cell.teacher_method, cell.dataset, cell.teacher_arch or arch,
+                                seed=0, overrides=(("epochs", epochs),) if epochs else ())
+            teacher_id = resolve(teacher_cell).id
+    config = {
+        "method": cell.method, "preset": cell.preset, "dataset": cell.dataset, "arch": arch,
+        "seed": cell.seed, "params": dataclasses.asdict(params),
+        "peer_arch": (cell.peer_arch or arch) if cls.needs_peer else None,
+        "teacher": teacher_id, "teacher_arch": (cell.teacher_arch or arch) if teacher_id else None,
+        "select": cell.select, "select_every": cell.select_every,
+    }
+    return Resolved(cell, cls, spec, arch, params, teacher_cell, teacher_file, config)

@@ -1,0 +1,149 @@
+"""The evaluation suite, identical for every method (RobustBench-style protocol).
+
+Clean, FGSM (no random start), PGD-20 (uniform start, step eps/4 = 2/255 at 8/255),
+PGD-20 with RSLAD's small step (0.003 at 8/255), CW-inf (PGD-30 on the CW margin) and
+AutoAttack "standard" through the real `pyautoattack` code. Models run in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.attacks import cw_margin, pgd
+
+ALL_ATTACKS = ("clean", "fgsm", "pgd20", "pgd20s", "cw", "aa")
+
+
+@dataclass(frozen=True)
+class Threat:
+    """The L-inf threat model of an evaluation; steps scale with eps (2/255 and 0.003 at 8/255)."""
+
+    eps: float
+
+    @property
+    def step(self) -> float:
+        return self.eps / 4
+
+    @property
+    def small_step(self) -> float:
+        return 0.003 * self.eps / (8 / 255)
+
+
+def _ce_sum(model: nn.Module, y: Tensor) -> Callable[[Tensor], Tensor]:
+    return lambda xa: F.cross_entropy(model(xa), y, reduction="sum")
+
+
+def adversarial(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat) -> Tensor:
+    """Adversarial examples of one white-box attack of the suite (AutoAttack aside)."""
+    e = threat.eps
+    if attack == "clean":
+        return x
+    if attack == "fgsm":
+        return pgd(_ce_sum(model, y), x, eps=e, step=e, steps=1, start="none")
+    if attack == "pgd10":
+        return pgd(_ce_sum(model, y), x, eps=e, step=threat.step, steps=10, start="uniform")
+    if attack == "pgd20":
+        return pgd(_ce_sum(model, y), x, eps=e, step=threat.step, steps=20, start="uniform")
+    if attack == "pgd20s":
+        return pgd(_ce_sum(model, y), x, eps=e, step=threat.small_step, steps=20, start="uniform")
+    if attack == "cw":
+        return pgd(lambda xa: cw_margin(model(xa), y), x, eps=e, step=threat.step, steps=30,
+                   start="uniform")
+    raise ValueError(f"unknown attack {attack!r}")
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
+             batch_size: int = 256, device: str | torch.device = "cpu") -> float:
+    """Accuracy of `model` (eval mode) on (x, y) under `attack`."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        xa = adversarial(model, xb, yb, attack, threat)
+        with torch.no_grad():
+            correct += (model(xa).argmax(1) == yb).sum().item()
+    return correct / len(y)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, batch_size: int = 500,
+               device: str | torch.device = "cpu", state_path: Path | None = None,
+               seed: int = 0) -> tuple[float, list[str]]:
+    """AutoAttack standard accuracy and its own warning flags (gradient-masking checks).
+
+    `state_path` is pyautoattack's resumable state file. Its own resume path leaves `y_adv`
+    unbound (pyautoattack 0.2.0), so an interrupted evaluation is resumed here instead: the
+    attacks not yet finished run on the images the state still marks robust.
+    """
+    from pyautoattack import AutoAttack
+    from pyautoattack.state import EvaluationState
+
+    model.eval()
+    collect = _Collect()
+    logger = logging.getLogger("auto-attack")
+    logger.addHandler(collect)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make = partial(AutoAttack, model, eps=eps, norm="Linf", device=device, seed=seed)
+            if state_path is not None and state_path.exists():
+                state = EvaluationState.from_disk(state_path)
+                robust = state.robust_flags.clone()
+                todo = [a for a in make(version="standard").attacks_to_run
+                        if a not in state.run_attacks]
+                idx = robust.nonzero().flatten()
+                if todo and len(idx):
+                    _, y_adv = make(version="custom", attacks=todo).run_standard_evaluation(
+                        x[idx].to(device), y[idx].to(device), batch_size=batch_size)
+                    robust[idx] = y_adv.cpu() == y[idx].cpu()
+            else:
+                _, y_adv = make(version="standard").run_standard_evaluation(
+                    x.to(device), y.to(device), batch_size=batch_size, state_path=state_path)
+                robust = y_adv.cpu() == y.cpu()
+    finally:
+        logger.removeHandler(collect)
+    flags = collect.messages + [str(w.message) for w in caught
+                                if "pyautoattack" in (w.filename or "")]
+    return robust.float().mean().item(), sorted(set(flags))
+
+
+def subset(n: int, k: int | None, seed: int = 0) -> Tensor:
+    """A fixed, seeded, sorted subset of k indices out of n (all of them when k is None)."""
+    if k is None or k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, *,
+             attacks: tuple[str, ...] = ALL_ATTACKS, aa_samples: int | None = None,
+             device: str | torch.device = "cpu", batch_size: int = 256,
+             aa_state: Path | None = None) -> dict[str, object]:
+    """Run the suite; each metric `m` comes with `n_m`, the number of images it was measured on."""
+    out: dict[str, object] = {}
+    for a in attacks:
+        if a == "aa":
+            idx = subset(len(y), aa_samples)
+            out["aa"], out["aa_flags"] = autoattack(
+                model, x[idx], y[idx], threat.eps, device=device, state_path=aa_state)
+            out["n_aa"] = len(idx)
+        else:
+            out[a] = accuracy(model, x, y, a, threat, batch_size, device)
+            out[f"n_{a}"] = len(y)
+    return out

@@ -1,0 +1,106 @@
+"""One cell end to end: resolve, get its teacher, train (or resume), evaluate, store rows."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import __version__, data
+from bench.cells import Cell, Resolved, resolve
+from bench.evaluate import ALL_ATTACKS, Threat, evaluate
+from bench.runner import RunOptions, Trainer, _tensors, teacher_for
+from bench.store import Store
+
+EMBEDDED_AA_SAMPLES = 100  # AutoAttack's Square attack dominates a CPU run; seeded subset
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """The evaluation protocol: which attacks, and AutoAttack on how many test images."""
+
+    attacks: tuple[str, ...] = ALL_ATTACKS
+    aa_samples: int | None = None  # None: the data set's default (all images for real sets)
+
+
+def _versions() -> dict[str, str]:
+    out = {"bench": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "pyautoattack"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+        return res.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _device_name(device: str) -> str:
+    d = torch.device(device)
+    if d.type == "cuda":
+        return torch.cuda.get_device_name(d)
+    return f"{d.type} ({platform.processor() or platform.machine()})"
+
+
+def row_key(r: Resolved, checkpoint: str) -> str:
+    return f"{r.id}--{checkpoint}"
+
+
+def stored(r: Resolved, store: Store) -> bool:
+    """Whether the cell's rows are already in the store (its `last` row is written last)."""
+    return store.has(row_key(r, "last"))
+
+
+def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
+             redo: bool = False) -> list[dict[str, Any]]:
+    """Train and evaluate one cell, unless its rows are already stored; returns new rows."""
+    r = resolve(cell)
+    if stored(r, store) and not redo:
+        opts.log(f"skip {r.id}: already in the store (use --redo to run it again)")
+        return []
+    teacher = teacher_for(r, opts)
+    trainer = Trainer(r, opts, teacher)
+    if redo:
+        for f in [*trainer.dir.glob("*.pt"), *trainer.dir.glob("aa_state_*.json")]:
+            f.unlink()
+    t0 = time.perf_counter()
+    finals = trainer.train()
+    wall = time.perf_counter() - t0
+    x, y = _tensors(data.load(cell.dataset, "test", root=opts.data_root))
+    n_aa = ev.aa_samples if ev.aa_samples is not None else (
+        EMBEDDED_AA_SAMPLES if r.spec.embedded else None)
+    rows = []
+    # `last` goes last: its presence marks the whole cell as stored.
+    for name in sorted(finals, key=lambda n: n == "last"):
+        t1 = time.perf_counter()
+        metrics = evaluate(finals[name], x, y, Threat(r.params.eps), attacks=ev.attacks,
+                           aa_samples=n_aa, device=opts.device,
+                           aa_state=trainer.dir / f"aa_state_{name}.json")
+        row = {
+            "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
+            "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
+            "eps": r.params.eps, **metrics,
+            "train_seconds": round(trainer.train_seconds, 2),
+            "wall_seconds": round(wall, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
+            "config_hash": r.id.rsplit("-", 1)[1], "cell_id": r.id, "config": r.config,
+            "versions": _versions(), "git_commit": _git_commit(),
+            "device": _device_name(opts.device), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        store.put(row_key(r, name), row)
+        rows.append(row)
+        opts.log(f"  [{cell.method}] {name}: " + "  ".join(
+            f"{a} {metrics[a]:.3f}" for a in ev.attacks if a in metrics))
+    return rows

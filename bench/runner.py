@@ -1,0 +1,264 @@
+"""The runner: trains one resolved cell, checkpointing every epoch, resuming exactly.
+
+It owns loops, devices, optimizers, LR schedules, SWA, model selection, checkpoints and
+logging; a method only supplies `attack` and `loss`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, update_bn
+
+from bench import BenchError, checkpoint, data, registry
+from bench.cells import Resolved, resolve
+from bench.evaluate import Threat, accuracy
+from bench.models import create_model
+
+SELECT_BATCH = 512
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run (not what): never part of a cell's identity."""
+
+    out: Path = Path("results")
+    device: str = "cpu"
+    data_root: Path | None = None
+    num_workers: int = 0
+    detect_anomaly: bool = False
+    log: Any = print  # a callable taking one line (the CLI passes rich's console.print)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build(r: Resolved, name: str, arch: str) -> nn.Module:
+    """A fresh network of `arch` shaped for the cell's data set."""
+    s = r.spec
+    return create_model(arch, num_classes=s.num_classes, in_channels=s.channels,
+                        image_size=s.image_size)
+
+
+def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop DataParallel/DDP `module.` prefixes from a foreign state dict."""
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, path: Path, what: str) -> nn.Module:
+    """Load a weights file into `model`: bench checkpoints, plain or wrapped state dicts."""
+    state = checkpoint.load_file(path)
+    if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
+        state = state["models"]["student"]
+    elif isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise BenchError(f"{what} {path} holds no state dict of tensors")
+    try:
+        model.load_state_dict(_strip(state))
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()
+        raise BenchError(f"{what} {path} does not fit the architecture: "
+                         f"{detail[1].strip() if len(detail) > 1 else detail[0]}"[:300]) from None
+    return model
+
+
+class Trainer:
+    """One cell's training state: networks, optimizers, schedule, SWA, selection, RNG."""
+
+    def __init__(self, r: Resolved, opts: RunOptions, teacher: nn.Module | None) -> None:
+        self.r, self.opts, self.p = r, opts, r.params
+        self.dir = opts.out / "runs" / r.id
+        self.device = torch.device(opts.device)
+        _seed_all(r.cell.seed)
+        student = build(r, "student", r.arch)
+        peer = build(r, "peer", r.config["peer_arch"]) if r.cls.needs_peer else None
+        if teacher is not None:
+            teacher = teacher.to(self.device)
+        self.method = registry.create(
+            r.cell.method, student=student.to(self.device), teacher=teacher,
+            peer=peer.to(self.device) if peer is not None else None, dataset=r.cell.dataset,
+            preset=r.cell.preset, arch=r.arch, budget=r.spec.budget, **dict(r.cell.overrides))
+        self.nets = {"student": self.method.student}
+        if peer is not None:
+            self.nets["peer"] = self.method.peer
+        self.optims = {k: torch.optim.SGD(m.parameters(), lr=self.p.lr, momentum=self.p.momentum,
+                                          weight_decay=self.p.weight_decay)
+                       for k, m in self.nets.items()}
+        self.swa = AveragedModel(self.method.student) if self.p.swa else None
+        self.epoch = 0
+        self.best = {"best": -1.0, "swa_best": -1.0}
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+
+    # -- data --------------------------------------------------------------------------
+    def _data(self) -> None:
+        c, root = self.r.cell, self.opts.data_root
+        holdout = c.select == "val"
+        self.train_set = data.load(c.dataset, "train", root=root, augment=True, holdout=holdout)
+        sel = data.load(c.dataset, c.select, root=root)
+        self.sel_x, self.sel_y = _tensors(sel)
+
+    def _batches(self, epoch: int, shuffle: bool = True):
+        g = torch.Generator().manual_seed(self.r.cell.seed * 1_000_003 + epoch)
+        for x, y in data.batches(self.train_set, self.p.batch_size, shuffle=shuffle, generator=g,
+                                 num_workers=self.opts.num_workers):
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    # -- checkpoints -------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.dir / "ckpt.pt"
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "id": self.r.id,
+            "models": {k: m.state_dict() for k, m in self.nets.items()},
+            "optims": {k: o.state_dict() for k, o in self.optims.items()},
+            "swa": self.swa.state_dict() if self.swa is not None else None,
+            "best": dict(self.best), "history": list(self.history),
+            "train_seconds": self.train_seconds, "rng": checkpoint.rng_state(),
+        }
+
+    def _restore(self, s: dict[str, Any]) -> None:
+        if s.get("id") != self.r.id:
+            raise BenchError(f"checkpoint {self.ckpt_path} belongs to another cell")
+        for k, m in self.nets.items():
+            m.load_state_dict(s["models"][k])
+        for k, o in self.optims.items():
+            o.load_state_dict(s["optims"][k])
+        if self.swa is not None and s["swa"] is not None:
+            self.swa.load_state_dict(s["swa"])
+        self.epoch, self.best = s["epoch"], dict(s["best"])
+        self.history, self.train_seconds = list(s["history"]), s["train_seconds"]
+        checkpoint.set_rng_state(s["rng"])
+
+    def _save_model(self, name: str, model: nn.Module) -> None:
+        checkpoint.save_weights(self.dir / f"{name}.pt", model, id=self.r.id, epoch=self.epoch)
+
+    # -- training ----------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> float:
+        lr = self.p.lr_at(epoch)
+        for o in self.optims.values():
+            for g in o.param_groups:
+                g["lr"] = lr
+        self.method.epoch = epoch
+        total, n = 0.0, 0
+        for i, (x, y) in enumerate(self._batches(epoch)):
+            x_adv = self.method.attack(x, y)
+            loss = self.method.loss(x, x_adv, y)
+            if not torch.isfinite(loss):
+                raise BenchError(f"loss is {loss.item()} at epoch {epoch} batch {i}: stopped; "
+                                 f"last good checkpoint kept at {self.ckpt_path}")
+            for o in self.optims.values():
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in self.optims.values():
+                o.step()
+            total, n = total + loss.item() * len(y), n + len(y)
+        return total / max(n, 1)
+
+    def _select_acc(self, model: nn.Module) -> float:
+        """PGD-10 accuracy on the selection split (uniform start, step eps/4)."""
+        return accuracy(model, self.sel_x, self.sel_y, "pgd10", Threat(self.p.eps),
+                        SELECT_BATCH, self.device)
+
+    def _after_epoch(self, epoch: int, loss: float, seconds: float) -> None:
+        p = self.p
+        log: dict[str, Any] = {"epoch": epoch, "lr": p.lr_at(epoch), "loss": loss}
+        if self.swa is not None and epoch >= (p.milestones[0] if p.milestones else 0):
+            self.swa.update_parameters(self.method.student)
+            update_bn(self._batches(epoch, shuffle=False), self.swa, device=self.device)
+        last = epoch == p.epochs - 1
+        if epoch % self.r.cell.select_every == 0 or last:
+            log["pgd10"] = self._select_acc(self.method.student)
+            if log["pgd10"] > self.best["best"]:
+                self.best["best"] = log["pgd10"]
+                self._save_model("best", self.method.student)
+            if self.swa is not None and self.swa.n_averaged.item() > 0:
+                log["swa_pgd10"] = self._select_acc(self.swa.module)
+                if log["swa_pgd10"] > self.best["swa_best"]:
+                    self.best["swa_best"] = log["swa_pgd10"]
+                    self._save_model("swa_best", self.swa.module)
+        log["seconds"] = round(seconds, 3)
+        self.history.append(log)
+
+    def train(self) -> dict[str, nn.Module]:
+        """Train (or resume) to the last epoch; return the checkpoints to evaluate by name."""
+        self._data()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.json").write_text(json.dumps(self.r.config, indent=1, default=str))
+        state = checkpoint.load_latest(self.ckpt_path)
+        if state is not None:
+            self._restore(state)
+            if self.epoch < self.p.epochs:
+                self.opts.log(f"  resuming {self.r.id} at epoch {self.epoch}")
+        with torch.autograd.set_detect_anomaly(self.opts.detect_anomaly):
+            while self.epoch < self.p.epochs:
+                t0 = time.perf_counter()
+                loss = self._train_epoch(self.epoch)
+                seconds = time.perf_counter() - t0
+                self.train_seconds += seconds
+                self._after_epoch(self.epoch, loss, seconds)
+                self.epoch += 1
+                checkpoint.save(self.ckpt_path, self._state())
+                self._log_epoch(self.history[-1])
+        return self.finals()
+
+    def _log_epoch(self, h: dict[str, Any]) -> None:
+        sel = "  ".join(f"{k} {h[k]:.3f}" for k in ("pgd10", "swa_pgd10") if k in h)
+        self.opts.log(f"  [{self.r.cell.method}] epoch {h['epoch'] + 1}/{self.p.epochs}  "
+                      f"lr {h['lr']:.4g}  loss {h['loss']:.4f}  {sel}  {h['seconds']:.1f}s")
+
+    def finals(self) -> dict[str, nn.Module]:
+        """last, best (and swa_last, swa_best) students, each loaded on the device."""
+        out = {"last": self.method.student, "best": self._load("best")}
+        if self.swa is not None and self.swa.n_averaged.item() > 0:
+            out["swa_last"] = self.swa.module
+            out["swa_best"] = self._load("swa_best")
+        return out
+
+    def _load(self, name: str) -> nn.Module:
+        model = copy.deepcopy(self.method.student)
+        return load_weights(model, self.dir / f"{name}.pt", f"{name} checkpoint").to(self.device)
+
+
+def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole (evaluation) data set as two tensors."""
+    if isinstance(ds, data.TensorData):
+        return ds.x, ds.y
+    xs, ys = zip(*data.batches(ds, 1000, shuffle=False), strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def teacher_for(r: Resolved, opts: RunOptions) -> nn.Module | None:
+    """The fixed teacher of a distillation cell: loaded from a file, or trained and cached."""
+    if not r.cls.needs_teacher:
+        return None
+    model = build(r, "teacher", r.config["teacher_arch"])
+    if r.teacher_file is not None:
+        return load_weights(model, r.teacher_file, "teacher checkpoint")
+    tr = resolve(r.teacher_cell)
+    cached = opts.out / "teachers" / f"{tr.id}.pt"
+    if not cached.exists():
+        opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
+        best = Trainer(tr, opts, None).train()["best"]
+        checkpoint.save_weights(cached, best, id=tr.id)
+    return load_weights(model, cached, "cached teacher")
+

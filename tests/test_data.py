@@ -1,0 +1,241 @@
+"""bench.data offline: digits, and each on-disk format from small fake files written here."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import torchvision.datasets.cifar as tv_cifar
+import torchvision.datasets.svhn as tv_svhn
+from PIL import Image
+from torch.utils.data import Subset
+from torchvision import transforms as T
+
+from bench import BenchError
+from bench.data import TensorData, batches, dataset_names, load, spec
+
+rng = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every test runs as if offline, fast and deterministic even where the internet is up.
+
+    torchvision reaches the network only through urllib.request.urlopen, so the real download
+    code still runs (and is seen to be attempted) up to the socket.
+    """
+    urls: list[str] = []
+
+    def urlopen(req, *a, **kw):
+        urls.append(getattr(req, "full_url", req))
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return urls
+
+
+@pytest.fixture
+def no_md5(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake files cannot match the real md5 sums torchvision checks, so only for tests that use
+    fake files, integrity means "the file exists"; the layout and parsing stay torchvision's."""
+    for mod in (tv_cifar, tv_svhn):
+        monkeypatch.setattr(mod, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+def _dump(path: Path, obj: dict) -> None:
+    # str keys: the real files are Python 2 pickles whose byte-string keys torchvision reads
+    # as str (encoding="latin1"); Python 3 bytes keys would load as bytes and not be found.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+def _images(n: int, classes: int) -> tuple[np.ndarray, list[int]]:
+    return rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, classes, n).tolist()
+
+
+def _as_x(data: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(data).reshape(-1, 3, 32, 32).float() / 255
+
+
+def _stack(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
+    return torch.stack(xs), torch.tensor(ys)
+
+
+@pytest.fixture(scope="module")
+def cifar10(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """1200 train images (so "val" = 1000 leaves 200), 50 test images."""
+    root = tmp_path_factory.mktemp("cifar10")
+    base, parts = root / "cifar-10-batches-py", {}
+    for name, n in [*((f"data_batch_{i}", 240) for i in range(1, 6)), ("test_batch", 50)]:
+        parts[name] = _images(n, 10)
+        _dump(base / name, {"data": parts[name][0], "labels": parts[name][1]})
+    _dump(base / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+    train = [parts[f"data_batch_{i}"] for i in range(1, 6)]
+    return root, {"train": (np.vstack([d for d, _ in train]), sum((y for _, y in train), [])),
+                  "test": parts["test_batch"]}
+
+
+# --- registry and digits ------------------------------------------------------------------
+
+def test_registry() -> None:
+    assert {"digits", "cifar10", "cifar100", "svhn", "tinyimagenet"} <= set(dataset_names())
+    assert [(spec(n).num_classes, spec(n).channels, spec(n).image_size, spec(n).default_arch)
+            for n in ("cifar100", "svhn", "tinyimagenet")] == \
+        [(100, 3, 32, "resnet18"), (10, 3, 32, "resnet18"), (200, 3, 64, "resnet18")]
+    with pytest.raises(BenchError, match="split"):
+        load("digits", "valid")  # type: ignore[arg-type]
+
+
+def test_digits_splits() -> None:
+    train, test, val = (load("digits", s) for s in ("train", "test", "val"))
+    held = load("digits", "train", holdout=True)
+    for d in (train, test, val, held):
+        assert isinstance(d, TensorData) and d.x.shape[1:] == (1, 8, 8) and d.y.dtype == torch.int64
+        assert d.x.min() >= 0 and d.x.max() <= 1
+    assert len(train) + len(test) == 1797 and len(val) == len(train) // 10
+    assert set(torch.unique(train.y).tolist()) == set(range(10))
+    assert torch.equal(load("digits", "train").x, train.x)  # fixed split
+    rows = lambda d: {tuple(r) for r in d.x.flatten(1).tolist()}  # noqa: E731
+    assert not rows(train) & rows(test)  # the 1797 digits images are all distinct
+    assert len(held) + len(val) == len(train)
+    assert rows(val) <= rows(train) and rows(held) | rows(val) == rows(train)
+    assert torch.equal(torch.cat([held.y, val.y]).sort().values, train.y.sort().values)
+
+
+# --- torchvision sets from fake files -------------------------------------------------------
+
+def test_cifar10_pixels_labels_val(cifar10, no_md5) -> None:
+    root, want = cifar10
+    for split in ("train", "test"):
+        x, y = _stack(load("cifar10", split, root=root))
+        assert torch.equal(x, _as_x(want[split][0])) and y.tolist() == want[split][1]
+    val, held = load("cifar10", "val", root=root), load("cifar10", "train", root=root,
+                                                       augment=True, holdout=True)
+    assert isinstance(val, Subset) and len(val) == 1000 and len(held) == 200
+    assert sorted(val.indices + held.indices) == list(range(1200))
+    assert val.indices == load("cifar10", "val", root=root).indices  # fixed
+    assert [type(t) for t in val.dataset.transform.transforms] == [T.ToTensor]
+    assert [type(t) for t in held.dataset.transform.transforms] == \
+        [T.RandomCrop, T.RandomHorizontalFlip, T.ToTensor]
+
+
+def test_cifar100_fine_labels(tmp_path: Path, no_md5) -> None:
+    base, want = tmp_path / "cifar-100-python", {}
+    for split in ("train", "test"):
+        want[split] = _images(20, 100)
+        _dump(base / split, {"data": want[split][0], "fine_labels": want[split][1],
+                             "coarse_labels": [0] * 20})
+    _dump(base / "meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
+    for split in ("train", "test"):
+        x, y = _stack(load("cifar100", split, root=tmp_path))
+        assert torch.equal(x, _as_x(want[split][0])) and y.tolist() == want[split][1]
+
+
+def test_svhn_mat_layout(tmp_path: Path, no_md5) -> None:
+    for split in ("train", "test"):
+        X = rng.integers(0, 256, (32, 32, 3, 12), dtype=np.uint8)
+        y = np.arange(1, 13, dtype=np.uint8).clip(max=10).reshape(-1, 1)  # SVHN: 10 is digit 0
+        scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {"X": X, "y": y})
+        xs, ys = _stack(load("svhn", split, root=tmp_path))
+        assert torch.equal(xs, torch.from_numpy(X.transpose(3, 2, 0, 1)).float() / 255)
+        assert ys.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 0, 0]
+    aug = load("svhn", "train", root=tmp_path, augment=True).transform.transforms
+    assert [type(t) for t in aug] == [T.RandomCrop, T.ToTensor]  # no flip for digits
+
+
+# --- TinyImageNet from a fake folder --------------------------------------------------------
+
+def _jpeg(path: Path, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).convert(mode).save(path)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    base = tmp_path / "tiny-imagenet-200"
+    base.mkdir()
+    (base / "wnids.txt").write_text("n03\nn01\nn02\n")  # classes are sorted: n01=0, n02=1, n03=2
+    for w in ("n01", "n02", "n03"):
+        for i in range(2):
+            _jpeg(base / "train" / w / "images" / f"{w}_{i}.JPEG", "L" if w == "n02" else "RGB")
+    val = [("val_0.JPEG", "n03"), ("val_1.JPEG", "n01"), ("val_2.JPEG", "n02")]
+    for f, _ in val:
+        _jpeg(base / "val" / "images" / f)
+    (base / "val" / "val_annotations.txt").write_text(
+        "".join(f"{f}\t{w}\t0\t0\t63\t63\n" for f, w in val))
+    return tmp_path
+
+
+def test_tinyimagenet(tiny: Path) -> None:
+    for split, labels in [("train", [0, 0, 1, 1, 2, 2]), ("test", [2, 0, 1])]:
+        x, y = _stack(load("tinyimagenet", split, root=tiny, augment=split == "train"))
+        assert x.shape[1:] == (3, 64, 64) and x.min() >= 0 and x.max() <= 1  # gray -> RGB too
+        assert y.tolist() == labels
+    aug = load("tinyimagenet", "train", root=tiny, augment=True).transform.transforms
+    assert [type(t) for t in aug] == [T.RandomCrop, T.RandomHorizontalFlip, T.ToTensor]
+    assert aug[0].size == (64, 64)
+
+
+# --- missing, partial and corrupt data: one BenchError line ---------------------------------
+
+def _one_line(exc: pytest.ExceptionInfo[BenchError], *parts: str) -> None:
+    msg = str(exc.value)
+    assert "\n" not in msg and "Traceback" not in msg and "--data-root" in msg
+    assert all(p in msg for p in parts), msg
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "tinyimagenet"])
+def test_missing(name: str, tmp_path: Path, offline: list[str]) -> None:
+    root = tmp_path / "nothing"
+    with pytest.raises(BenchError) as exc:
+        load(name, "train", root=root)
+    _one_line(exc, name, str(root))
+    if name == "tinyimagenet":
+        _one_line(exc, "http://cs231n.stanford.edu/tiny-imagenet-200.zip")
+    else:
+        assert offline  # the download was attempted (and refused by the fake urlopen)
+
+
+def test_corrupt_cifar(tmp_path: Path) -> None:
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    for f in ("data_batch_1", "test_batch", "batches.meta"):
+        (base / f).write_bytes(b"truncated")
+    with pytest.raises(BenchError) as exc:
+        load("cifar10", "test", root=tmp_path)
+    _one_line(exc, "cifar10", str(base))
+
+
+def test_partial_and_corrupt_tinyimagenet(tiny: Path) -> None:
+    base = tiny / "tiny-imagenet-200"
+    (base / "val" / "images" / "val_2.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(BenchError, match="cannot read image") as exc:
+        load("tinyimagenet", "test", root=tiny)[2]
+    assert "\n" not in str(exc.value)
+    (base / "val" / "images" / "val_2.JPEG").unlink()  # an interrupted unzip
+    for f in (base / "train" / "n02" / "images").iterdir():
+        f.unlink()
+    for split in ("test", "train"):
+        with pytest.raises(BenchError) as exc:
+            load("tinyimagenet", split, root=tiny)
+        _one_line(exc, "tinyimagenet", str(base))
+
+
+# --- batch order ---------------------------------------------------------------------------
+
+def test_batches_seeded(cifar10, no_md5) -> None:
+    for data in (load("digits", "test"), load("cifar10", "test", root=cifar10[0])):
+        def order(seed: int, data=data) -> torch.Tensor:
+            g = torch.Generator().manual_seed(seed)
+            return torch.cat([x.flatten(1) for x, _ in batches(data, 16, shuffle=True,
+                                                                 generator=g)])
+        assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))
+        assert order(1).shape[0] == len(data)

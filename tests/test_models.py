@@ -1,0 +1,68 @@
+"""Model zoo: each CIFAR-variant architecture builds by name, trains, has its published size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench import BenchError
+from bench.models import create_model, model_names
+
+ARCHS = [n for n in model_names() if not n.startswith("small_cnn")]
+
+# Parameter counts with 10 classes, as published for the reference code bases.
+PARAMS = {
+    "resnet18": 11_173_962,
+    "resnet34": 21_282_122,
+    # Rice et al. keep a final BN(512) that kuangliu's PreActResNet18 (11,171,146) lacks.
+    "preact_resnet18": 11_172_170,
+    "wrn34_10": 46_160_474,  # TRADES code without its unused `sub_block1`
+    "wrn28_10": 36_479_194,
+    "mobilenetv2": 2_296_922,
+}
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_cifar_forward_backward(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
+    logits = model(x)
+    assert logits.shape == (2, 10)
+    F.cross_entropy(logits, y).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_tinyimagenet_shape(name: str) -> None:
+    model = create_model(name, num_classes=200, image_size=64)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 200)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_small_grayscale_input(name: str) -> None:
+    model = create_model(name, num_classes=10, in_channels=1, image_size=8)
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_every_arch_has_a_reference_count() -> None:
+    assert sorted(PARAMS) == sorted(ARCHS)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_param_count(name: str) -> None:
+    assert n_params(create_model(name, num_classes=10)) == pytest.approx(PARAMS[name], rel=0.01)
+
+
+def test_unknown_name_suggests_closest() -> None:
+    with pytest.raises(BenchError, match="did you mean 'resnet18'"):
+        create_model("resnet19", num_classes=10)
