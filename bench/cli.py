@@ -1,0 +1,256 @@
+"""The `bench` command line (click + rich). Every error is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from bench import BenchError, data, registry
+from bench.cells import Cell, resolve
+from bench.evaluate import ALL_ATTACKS
+from bench.models import model_names
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in _csv(value)]
+    except ValueError:
+        raise BenchError(f"--seeds takes comma-separated integers, got {value!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise BenchError(f"--seeds must be non-negative integers, got {value!r}")
+    return seeds
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`--set key=value` pairs; values are Python literals (numbers, tuples) or strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"--set takes key=value, got {pair!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw
+    return out
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {name}: no CUDA device is available here")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise BenchError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    return name
+
+
+def _writable(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchError(f"output folder {out} is not writable ({exc.strerror})") from None
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """bench: train, attack and compare adversarial distillation methods side by side."""
+
+
+@cli.command()
+@click.option("--methods", default="peeraid,rslad", show_default=True,
+              help="Comma-separated method names (see `bench list`).")
+@click.option("--dataset", default="digits", show_default=True,
+              help="Data set; the default is the embedded, offline digits set.")
+@click.option("--arch", default=None, help="Student architecture [default: the data set's].")
+@click.option("--preset", default="faithful", show_default=True, help="Hyper-parameter preset.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any hyper-parameter (repeatable), e.g. --set t=4.")
+@click.option("--teacher", type=click.Path(dir_okay=False), default=None,
+              help="Teacher checkpoint file [default: train one with --teacher-method, cached].")
+@click.option("--teacher-arch", default=None, help="Teacher architecture [default: student's].")
+@click.option("--teacher-method", default="pgdat", show_default=True,
+              help="Method that trains the teacher when none is given.")
+@click.option("--peer-arch", default=None, help="PeerAiD's peer architecture [default: student's].")
+@click.option("--select", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="Split for best-checkpoint selection (PGD-10).")
+@click.option("--select-every", type=int, default=1, show_default=True,
+              help="Epochs between selection evaluations.")
+@click.option("--attacks", default=",".join(ALL_ATTACKS), show_default=True,
+              help="Evaluation attacks.")
+@click.option("--aa-samples", type=int, default=None,
+              help="AutoAttack on a fixed seeded subset of N test images "
+                   "[default: 100 on the embedded set, all otherwise].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding (or receiving) torchvision data sets.")
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Results folder (rows, checkpoints, teachers).")
+@click.option("--redo", is_flag=True, help="Retrain cells already in the store.")
+@click.option("--detect-anomaly", is_flag=True, help="torch autograd anomaly detection.")
+@click.option("--num-workers", type=int, default=0, show_default=True,
+              help="DataLoader workers for torchvision data sets.")
+def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
+        epochs: int | None, sets: tuple[str, ...], teacher: str | None,
+        teacher_arch: str | None, teacher_method: str, peer_arch: str | None, select: str,
+        select_every: int, attacks: str, aa_samples: int | None, device: str,
+        data_root: str | None, out: str, redo: bool, detect_anomaly: bool,
+        num_workers: int) -> None:
+    """Train each method, evaluate it, store the rows and print a table.
+
+    An interrupted run resumes from its last epoch checkpoint when rerun.
+    """
+    from bench.pipeline import EvalOptions, run_cell
+    from bench.runner import RunOptions
+    from bench.store import Store
+
+    overrides = _overrides(sets)
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    attack_list = tuple(_csv(attacks))
+    bad = [a for a in attack_list if a not in ALL_ATTACKS]
+    if bad or not attack_list:
+        raise BenchError(f"unknown attack {bad[0] if bad else attacks!r} "
+                         f"(valid: {', '.join(ALL_ATTACKS)})")
+    if aa_samples is not None and aa_samples < 1:
+        raise BenchError(f"--aa-samples must be >= 1, got {aa_samples}")
+    if num_workers < 0:
+        raise BenchError(f"--num-workers must be >= 0, got {num_workers}")
+    cells = [Cell(m, dataset, arch, s, preset, tuple(sorted(overrides.items())), peer_arch,
+                  teacher, teacher_arch, teacher_method, select, select_every)
+             for m in _csv(methods) for s in _seeds(seeds)]
+    if not cells:
+        raise BenchError("--methods names no method")
+    resolved = [resolve(c) for c in cells]  # every error before any training starts
+    for r in resolved:
+        if r.teacher_cell is not None:
+            resolve(r.teacher_cell)
+    opts = RunOptions(out=_writable(Path(out)), device=_device(device),
+                      data_root=Path(data_root) if data_root else None,
+                      num_workers=num_workers, detect_anomaly=detect_anomaly, log=console.print)
+    store = Store(opts.out)
+    ev = EvalOptions(attacks=attack_list, aa_samples=aa_samples)
+    for c in cells:
+        console.print(f"[bold]{c.method}[/] on {c.dataset}, seed {c.seed}")
+        run_cell(c, opts, ev, store, redo=redo)
+    _print_table(store, {r.id for r in resolved})
+
+
+def _print_table(store, ids: set[str] | None = None, fmt: str = "rich") -> None:
+    from bench.report import compact, markdown, rich_table, summary
+
+    rows, problems = store.read()
+    for p in problems:
+        err_console.print(f"warning: {p}")
+    if ids is not None:
+        rows = [r for r in rows if r.get("cell_id") in ids]
+    if not rows:
+        console.print(f"no results in {store.root}")
+        return
+    import pandas as pd
+
+    table = compact(summary(pd.DataFrame(rows)))
+    if fmt == "rich":
+        console.print(rich_table(table, f"accuracy (%) under attack, {store.root}"))
+        console.print(markdown(table), soft_wrap=True)
+    elif fmt == "markdown":
+        click.echo(markdown(table))
+    else:
+        click.echo(table.to_csv(index=False), nl=False)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["rich", "markdown", "csv"]), default="rich",
+              show_default=True)
+def table(out: str, fmt: str) -> None:
+    """The stored results: mean ± std over seeds, and how many images each number used."""
+    from bench.store import Store
+
+    _print_table(Store(out), None, fmt)
+
+
+@cli.command("list")
+def list_() -> None:
+    """Methods (with their presets), data sets and architectures."""
+    from rich.table import Table
+
+    t = Table(title="methods")
+    for col in ("name", "teacher", "presets", "description"):
+        t.add_column(col)
+    for name in registry.names():
+        cls = registry.get(name)
+        t.add_row(name, "yes" if cls.needs_teacher else "", ", ".join(cls.presets),
+                  cls.description())
+    console.print(t)
+    for name, why in registry.broken().items():
+        err_console.print(f"warning: plugin {name!r} failed to load: {why}")
+    d = Table(title="datasets")
+    for col in ("name", "classes", "shape", "default arch", "description"):
+        d.add_column(col)
+    for name in data.dataset_names():
+        s = data.spec(name)
+        d.add_row(name, str(s.num_classes), f"{s.channels}x{s.image_size}x{s.image_size}",
+                  s.default_arch, s.doc)
+    console.print(d)
+    console.print("archs: " + ", ".join(model_names()))
+
+
+@cli.command("show-preset")
+@click.argument("method")
+@click.option("--dataset", default="cifar10", show_default=True)
+@click.option("--preset", default="faithful", show_default=True)
+@click.option("--arch", default=None)
+def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> None:
+    """Print a method's fully resolved hyper-parameters for a data set and preset."""
+    r = resolve(Cell(method, dataset, arch, preset=preset))
+    console.print(f"[bold]{method}[/] preset {preset!r} on {dataset} ({r.arch}): "
+                  f"{registry.get(method).presets[preset].doc}")
+    for k, v in dataclasses.asdict(r.params).items():
+        console.print(f"  {k} = {v!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click without its tracebacks; every failure is one line on stderr."""
+    try:
+        cli.main(args=argv, prog_name="bench", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        err_console.print(f"error: {exc.format_message()}".splitlines()[0], markup=False)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err_console.print("error: aborted", markup=False)
+        sys.exit(130)
+    except BenchError as exc:
+        err_console.print(f"error: {exc}".splitlines()[0], markup=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: rerun the same command to resume", markup=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
