@@ -1,0 +1,55 @@
+"""End to end on the embedded default: every robust method beats standard training under PGD-20."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cells import Cell
+from bench.pipeline import EvalOptions, run_cell
+from bench.runner import RunOptions
+from bench.store import Store
+
+ROBUST = ["pgdat", "trades", "peeraid", "rslad", "ard", "adaad", "iad"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[tuple[str, str], dict]:
+    out = tmp_path_factory.mktemp("results")
+    opts = RunOptions(out=out, log=lambda *_: None)
+    store = Store(out)
+    for method in ["standard", *ROBUST]:
+        run_cell(Cell(method), opts, EvalOptions(attacks=("clean", "pgd20")), store)
+    rows, problems = store.read()
+    assert not problems
+    return {(r["method"], r["checkpoint"]): r for r in rows}
+
+
+@pytest.mark.parametrize("method", ROBUST)
+def test_robust_method_beats_standard_training(results, method: str) -> None:
+    std = results[("standard", "best")]
+    for ckpt in ("best", "last"):
+        r = results[(method, ckpt)]
+        assert r["pgd20"] > std["pgd20"] + 0.15, (method, ckpt, r["pgd20"], std["pgd20"])
+        assert r["pgd20"] < r["clean"]
+        assert r["clean"] > 0.6
+
+
+def test_standard_training_is_accurate_but_not_robust(results) -> None:
+    std = results[("standard", "last")]
+    assert std["clean"] > 0.9 and std["pgd20"] < 0.5
+
+
+def test_peeraid_swa_students_are_evaluated(results) -> None:
+    for ckpt in ("swa_best", "swa_last"):
+        r = results[("peeraid", ckpt)]
+        assert r["pgd20"] > results[("standard", "best")]["pgd20"] + 0.15
+        assert r["n_pgd20"] == 360
+
+
+def test_rows_carry_the_reproducibility_record(results) -> None:
+    r = results[("rslad", "best")]
+    assert r["config"]["params"]["epochs"] == r["epochs"] == 15
+    assert r["config"]["teacher"].startswith("pgdat-faithful-digits")
+    assert {"torch", "pyautoattack", "bench"} <= set(r["versions"])
+    assert r["git_commit"] and r["device"].startswith("cpu")
+    assert r["train_seconds"] > 0 and r["wall_seconds"] >= r["train_seconds"]
