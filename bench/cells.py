@@ -17,6 +17,7 @@ from bench import BenchError, data, registry
 from bench.distiller import Distiller, Params
 from bench.models import model_names
 from bench.suggest import unknown
+from bench.teachers import NORMALIZATIONS, ZOO
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,12 @@ class Cell:
     preset: str = "faithful"
     overrides: tuple[tuple[str, Any], ...] = ()
     peer_arch: str | None = None  # PeerAiD's peer; None: same as the student
-    teacher: str | None = None  # a checkpoint file; None: train (and cache) one
+    teacher: str | None = None  # a checkpoint file or "robustbench:NAME"; None: train one
     teacher_arch: str | None = None
     teacher_method: str = "pgdat"
     select: str = "test"  # model selection split: "test" (as the papers) or "val"
     select_every: int = 1
+    teacher_normalize: str | None = None  # the teacher normalises its input with these stats
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ def resolve(cell: Cell) -> Resolved:
         raise BenchError(f"--select must be 'test' or 'val', got {cell.select!r}")
     if cell.select_every < 1:
         raise BenchError(f"--select-every must be >= 1, got {cell.select_every}")
+    if cell.teacher_normalize not in (None, *NORMALIZATIONS):
+        raise unknown("teacher normalization", cell.teacher_normalize, NORMALIZATIONS)
     arch = cell.arch or spec.default_arch
     params = cls.resolve(cell.preset, cell.dataset, arch=arch, budget=spec.budget,
                          **dict(cell.overrides))
@@ -101,7 +105,9 @@ def resolve(cell: Cell) -> Resolved:
     teacher_cell = teacher_file = None
     teacher_id: str | None = None
     if cls.needs_teacher:
-        if cell.teacher:
+        if cell.teacher and cell.teacher.startswith(ZOO):
+            teacher_id = cell.teacher
+        elif cell.teacher:
             teacher_file = Path(cell.teacher)
             teacher_id = f"file:{_file_digest(teacher_file)}"
         else:
@@ -114,6 +120,7 @@ def resolve(cell: Cell) -> Resolved:
         "seed": cell.seed, "params": dataclasses.asdict(params),
         "peer_arch": (cell.peer_arch or arch) if cls.needs_peer else None,
         "teacher": teacher_id, "teacher_arch": (cell.teacher_arch or arch) if teacher_id else None,
+        "teacher_normalize": cell.teacher_normalize if teacher_id else None,
         "select": cell.select, "select_every": cell.select_every,
     }
     return Resolved(cell, cls, spec, arch, params, teacher_cell, teacher_file, config)

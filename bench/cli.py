@@ -16,6 +16,7 @@ from bench import BenchError, data, registry
 from bench.cells import Cell, resolve
 from bench.evaluate import ALL_ATTACKS
 from bench.models import model_names
+from bench.teachers import NORMALIZATIONS
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -88,8 +89,11 @@ def cli() -> None:
 @click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any hyper-parameter (repeatable), e.g. --set t=4.")
-@click.option("--teacher", type=click.Path(dir_okay=False), default=None,
-              help="Teacher checkpoint file [default: train one with --teacher-method, cached].")
+@click.option("--teacher", default=None,
+              help="Teacher checkpoint file or robustbench:NAME "
+                   "[default: train one with --teacher-method, cached].")
+@click.option("--teacher-normalize", type=click.Choice(sorted(NORMALIZATIONS)), default=None,
+              help="The teacher normalises its [0,1] input with these mean/std inside.")
 @click.option("--teacher-arch", default=None, help="Teacher architecture [default: student's].")
 @click.option("--teacher-method", default="pgdat", show_default=True,
               help="Method that trains the teacher when none is given.")
@@ -114,6 +118,7 @@ def cli() -> None:
               help="DataLoader workers for torchvision data sets.")
 def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], teacher: str | None,
+        teacher_normalize: str | None,
         teacher_arch: str | None, teacher_method: str, peer_arch: str | None, select: str,
         select_every: int, attacks: str, aa_samples: int | None, device: str,
         data_root: str | None, out: str, redo: bool, detect_anomaly: bool,
@@ -138,8 +143,10 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
         raise BenchError(f"--aa-samples must be >= 1, got {aa_samples}")
     if num_workers < 0:
         raise BenchError(f"--num-workers must be >= 0, got {num_workers}")
-    cells = [Cell(m, dataset, arch, s, preset, tuple(sorted(overrides.items())), peer_arch,
-                  teacher, teacher_arch, teacher_method, select, select_every)
+    cells = [Cell(m, dataset, arch, s, preset, tuple(sorted(overrides.items())),
+                  peer_arch=peer_arch, teacher=teacher, teacher_arch=teacher_arch,
+                  teacher_method=teacher_method, select=select, select_every=select_every,
+                  teacher_normalize=teacher_normalize)
              for m in _csv(methods) for s in _seeds(seeds)]
     if not cells:
         raise BenchError("--methods names no method")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import time
@@ -15,8 +16,9 @@ import torch
 from bench import __version__, data
 from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
-from bench.runner import RunOptions, Trainer, _tensors, teacher_for
+from bench.runner import RunOptions, Trainer, _tensors
 from bench.store import Store
+from bench.teachers import teacher_for
 
 EMBEDDED_AA_SAMPLES = 100  # AutoAttack's Square attack dominates a CPU run; seeded subset
 
@@ -64,6 +66,17 @@ def stored(r: Resolved, store: Store) -> bool:
     return store.has(row_key(r, "last"))
 
 
+def _aa_state(path: Path) -> Path:
+    """The AutoAttack state file, dropped if cut short: pyautoattack rewrites it in place, so
+    a kill mid-write leaves truncated JSON that would otherwise fail every rerun."""
+    try:
+        if path.exists():
+            json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        path.unlink()
+    return path
+
+
 def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
              redo: bool = False) -> list[dict[str, Any]]:
     """Train and evaluate one cell, unless its rows are already stored; returns new rows."""
@@ -86,9 +99,12 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     # `last` goes last: its presence marks the whole cell as stored.
     for name in sorted(finals, key=lambda n: n == "last"):
         t1 = time.perf_counter()
+        # Random starts drawn afresh per checkpoint: a row depends on its weights only, not on
+        # what ran before it (a resumed AutoAttack skips the draws of the finished one).
+        torch.manual_seed(cell.seed)
         metrics = evaluate(finals[name], x, y, Threat(r.params.eps), attacks=ev.attacks,
                            aa_samples=n_aa, device=opts.device,
-                           aa_state=trainer.dir / f"aa_state_{name}.json")
+                           aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"))
         row = {
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,

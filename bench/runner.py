@@ -20,9 +20,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from bench import BenchError, checkpoint, data, registry
-from bench.cells import Resolved, resolve
+from bench.cells import Resolved
 from bench.evaluate import Threat, accuracy
 from bench.models import create_model
+from bench.teachers import load_weights
 
 SELECT_BATCH = 512
 
@@ -50,33 +51,6 @@ def build(r: Resolved, name: str, arch: str) -> nn.Module:
     s = r.spec
     return create_model(arch, num_classes=s.num_classes, in_channels=s.channels,
                         image_size=s.image_size)
-
-
-def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop DataParallel/DDP `module.` prefixes from a foreign state dict."""
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def load_weights(model: nn.Module, path: Path, what: str) -> nn.Module:
-    """Load a weights file into `model`: bench checkpoints, plain or wrapped state dicts."""
-    state = checkpoint.load_file(path)
-    if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
-        state = state["models"]["student"]
-    elif isinstance(state, dict):
-        for key in ("state_dict", "model_state_dict", "model", "net"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
-                                              for v in state.values()):
-        raise BenchError(f"{what} {path} holds no state dict of tensors")
-    try:
-        model.load_state_dict(_strip(state))
-    except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()
-        raise BenchError(f"{what} {path} does not fit the architecture: "
-                         f"{detail[1].strip() if len(detail) > 1 else detail[0]}"[:300]) from None
-    return model
 
 
 class Trainer:
@@ -164,8 +138,9 @@ class Trainer:
             x_adv = self.method.attack(x, y)
             loss = self.method.loss(x, x_adv, y)
             if not torch.isfinite(loss):
-                raise BenchError(f"loss is {loss.item()} at epoch {epoch} batch {i}: stopped; "
-                                 f"last good checkpoint kept at {self.ckpt_path}")
+                raise BenchError(f"loss is {loss.item()} at epoch {epoch + 1} batch {i + 1} "
+                                 f"(1-based, as logged): stopped; last good checkpoint kept "
+                                 f"at {self.ckpt_path}")
             for o in self.optims.values():
                 o.zero_grad(set_to_none=True)
             loss.backward()
@@ -245,20 +220,3 @@ def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
         return ds.x, ds.y
     xs, ys = zip(*data.batches(ds, 1000, shuffle=False), strict=True)
     return torch.cat(xs), torch.cat(ys)
-
-
-def teacher_for(r: Resolved, opts: RunOptions) -> nn.Module | None:
-    """The fixed teacher of a distillation cell: loaded from a file, or trained and cached."""
-    if not r.cls.needs_teacher:
-        return None
-    model = build(r, "teacher", r.config["teacher_arch"])
-    if r.teacher_file is not None:
-        return load_weights(model, r.teacher_file, "teacher checkpoint")
-    tr = resolve(r.teacher_cell)
-    cached = opts.out / "teachers" / f"{tr.id}.pt"
-    if not cached.exists():
-        opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
-        best = Trainer(tr, opts, None).train()["best"]
-        checkpoint.save_weights(cached, best, id=tr.id)
-    return load_weights(model, cached, "cached teacher")
-

@@ -1,0 +1,132 @@
+"""Fixed teachers for distillation: a checkpoint file, a RobustBench model, or one trained here.
+
+Files are read with `torch.load(weights_only=True)` only; a teacher of the wrong architecture
+or class count is a one-line error, never a silent partial load.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from bench import BenchError, checkpoint
+from bench.suggest import unknown
+
+if TYPE_CHECKING:
+    from bench.cells import Resolved
+    from bench.runner import RunOptions
+
+ZOO = "robustbench:"
+# Per-channel statistics a teacher may normalise with INSIDE its forward (methods.md, RSLAD:
+# the CIFAR-100 DeepMind teacher normalises with CIFAR-10's mean/std).
+NORMALIZATIONS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+class Normalized(nn.Module):
+    """A model that normalises its [0, 1] input itself, so attacks still work in pixel space."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def _state_dict_of(obj: object, path: Path, what: str) -> dict[str, Tensor]:
+    """The tensors of a bench checkpoint, a plain state dict, or a {"state_dict": ...} wrapper."""
+    if isinstance(obj, dict) and obj.get("format") == checkpoint.FORMAT:
+        obj = obj["models"]["student"]
+    elif isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor)
+                                                       for v in obj.values()):
+        raise BenchError(f"{what} {path} holds no state dict of tensors")
+    # DataParallel / DDP prefixes; WRN checkpoints of the TRADES lineage carry an unused block.
+    return {k.removeprefix("module."): v for k, v in obj.items()
+            if not k.removeprefix("module.").startswith("sub_block1.")}
+
+
+def load_weights(model: nn.Module, path: Path, what: str) -> nn.Module:
+    """Load a weights file into `model` strictly, with a one-line error on any mismatch."""
+    state = _state_dict_of(checkpoint.load_file(path), path, what)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise BenchError(f"{what} {path} does not fit the architecture: {detail}"[:300]) from None
+    return model
+
+
+def robustbench_model(name: str, dataset: str, model_dir: Path) -> nn.Module:
+    """A RobustBench L-inf model by name (its own normalisation included), in eval mode.
+
+    Needs the optional `robustbench` extra; weights are cached under `model_dir`, so a model
+    placed there by hand loads offline.
+    """
+    import pyautoattack
+
+    # robustbench 1.1.1 declares `pyautoattack` but imports it under its git name.
+    sys.modules.setdefault("autoattack", pyautoattack)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from robustbench.model_zoo import model_dicts
+            from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+            from robustbench.utils import load_model
+    except ImportError as exc:
+        raise BenchError(f"RobustBench teachers need the optional extra: pip install "
+                         f"'bench[robustbench]' ({exc})") from None
+    try:
+        zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel.Linf]
+    except ValueError:
+        raise BenchError(f"RobustBench has no {dataset} models") from None
+    if name not in zoo:
+        raise unknown(f"RobustBench {dataset} Linf model", name, zoo)
+    try:
+        return load_model(name, model_dir=model_dir, dataset=dataset, threat_model="Linf").eval()
+    except Exception as exc:  # offline download, corrupt file: one line that says where
+        target = model_dir / dataset / "Linf" / f"{name}.pt"
+        raise BenchError(f"could not load RobustBench model {name} ({type(exc).__name__}); "
+                         f"put its checkpoint at {target}") from None
+
+
+def teacher_for(r: Resolved, opts: RunOptions) -> nn.Module | None:
+    """The fixed teacher of a distillation cell: zoo model, file, or trained and cached here."""
+    from bench import data
+    from bench.cells import resolve
+    from bench.runner import Trainer, build
+
+    if not r.cls.needs_teacher:
+        return None
+    source = r.cell.teacher or ""
+    if source.startswith(ZOO):
+        root = opts.data_root or data.default_root()
+        return robustbench_model(source[len(ZOO):], r.cell.dataset, root / "robustbench")
+    model = build(r, "teacher", r.config["teacher_arch"])
+    if r.teacher_file is not None:
+        model = load_weights(model, r.teacher_file, "teacher checkpoint")
+    else:
+        tr = resolve(r.teacher_cell)
+        cached = opts.out / "teachers" / f"{tr.id}.pt"
+        if not cached.exists():
+            opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
+            best = Trainer(tr, opts, None).train()["best"]
+            checkpoint.save_weights(cached, best, id=tr.id)
+        model = load_weights(model, cached, "cached teacher")
+    norm = r.cell.teacher_normalize
+    return Normalized(model, *NORMALIZATIONS[norm]) if norm else model
