@@ -1,0 +1,94 @@
+"""The runner: LR schedule, SWA as PeerAiD specifies it, a peer of another architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import data
+from bench.cells import Cell, resolve
+from bench.checkpoint import load_latest
+from bench.cli import main
+from bench.pipeline import EvalOptions, run_cell
+from bench.runner import RunOptions, Trainer
+from bench.store import Store
+
+
+def _quiet(out: Path) -> RunOptions:
+    return RunOptions(out=out, log=lambda *_: None)
+
+
+def test_swa_averages_parameters_and_recomputes_bn(tmp_path: Path, monkeypatch) -> None:
+    cell = Cell("peeraid", overrides=(("epochs", 4), ("milestones", (2,))))
+    trainer = Trainer(resolve(cell), _quiet(tmp_path), None)
+    snapshots: list[dict[str, torch.Tensor]] = []
+    train_epoch = Trainer._train_epoch
+
+    def record(self: Trainer, epoch: int) -> float:
+        loss = train_epoch(self, epoch)
+        if epoch >= 2:  # SWA from the first milestone on, after each epoch
+            snapshots.append({k: v.detach().clone()
+                              for k, v in self.method.student.named_parameters()})
+        return loss
+
+    monkeypatch.setattr(Trainer, "_train_epoch", record)
+    finals = trainer.train()
+    swa = finals["swa_last"]
+    assert len(snapshots) == 2
+    for name, value in swa.named_parameters():
+        expected = torch.stack([s[name] for s in snapshots]).mean(0)
+        assert torch.allclose(value, expected, atol=1e-6), name
+    # BN statistics: a cumulative average (momentum=None) over the training loader, train mode.
+    train = data.load("digits", "train")
+    conv, bn = swa.features[0], swa.features[1]
+    with torch.no_grad():
+        means = [conv(x).mean((0, 2, 3)) for x, _ in data.batches(train, 64, shuffle=False)]
+    assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+    assert not torch.allclose(bn.running_mean, trainer.method.student.features[1].running_mean)
+    assert set(finals) == {"best", "last", "swa_best", "swa_last"}
+
+
+def test_lr_schedule_is_the_presets(tmp_path: Path) -> None:
+    cell = Cell("ard", overrides=(("epochs", 4), ("milestones", (1, 3))))
+    r = resolve(cell)
+    assert r.params.lr_schedule == "ard"
+    trainer = Trainer(resolve(Cell("pgdat", overrides=(("epochs", 4), ("milestones", (1, 3))))),
+                      _quiet(tmp_path), None)
+    trainer.train()
+    lrs = [h["lr"] for h in load_latest(trainer.ckpt_path)["history"]]
+    assert lrs == pytest.approx([0.05, 0.005, 0.005, 0.0005])
+    assert [r.params.lr_at(e) for e in range(4)] == pytest.approx([0.05, 0.005, 0.005, 0.005])
+
+
+def test_peer_of_another_architecture(tmp_path: Path) -> None:
+    cell = Cell("peeraid", peer_arch="small_cnn_nobn", overrides=(("epochs", 2),))
+    rows = run_cell(cell, _quiet(tmp_path), EvalOptions(attacks=("clean",)), Store(tmp_path))
+    assert {r["checkpoint"] for r in rows} == {"best", "last"}
+    state = load_latest(tmp_path / "runs" / rows[0]["cell_id"] / "ckpt.pt")
+    assert not any("running_mean" in k for k in state["models"]["peer"])
+    assert any("running_mean" in k for k in state["models"]["student"])
+    assert rows[0]["config"]["peer_arch"] == "small_cnn_nobn"
+
+
+def test_select_on_held_out_validation_split(tmp_path: Path) -> None:
+    cell = Cell("pgdat", select="val", overrides=(("epochs", 2),))
+    trainer = Trainer(resolve(cell), _quiet(tmp_path), None)
+    trainer.train()
+    assert len(trainer.train_set) + len(trainer.sel_y) == len(data.load("digits", "train"))
+
+
+def test_show_preset_prints_resolved_paper_configuration(capsys) -> None:
+    main(["show-preset", "peeraid", "--dataset", "tinyimagenet", "--preset", "paper"])
+    out = capsys.readouterr().out
+    for line in ("epochs = 200", "milestones = (99, 149)", "l2 = 35.0", "g2 = 100.0",
+                 "t = 1.0", "eps = 0.03137"):
+        assert line in out, line
+
+
+def test_paper_preset_ignores_the_embedded_budget() -> None:
+    faithful = resolve(Cell("peeraid")).params
+    paper = resolve(Cell("peeraid", preset="paper")).params
+    assert (faithful.epochs, faithful.eps) == (15, 0.1)
+    assert (paper.epochs, paper.milestones, paper.eps) == (300, (214, 259, 284), 8 / 255)
