@@ -239,6 +239,16 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
         console.print(f"  {k} = {v!r}")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
+@click.pass_context
+def perf(ctx: click.Context) -> None:
+    """Training throughput of methods/presets side by side (see `bench perf --help`)."""
+    from bench import perf as perf_mod
+
+    perf_mod.main(list(ctx.args))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click without its tracebacks; every failure is one line on stderr."""
     try:

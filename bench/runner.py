@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 
 from bench import BenchError, checkpoint, data, registry
 from bench.cells import Resolved
+from bench.distiller import Distiller
 from bench.evaluate import Threat, accuracy
 from bench.models import create_model
 from bench.teachers import load_weights
@@ -51,6 +54,25 @@ def build(r: Resolved, name: str, arch: str) -> nn.Module:
     s = r.spec
     return create_model(arch, num_classes=s.num_classes, in_channels=s.channels,
                         image_size=s.image_size)
+
+
+def train_step(method: Distiller, optims: Iterable[torch.optim.Optimizer], x: torch.Tensor,
+               y: torch.Tensor) -> float:
+    """One batch for any method: attack, loss, zero_grad, backward, step of every optimizer.
+
+    Raises FloatingPointError (before any weight changes) when the loss is not finite.
+    """
+    x_adv = method.attack(x, y)
+    loss = method.loss(x, x_adv, y)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(str(value))
+    for o in optims:
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    for o in optims:
+        o.step()
+    return value
 
 
 class Trainer:
@@ -135,18 +157,13 @@ class Trainer:
         self.method.epoch = epoch
         total, n = 0.0, 0
         for i, (x, y) in enumerate(self._batches(epoch)):
-            x_adv = self.method.attack(x, y)
-            loss = self.method.loss(x, x_adv, y)
-            if not torch.isfinite(loss):
-                raise BenchError(f"loss is {loss.item()} at epoch {epoch + 1} batch {i + 1} "
+            try:
+                loss = train_step(self.method, self.optims.values(), x, y)
+            except FloatingPointError as exc:
+                raise BenchError(f"loss is {exc} at epoch {epoch + 1} batch {i + 1} "
                                  f"(1-based, as logged): stopped; last good checkpoint kept "
-                                 f"at {self.ckpt_path}")
-            for o in self.optims.values():
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in self.optims.values():
-                o.step()
-            total, n = total + loss.item() * len(y), n + len(y)
+                                 f"at {self.ckpt_path}") from None
+            total, n = total + loss * len(y), n + len(y)
         return total / max(n, 1)
 
     def _select_acc(self, model: nn.Module) -> float:
