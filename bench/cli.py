@@ -116,13 +116,16 @@ def cli() -> None:
 @click.option("--detect-anomaly", is_flag=True, help="torch autograd anomaly detection.")
 @click.option("--num-workers", type=int, default=0, show_default=True,
               help="DataLoader workers for torchvision data sets.")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
+                   "models on a busy machine.")
 def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], teacher: str | None,
         teacher_normalize: str | None,
         teacher_arch: str | None, teacher_method: str, peer_arch: str | None, select: str,
         select_every: int, attacks: str, aa_samples: int | None, device: str,
         data_root: str | None, out: str, redo: bool, detect_anomaly: bool,
-        num_workers: int) -> None:
+        num_workers: int, threads: int | None) -> None:
     """Train each method, evaluate it, store the rows and print a table.
 
     An interrupted run resumes from its last epoch checkpoint when rerun.
@@ -154,15 +157,43 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
     for r in resolved:
         if r.teacher_cell is not None:
             resolve(r.teacher_cell)
-    opts = RunOptions(out=_writable(Path(out)), device=_device(device),
-                      data_root=Path(data_root) if data_root else None,
-                      num_workers=num_workers, detect_anomaly=detect_anomaly, log=console.print)
-    store = Store(opts.out)
+    if threads is not None and threads < 1:
+        raise BenchError(f"--threads must be >= 1, got {threads}")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    store = Store(_writable(Path(out)))
     ev = EvalOptions(attacks=attack_list, aa_samples=aa_samples)
-    for c in cells:
-        console.print(f"[bold]{c.method}[/] on {c.dataset}, seed {c.seed}")
-        run_cell(c, opts, ev, store, redo=redo)
+    with _progress() as bar:
+        opts = RunOptions(out=store.root, device=_device(device),
+                          data_root=Path(data_root) if data_root else None,
+                          num_workers=num_workers, detect_anomaly=detect_anomaly,
+                          log=bar.console.print, progress=_updater(bar))
+        for c in cells:
+            bar.console.print(f"[bold]{c.method}[/] on {c.dataset}, seed {c.seed}")
+            run_cell(c, opts, ev, store, redo=redo)
     _print_table(store, {r.id for r in resolved})
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                    transient=True)
+
+
+def _updater(bar):
+    """A progress callback: one bar per training cell (teachers included), batches done."""
+    tasks: dict[str, int] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total)
+        bar.update(tasks[label], completed=done, total=total)
+
+    return update
 
 
 def _print_table(store, ids: set[str] | None = None, fmt: str = "rich") -> None:

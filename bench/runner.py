@@ -41,6 +41,7 @@ class RunOptions:
     num_workers: int = 0
     detect_anomaly: bool = False
     log: Any = print  # a callable taking one line (the CLI passes rich's console.print)
+    progress: Any = None  # optional callable(label, done, total), called after every batch
 
 
 def _seed_all(seed: int) -> None:
@@ -156,6 +157,7 @@ class Trainer:
                 g["lr"] = lr
         self.method.epoch = epoch
         total, n = 0.0, 0
+        per_epoch = -(-len(self.train_set) // self.p.batch_size)
         for i, (x, y) in enumerate(self._batches(epoch)):
             try:
                 loss = train_step(self.method, self.optims.values(), x, y)
@@ -164,6 +166,9 @@ class Trainer:
                                  f"(1-based, as logged): stopped; last good checkpoint kept "
                                  f"at {self.ckpt_path}") from None
             total, n = total + loss * len(y), n + len(y)
+            if self.opts.progress is not None:
+                self.opts.progress(f"{self.r.cell.method} seed {self.r.cell.seed}",
+                                   epoch * per_epoch + i + 1, self.p.epochs * per_epoch)
         return total / max(n, 1)
 
     def _select_acc(self, model: nn.Module) -> float:
