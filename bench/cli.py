@@ -236,12 +236,12 @@ def list_() -> None:
     from rich.table import Table
 
     t = Table(title="methods")
-    for col in ("name", "teacher", "presets", "description"):
+    for col in ("name", "trains with", "presets", "description"):
         t.add_column(col)
     for name in registry.names():
         cls = registry.get(name)
-        t.add_row(name, "yes" if cls.needs_teacher else "", ", ".join(cls.presets),
-                  cls.description())
+        extra = "teacher" if cls.needs_teacher else "peer" if cls.needs_peer else ""
+        t.add_row(name, extra, ", ".join(cls.presets), cls.description())
     console.print(t)
     for name, why in registry.broken().items():
         err_console.print(f"warning: plugin {name!r} failed to load: {why}")
