@@ -54,10 +54,16 @@ class Resolved:
 
     @property
     def id(self) -> str:
-        blob = json.dumps(self.config, sort_keys=True, default=str).encode()
+        """Readable prefix + hash of the config; None-valued keys are left out of the hash,
+        so a new optional field does not orphan every stored result."""
+        blob = json.dumps(_drop_none(self.config), sort_keys=True, default=str).encode()
         digest = hashlib.sha256(blob).hexdigest()[:10]
         c = self.cell
         return f"{c.method}-{c.preset}-{c.dataset}-{self.arch}-s{c.seed}-{digest}"
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
 def _check_arch(name: str | None) -> None:

@@ -116,6 +116,14 @@ def cli() -> None:
 @click.option("--detect-anomaly", is_flag=True, help="torch autograd anomaly detection.")
 @click.option("--num-workers", type=int, default=0, show_default=True,
               help="DataLoader workers for torchvision data sets.")
+@click.option("--executor", type=click.Choice(["none", "local", "slurm", "debug"]),
+              default="none", show_default=True,
+              help="Run the cells as submitit jobs: Slurm, local processes, or in-process.")
+@click.option("--slurm-partition", default=None, help="Slurm partition for --executor slurm.")
+@click.option("--timeout-min", type=int, default=24 * 60, show_default=True,
+              help="Per-job time limit for --executor.")
+@click.option("--gpus-per-node", type=int, default=0, show_default=True,
+              help="GPUs per job for --executor.")
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
@@ -125,7 +133,8 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
         teacher_arch: str | None, teacher_method: str, peer_arch: str | None, select: str,
         select_every: int, attacks: str, aa_samples: int | None, device: str,
         data_root: str | None, out: str, redo: bool, detect_anomaly: bool,
-        num_workers: int, threads: int | None) -> None:
+        num_workers: int, executor: str, slurm_partition: str | None, timeout_min: int,
+        gpus_per_node: int, threads: int | None) -> None:
     """Train each method, evaluate it, store the rows and print a table.
 
     An interrupted run resumes from its last epoch checkpoint when rerun.
@@ -165,6 +174,17 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
         torch.set_num_threads(threads)
     store = Store(_writable(Path(out)))
     ev = EvalOptions(attacks=attack_list, aa_samples=aa_samples)
+    if executor != "none":
+        from bench.sweep import SweepOptions, sweep
+
+        so = SweepOptions(executor=executor, timeout_min=timeout_min, partition=slurm_partition,
+                          gpus_per_node=gpus_per_node)
+        # The jobs' machines, not this one, decide: a GPU job runs on cuda.
+        job_device = "cuda" if gpus_per_node else "cpu" if device == "auto" else device
+        sweep(cells, store.root, job_device, Path(data_root) if data_root else None, ev, so,
+              redo=redo, log=console.print)
+        _print_table(store, {r.id for r in resolved})
+        return
     with _progress() as bar:
         opts = RunOptions(out=store.root, device=_device(device),
                           data_root=Path(data_root) if data_root else None,
@@ -197,26 +217,31 @@ def _updater(bar):
 
 
 def _print_table(store, ids: set[str] | None = None, fmt: str = "rich") -> None:
-    from bench.report import compact, markdown, rich_table, summary
+    """The stored rows (of `ids` only, if given) as one table per data set and arch."""
+    import pandas as pd
+
+    from bench.report import aggregate, current, markdown, paper_table, rich_table, sections
 
     rows, problems = store.read()
     for p in problems:
-        err_console.print(f"warning: {p}")
+        err_console.print(f"warning: {p}", markup=False)
     if ids is not None:
         rows = [r for r in rows if r.get("cell_id") in ids]
     if not rows:
         console.print(f"no results in {store.root}")
         return
-    import pandas as pd
-
-    table = compact(summary(pd.DataFrame(rows)))
-    if fmt == "rich":
-        console.print(rich_table(table, f"accuracy (%) under attack, {store.root}"))
-        console.print(markdown(table), soft_wrap=True)
-    elif fmt == "markdown":
-        click.echo(markdown(table))
-    else:
-        click.echo(table.to_csv(index=False), nl=False)
+    df, _ = current(pd.DataFrame(rows))
+    for (dataset, arch), g in sections(df):
+        table = paper_table(aggregate(g))
+        title = f"{dataset} / {arch}: accuracy (%) under attack"
+        if fmt == "rich":
+            if console.is_terminal:  # a log file gets the markdown only: no cramped boxes
+                console.print(rich_table(table, title))
+            console.print(f"{title}\n\n{markdown(table)}\n", soft_wrap=True, markup=False)
+        elif fmt == "markdown":
+            click.echo(f"### {title}\n\n{markdown(table)}\n")
+        else:
+            click.echo(table.assign(dataset=dataset, arch=arch).to_csv(index=False), nl=False)
 
 
 @cli.command()

@@ -1,60 +1,22 @@
-"""Tables from the results store: mean (and std over seeds) per cell, as rich / markdown / CSV.
+"""Tables from the results store: mean (and std over seeds) per cell, as rich / markdown / LaTeX.
 
 pandas is imported here only, so training and `bench perf` need torch alone.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 from bench.evaluate import ALL_ATTACKS
 
 if TYPE_CHECKING:
     import pandas as pd
 
-KEYS = ["method", "preset", "dataset", "arch", "checkpoint"]
+TEXT_COLUMNS = ("method", "preset", "dataset", "arch", "checkpoint")
 LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd20s": "PGD-20 (0.003)",
           "cw": "CW-inf", "aa": "AutoAttack"}
 CHECKPOINT_ORDER = {"best": 0, "last": 1, "swa_best": 2, "swa_last": 3}
-
-
-def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One line per (method, preset, data set, arch, checkpoint): accuracies in %, seeds, n."""
-    import pandas as pd
-
-    if df.empty:
-        return pd.DataFrame()
-    metrics = [m for m in ALL_ATTACKS if m in df]
-    rows = []
-    for key, g in df.groupby(KEYS, sort=False, dropna=False):
-        row = dict(zip(KEYS, key, strict=True))
-        row["seeds"] = g["seed"].nunique()
-        row["epochs"] = int(g["epochs"].max())
-        for m in metrics:
-            vals = g[m].dropna() * 100
-            if vals.empty:
-                row[LABELS[m]] = ""
-                continue
-            std = f" ± {vals.std():.2f}" if len(vals) > 1 else ""
-            n = g[f"n_{m}"].dropna()
-            row[LABELS[m]] = f"{vals.mean():.2f}{std}"
-            row[f"n {LABELS[m]}"] = int(n.iloc[0]) if len(n) else ""
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    order = out["checkpoint"].map(CHECKPOINT_ORDER).fillna(9)
-    return out.assign(_o=order).sort_values(["dataset", "arch", "method", "_o"]).drop(columns="_o")
-
-
-def compact(table: pd.DataFrame) -> pd.DataFrame:
-    """The summary with the per-metric image counts folded into the column headers."""
-    counts = [c for c in table.columns if c.startswith("n ")]
-    renames = {}
-    for c in counts:
-        metric = c[2:]
-        vals = set(table[c].dropna())
-        if len(vals) == 1:
-            renames[metric] = f"{metric} (n={vals.pop()})"
-    return table.drop(columns=[c for c in counts if c[2:] in renames]).rename(columns=renames)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -71,7 +33,302 @@ def rich_table(table: pd.DataFrame, title: str = "bench results"):
 
     t = Table(title=title)
     for c in table.columns:
-        t.add_column(str(c), justify="right" if c not in KEYS else "left")
+        t.add_column(str(c), justify="left" if c in TEXT_COLUMNS else "right")
     for _, r in table.iterrows():
         t.add_row(*(str(r[c]) for c in table.columns))
     return t
+
+
+# --- the paper-style report (run_all.py): numeric aggregates, sections, markdown, LaTeX -------
+
+SECTION = ["dataset", "arch"]
+# A table line: runs of different lengths (epochs) never average together.
+GROUP = ["method", "preset", "dataset", "arch", "epochs", "checkpoint"]
+MAIN_METRICS = ("clean", "fgsm", "pgd20", "cw", "aa")  # the paper table and the bar chart
+NESTED = ("config", "versions")
+
+
+def prepare(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows with every column the report reads: absent keys become "?", metrics numbers."""
+    import pandas as pd
+
+    df = df.copy()
+    for k in [*GROUP, "seed", "eps", "cell_id"]:
+        if k not in df:
+            df[k] = pd.NA
+    for k in ("method", "preset", "dataset", "arch", "checkpoint", "cell_id"):
+        df[k] = df[k].astype("object").where(df[k].notna(), "?").astype(str)
+    for k in ("epochs", "seed", "eps", "train_seconds", "eval_seconds", *ALL_ATTACKS,
+              *(f"n_{m}" for m in ALL_ATTACKS)):
+        if k in df:
+            df[k] = pd.to_numeric(df[k], errors="coerce")
+    df["epochs"] = df["epochs"].fillna(-1).astype(int)
+    df["setup"] = (df["config"].map(setup_key) if "config" in df else "")
+    return df
+
+
+def _flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat_config(v, f"{prefix}{k}."))
+        elif v is not None:  # a key added later with a None default changes nothing
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def setup_key(config: Any) -> str:
+    """A cell's configuration without its seed (None-valued keys dropped), as JSON text."""
+    if not isinstance(config, dict):
+        return ""
+    flat_cfg = _flat_config({k: v for k, v in config.items() if k != "seed"})
+    return json.dumps(flat_cfg, sort_keys=True, default=str)
+
+
+def current(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows to report, superseded rows): of cells that repeat the same setup and seed
+    (e.g. retrained after the cell id changed with the code), only the newest cell is kept.
+    """
+    df = prepare(df)
+    if df.empty:
+        return df, df
+    created = df["created"].astype(str) if "created" in df else ""
+    cells = (df.assign(_c=created).groupby("cell_id", sort=False)
+             .agg(_c=("_c", "max"), **{k: (k, "first") for k in
+                                       [*GROUP[:5], "seed", "setup"]}))
+    cells = cells.sort_values("_c", kind="stable")
+    old = cells.index[cells.duplicated([*GROUP[:5], "seed", "setup"], keep="last")]
+    gone = df["cell_id"].isin(old) & (df["cell_id"] != "?")
+    return df[~gone], df[gone]
+
+
+def sections(df: pd.DataFrame):
+    """((dataset, arch), rows) per section of the report, in a stable order."""
+    for key, g in df.groupby(SECTION, sort=True, dropna=False):
+        yield tuple(key), g
+
+
+def labels(df: pd.DataFrame) -> pd.Series:
+    """A display name per row: the method, plus the preset / epochs where a section mixes them."""
+    out = df["method"].astype(str)
+    if df["preset"].nunique() > 1:
+        out = out + " [" + df["preset"].astype(str) + "]"
+    if df["epochs"].nunique() > 1:
+        out = out + " (" + df["epochs"].astype(str) + " ep)"
+    if "setup" not in df:
+        return out
+    for _, g in df.groupby(out, sort=False):  # one method, several setups: name the diffs
+        setups = [x for x in g["setup"].unique() if x]
+        if len(setups) < 2:
+            continue
+        cfgs = {x: json.loads(x) for x in setups}
+        keys = sorted({k for c in cfgs.values() for k in c
+                       if len({json.dumps(c2.get(k), default=str) for c2 in cfgs.values()}) > 1
+                       and k != "params.epochs"})
+        for x, c in cfgs.items():
+            diff = ", ".join(f"{k.rsplit('.', 1)[-1]}={c.get(k, '-')}" for k in keys)
+            idx = g.index[g["setup"] == x]
+            out.loc[idx] = out.loc[idx] + " {" + (diff[:40] + "…" if len(diff) > 40 else diff) + "}"
+    return out
+
+
+def aggregate(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
+    """Numeric mean / std (in %) / count over seeds of every metric, one line per `keys`.
+
+    Columns: keys, `label`, `seeds`, and per metric m present: `m` (mean), `m_std` (NaN
+    with one value), `m_count` (how many seeds measured it) and `n_m` (images, the
+    smallest count when rows differ, `n_m_max` the largest).
+    """
+    import pandas as pd
+
+    keys = keys or GROUP
+    df = prepare(df)
+    if df.empty:
+        return pd.DataFrame()
+    df = df.assign(label=labels(df))
+    metrics = [m for m in ALL_ATTACKS if m in df and df[m].notna().any()]
+    rows = []
+    for key, g in df.groupby([*keys, "label"], sort=False, dropna=False):
+        row = dict(zip([*keys, "label"], key, strict=True))
+        row["seeds"] = g["seed"].nunique()
+        row["seed_list"] = sorted(int(s) for s in g["seed"].dropna().unique())
+        row["duplicates"] = int(g.duplicated("seed").sum())
+        row["eps"] = g["eps"].iloc[0] if g["eps"].nunique() <= 1 else float("nan")
+        for col in ("train_seconds", "eval_seconds"):  # per cell / per checkpoint, mean
+            row[col] = g[col].mean() if col in g else float("nan")
+        for m in metrics:
+            vals = g[m].dropna() * 100
+            row[m] = vals.mean() if len(vals) else float("nan")
+            row[f"{m}_std"] = vals.std() if len(vals) > 1 else float("nan")
+            row[f"{m}_count"] = len(vals)
+            n = g.loc[g[m].notna(), f"n_{m}"].dropna() if f"n_{m}" in g else pd.Series([])
+            row[f"n_{m}"] = int(n.min()) if len(n) else pd.NA
+            row[f"n_{m}_max"] = int(n.max()) if len(n) else pd.NA
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if "checkpoint" in out:
+        order = out["checkpoint"].map(CHECKPOINT_ORDER).fillna(9)
+        out = (out.assign(_o=order).sort_values([*SECTION, "label", "_o"], kind="stable")
+               .drop(columns="_o").reset_index(drop=True))
+    return out
+
+
+def metrics_of(agg: pd.DataFrame, wanted: tuple[str, ...] = ALL_ATTACKS) -> list[str]:
+    """The metrics of `wanted` that hold at least one number in `agg`."""
+    return [m for m in wanted if m in agg and agg[m].notna().any()]
+
+
+def cell_text(r: pd.Series, m: str, seeds: int) -> str:
+    """'mean ± std'; marks numbers measured on fewer seeds than the line."""
+    if m not in r or r[m] != r[m]:  # NaN: not measured
+        return "–"
+    text = f"{r[m]:.2f}"
+    if r[f"{m}_count"] > 1:
+        text += f" ± {r[f'{m}_std']:.2f}"
+    if r[f"{m}_count"] < seeds:
+        text += f" ({r[f'{m}_count']}/{seeds} seeds)"
+    return text
+
+
+def image_counts(agg: pd.DataFrame, m: str) -> str:
+    """'360' or '20–100' images behind metric m in a table."""
+    lo, hi = agg[f"n_{m}"].dropna(), agg[f"n_{m}_max"].dropna()
+    if lo.empty:
+        return "?"
+    a, b = int(lo.min()), int(hi.max())
+    return f"{a}" if a == b else f"{a}–{b}"
+
+
+def paper_table(agg: pd.DataFrame) -> pd.DataFrame:
+    """One section's lines as strings: method, checkpoint, epochs, seeds, metric columns.
+
+    Image counts are folded into the headers ("PGD-20 (n=360)"); dataset / arch are the
+    section's title, so they are left out.
+    """
+    import pandas as pd
+
+    metrics = metrics_of(agg)
+    lines = []
+    for _, r in agg.iterrows():
+        line = {"method": r["label"], "checkpoint": r["checkpoint"], "epochs": r["epochs"],
+                "seeds": r["seeds"]}
+        for m in metrics:
+            line[f"{LABELS[m]} (n={image_counts(agg, m)})"] = cell_text(r, m, r["seeds"])
+        for col, name in (("train_seconds", "train (s)"), ("eval_seconds", "eval (s)")):
+            t = r.get(col, float("nan"))
+            line[name] = "–" if t != t else f"{t:.1f}" if t < 100 else f"{t:.0f}"
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def fmt_eps(eps: float) -> str:
+    """0.1 -> '0.1'; 8/255 -> '8/255 (0.0314)'."""
+    if eps != eps:
+        return "mixed"
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and round(k) > 0:
+        return f"{round(k)}/255 ({eps:.4f})"
+    return f"{eps:g}"
+
+
+def how_measured(rows: pd.DataFrame) -> str:
+    """The protocol behind a section's numbers, from its rows, as a markdown paragraph."""
+    rows = prepare(rows)
+    eps_vals = sorted(rows["eps"].dropna().unique())
+    eps_text = ", ".join(fmt_eps(e) for e in eps_vals) or "unknown"
+    eps = eps_vals[0] if len(eps_vals) == 1 else None
+    step = f"{eps / 4:.4g}" if eps else "eps/4"
+    small = f"{0.003 * eps / (8 / 255):.4g}" if eps else "0.003 scaled with eps"
+    seeds = sorted(int(s) for s in rows["seed"].dropna().unique())
+    epochs = sorted(int(e) for e in rows["epochs"].unique() if e >= 0)
+    selects = set()
+    if "config" in rows:
+        selects = {c.get("select") for c in rows["config"] if isinstance(c, dict)} - {None}
+    select = "/".join(sorted(selects)) or "test"
+    if len(seeds) > 1:
+        seed_text = (f"mean ± sample std over seeds {', '.join(map(str, seeds))} (a line "
+                     f"marked 'k/n seeds' has that number from k of its n seeds only)")
+    else:
+        seed_text = f"from seed {seeds[0] if seeds else '?'} (a single seed: no std)"
+    devices = ", ".join(sorted(map(str, rows["device"].dropna().unique()))) \
+        if "device" in rows else ""
+    aa = rows["n_aa"].dropna() if "n_aa" in rows else []
+    aa_text = ""
+    if len(aa):
+        lo, hi = int(min(aa)), int(max(aa))
+        aa_text = (f" AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square, through "
+                   f"`pyautoattack`) runs on a fixed, seeded subset of "
+                   f"{lo if lo == hi else f'{lo}–{hi}'} test images.")
+    return (
+        f"**How measured.** White-box L∞ attacks at eps = {eps_text} on test images in "
+        f"[0, 1], models in eval mode: FGSM (one step of size eps, no random start), PGD-20 "
+        f"(uniform random start, step eps/4 = {step}), PGD-20 (0.003) (the same with RSLAD's "
+        f"small step, 0.003 at 8/255, here {small}), CW-inf (PGD-30 on the CW margin loss, "
+        f"step eps/4).{aa_text} Accuracies are in %, {seed_text}; `n=` in a header is "
+        f"the number of test images behind each number of that column; times are per cell "
+        f"(train) and per checkpoint (eval, all attacks), in seconds on "
+        f"{devices or 'an unrecorded device'}. Training: {', '.join(map(str, epochs)) or '?'} "
+        f"epochs; `best` is the epoch with the highest PGD-10 accuracy on the {select} split, "
+        f"`last` the final epoch, `swa_*` their stochastic weight averages (when the method "
+        f"uses SWA).")
+
+
+def flat(df: pd.DataFrame) -> pd.DataFrame:
+    """Every row flat for CSV: nested dicts become dotted columns, lists '; '-joined text."""
+    import pandas as pd
+
+    if df.empty:
+        return df
+    nested = [c for c in NESTED if c in df]
+    parts = [df.drop(columns=nested).reset_index(drop=True)]
+    for c in nested:
+        vals = [v if isinstance(v, dict) else {} for v in df[c]]
+        parts.append(pd.json_normalize(vals, sep=".").add_prefix(f"{c}."))
+    out = pd.concat(parts, axis=1)
+    first = [*GROUP[:4], "seed", "epochs", "checkpoint", "eps", *ALL_ATTACKS,
+             *(f"n_{m}" for m in ALL_ATTACKS)]
+    first = [c for c in first if c in out]
+    out = out[first + [c for c in out.columns if c not in first]]
+    for c in out.columns:
+        if out[c].map(lambda v: isinstance(v, list | tuple | dict)).any():
+            out[c] = out[c].map(lambda v: "; ".join(map(str, v)) if isinstance(v, list | tuple)
+                                else (str(v) if isinstance(v, dict) else v))
+    return out
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def tex_escape(s: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(s))
+
+
+def latex(agg: pd.DataFrame, caption: str) -> str:
+    """A booktabs tabular: one line per method, mean $\\pm$ std, the best mean per column bold."""
+    metrics = metrics_of(agg, MAIN_METRICS)
+    best = {m: agg[m].max() for m in metrics}
+    lines = [f"% {caption}", r"\begin{tabular}{l" + "c" * len(metrics) + "}", r"\toprule",
+             " & ".join(["Method", *(tex_escape(LABELS[m]) for m in metrics)]) + r" \\",
+             r"\midrule"]
+    partial = False
+    for _, r in agg.iterrows():
+        cells = [tex_escape(r["label"])]
+        for m in metrics:
+            if r[m] != r[m]:
+                cells.append("--")
+                continue
+            text = f"{r[m]:.2f}"
+            if abs(r[m] - best[m]) < 1e-9:
+                text = rf"\textbf{{{text}}}"
+            if r[f"{m}_count"] > 1:
+                text += rf" $\pm$ {r[f'{m}_std']:.2f}"
+            if r[f"{m}_count"] < r["seeds"]:
+                text += r"$^\dagger$"
+                partial = True
+            cells.append(text)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if partial:
+        lines.append(r"% $^\dagger$: measured on fewer seeds than the line's other numbers")
+    return "\n".join(lines)

@@ -1,0 +1,272 @@
+"""Regenerate the paper-style report from the stored results, training only what is missing.
+
+    python run_all.py                      # the default grid on the embedded digits set
+    python run_all.py --no-train           # only rebuild the report from <out>/rows
+    python run_all.py --methods standard,pgdat --epochs 3 --aa-samples 20 --out /tmp/ra
+
+The report (<out>/report by default) covers every row in the store: results.md (tables per
+data set / architecture, image counts, how measured), results.csv (every row, flat),
+results.tex (the main table as a LaTeX tabular) and the figures as PNG and PDF.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from bench import BenchError
+
+DEFAULT_METHODS = "standard,pgdat,trades,peeraid,rslad,ard,adaad,iad"
+PLOT_KINDS = ("accuracy", "robustness", "training")
+
+
+def say(msg: str = "", err: bool = False) -> None:
+    click.echo(msg, err=err)
+
+
+# --- training ---------------------------------------------------------------------------
+
+def train_grid(cells: list, out: Path, device: str, aa_samples: int | None,
+               no_train: bool) -> list[str]:
+    """Train and evaluate the cells whose rows are not stored; returns one line per failure."""
+    from bench.cells import resolve
+    from bench.pipeline import EvalOptions, run_cell, stored
+    from bench.runner import RunOptions
+    from bench.store import Store
+
+    store = Store(out)
+    resolved = [resolve(c) for c in cells]  # every config error before any training
+    for r in resolved:
+        if r.teacher_cell is not None:
+            resolve(r.teacher_cell)
+    todo = [r for r in resolved if not stored(r, store)]
+    todo_ids = {r.id for r in todo}
+    for r in resolved:
+        state = "reuse" if r.id not in todo_ids else ("MISSING" if no_train else "train")
+        say(f"  {state:7s} {r.cell.method:8s} seed {r.cell.seed}  ({r.id})")
+    say(f"{len(resolved) - len(todo)} cell(s) reused from {out}, "
+        + (f"{len(todo)} missing (--no-train: not trained)" if no_train
+           else f"{len(todo)} to train"))
+    if no_train or not todo:
+        return []
+    opts = RunOptions(out=out, device=device, log=say)
+    ev = EvalOptions(aa_samples=aa_samples)
+    failures = []
+    for i, r in enumerate(todo, 1):
+        say(f"[{i}/{len(todo)}] training {r.cell.method} seed {r.cell.seed} ({r.id})")
+        t0 = time.perf_counter()
+        try:
+            run_cell(r.cell, opts, ev, store)
+        except BenchError as exc:  # one broken cell must not lose the others' report
+            failures.append(f"{r.id}: {exc}")
+            say(f"  failed: {exc}", err=True)
+            continue
+        say(f"  done in {time.perf_counter() - t0:.0f}s")
+    return failures
+
+
+# --- report -----------------------------------------------------------------------------
+
+def write_report(out: Path, report_dir: Path) -> list[Path]:
+    """Every table and figure of the report from the rows stored under `out`."""
+    import pandas as pd
+
+    from bench import plots
+    from bench.report import (
+        aggregate,
+        current,
+        flat,
+        how_measured,
+        latex,
+        markdown,
+        paper_table,
+        sections,
+    )
+    from bench.store import Store
+
+    rows, problems = Store(out).read()
+    for p in problems:
+        say(f"warning: {out / 'rows' / p}", err=True)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    written: list[Path] = []
+
+    def put(name: str, text: str) -> None:
+        path = report_dir / name
+        path.write_text(text)
+        written.append(path)
+
+    if df.empty:
+        put("results.csv", "")
+        put("results.md", f"# Results\n\nNo result rows in `{out / 'rows'}`.\n"
+            + _problems_md(problems))
+        put("results.tex", "% no results\n")
+        return written
+
+    df, old = current(df)  # a cell re-run under a new id replaces the old one, not averaged
+    table = flat(pd.concat([df.assign(in_report=True), old.assign(in_report=False)])
+                 .sort_index().drop(columns=["setup"]))
+    put("results.csv", table.to_csv(index=False))
+    for kind in PLOT_KINDS:  # figures of sections no longer in the store must not linger
+        for stale in [*report_dir.glob(f"{kind}_*.png"), *report_dir.glob(f"{kind}_*.pdf")]:
+            stale.unlink()
+    figures = {
+        "accuracy": plots.accuracy_bars(df, report_dir),
+        "robustness": plots.robustness_scatter(df, report_dir),
+        "training": plots.training_curves(df, out / "runs", report_dir),
+    }
+    written += [p for ps in figures.values() for p in ps]
+    _, missing_hist = plots.histories(df, out / "runs")
+
+    md = ["# Results: adversarial distillation benchmark\n",
+          f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `run_all.py` from the "
+          f"{len(df) + len(old)} rows in `{out / 'rows'}`. Accuracy (%) under attack; mean ± "
+          f"std over seeds. Every row, with its full configuration, is in `results.csv`.\n"]
+    if len(old):
+        md.append(f"{len(old)} row(s) of {old['cell_id'].nunique()} older cell(s) are left "
+                  f"out: a newer cell has the same method, configuration and seed (typically "
+                  f"retrained after a code change gave it a new id); `in_report` is False for "
+                  f"them in `results.csv`: " + ", ".join(
+                      f"`{c}`" for c in sorted(old["cell_id"].unique())) + ".\n")
+    tex = ["% Main table (checkpoint 'best'): accuracy (%) under attack, mean $\\pm$ std "
+           "over seeds.", "% Generated by run_all.py; needs \\usepackage{booktabs}.", ""]
+    for (dataset, arch), sec in sections(df):
+        agg = aggregate(sec)
+        md.append(f"## {dataset} / {arch}\n")
+        md.append(markdown(paper_table(agg)) + "\n")
+        md.append(how_measured(sec) + "\n")
+        notes = _notes(sec, agg, missing_hist)
+        if notes:
+            md.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        for kind, what in (("accuracy", "Accuracy under each attack"),
+                           ("robustness", "Clean vs robust accuracy"),
+                           ("training", "Training curves")):
+            png = [p for p in figures[kind] if p.suffix == ".png"
+                   and p.stem.endswith(_suffix(dataset, arch))]
+            for p in png:
+                md.append(f"![{what}, {dataset} / {arch}]({p.name})\n")
+        best = agg[agg["checkpoint"] == "best"]
+        main = best if not best.empty else agg
+        ckpt = "best" if not best.empty else "all checkpoints"
+        tex.append(latex(main, f"{dataset} / {arch}, checkpoint: {ckpt}"))
+        tex.append("")
+    md.append(_problems_md(problems))
+    put("results.md", "\n".join(md))
+    put("results.tex", "\n".join(tex))
+    return written
+
+
+def _suffix(dataset: str, arch: str) -> str:
+    from bench.plots import _slug
+
+    return "_" + _slug(dataset, arch)
+
+
+def _notes(sec, agg, missing_hist: list[str]) -> list[str]:
+    """What a reader must know about a section: mixed configs, AA flags, missing histories."""
+    notes = []
+    for _, r in agg[agg["duplicates"] > 0].iterrows():
+        notes.append(f"{r['label']} / {r['checkpoint']}: {r['duplicates']} extra row(s) for "
+                     f"the same seed are averaged into this line (rows without a recorded "
+                     f"configuration cannot be told apart).")
+    if "aa_flags" in sec:
+        for _, r in sec.iterrows():
+            flags = r["aa_flags"]
+            if isinstance(flags, list) and flags:
+                notes.append(f"AutoAttack flags for {r['method']} seed {r['seed']} "
+                             f"{r['checkpoint']}: " + "; ".join(map(str, flags)))
+    gone = sorted(set(missing_hist) & set(sec["cell_id"]))
+    if gone:
+        notes.append("no training history (missing checkpoint) for: "
+                     + ", ".join(f"`{g}`" for g in gone))
+    return notes
+
+
+def _problems_md(problems: list[str]) -> str:
+    if not problems:
+        return ""
+    return ("\n## Skipped files\n\nThese files in `rows/` are not result rows and were "
+            "ignored:\n\n" + "\n".join(f"- {p}" for p in problems) + "\n")
+
+
+# --- command line -------------------------------------------------------------------------
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--methods", default=DEFAULT_METHODS, show_default=True,
+              help="Comma-separated methods of the grid.")
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--arch", default=None, help="Student architecture [default: the data set's].")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--preset", default="faithful", show_default=True)
+@click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
+@click.option("--aa-samples", type=int, default=None,
+              help="AutoAttack on N seeded test images [default: 100 on the embedded set, "
+                   "all otherwise].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Results folder (rows, checkpoints, teachers).")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the report goes [default: <out>/report].")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
+                   "models on a busy machine.")
+@click.option("--no-train", is_flag=True, help="Train nothing: only rebuild the report.")
+def cli(methods: str, dataset: str, arch: str | None, seeds: str, preset: str,
+        epochs: int | None, aa_samples: int | None, device: str, out: str,
+        report_dir: str | None, threads: int | None, no_train: bool) -> None:
+    """Train what is missing of the grid, then write every table and figure of the report."""
+    from bench.cells import Cell
+    from bench.cli import _csv, _device, _seeds, _writable
+
+    if aa_samples is not None and aa_samples < 1:
+        raise BenchError(f"--aa-samples must be >= 1, got {aa_samples}")
+    if threads is not None and threads < 1:
+        raise BenchError(f"--threads must be >= 1, got {threads}")
+    if threads is not None and not no_train:
+        import torch
+
+        torch.set_num_threads(threads)
+    overrides = (("epochs", epochs),) if epochs is not None else ()
+    cells = [Cell(m, dataset, arch, s, preset, overrides)
+             for m in _csv(methods) for s in _seeds(seeds)]
+    if not cells:
+        raise BenchError("--methods names no method")
+    out_path = _writable(Path(out))
+    say(f"grid: {len(cells)} cell(s) on {dataset}, results in {out_path}")
+    failures = train_grid(cells, out_path, "cpu" if no_train else _device(device), aa_samples,
+                          no_train)
+    report = Path(report_dir) if report_dir else out_path / "report"
+    written = write_report(out_path, report)
+    say(f"report in {report}:")
+    for p in written:
+        say(f"  {p.name}")
+    if failures:
+        raise BenchError(f"{len(failures)} cell(s) failed: " + " | ".join(failures))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the script; returns the exit status (every failure is one line on stderr)."""
+    try:
+        cli.main(args=argv, prog_name="run_all.py", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        say(f"error: {exc.format_message()}".splitlines()[0], err=True)
+        return 2
+    except click.exceptions.Abort:
+        say("error: aborted", err=True)
+        return 130
+    except BenchError as exc:
+        say(f"error: {exc}".splitlines()[0], err=True)
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted: rerun the same command to resume", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
