@@ -55,15 +55,6 @@ def _spec(name: str, dataset: str) -> dict:
 METHODS = ["peeraid", "rslad", "ard", "adaad", "trades", "iad", "pgdat"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (seconds per test on 2 cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --- tiny models -------------------------------------------------------------------------
 
 class Net(nn.Module):
