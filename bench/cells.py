@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bench import BenchError, data, registry
 from bench.distiller import Distiller, Params
@@ -77,6 +80,47 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+_KINDS = {float: "a number", int: "an integer", bool: "True or False", str: "a string",
+          type(None): "None"}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` has the annotated type `hint` (the kinds Params fields use)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:  # `--set milestones=1,3` parses as a tuple; a list is as good
+        return isinstance(value, tuple | list) and all(_fits(v, args[0]) for v in value)
+    if isinstance(value, bool):  # bool is an int to Python, never to a hyper-parameter
+        return hint is bool
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)
+
+
+def _kind(hint: Any) -> str:
+    """`hint` in words, for the error message."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(a) for a in args)
+    if origin is tuple:
+        return f"comma-separated values (a trailing comma for one), each {_kind(args[0])}"
+    return _KINDS.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_types(params_cls: type, overrides: dict[str, Any]) -> None:
+    """`--set` values are parsed as Python literals, or kept as strings: reject the wrong
+    kind here, before it fails deep inside training (or, like epochs=2.5, silently runs)."""
+    hints = typing.get_type_hints(params_cls)
+    for key, value in overrides.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise BenchError(f"hyper-parameter {key} must be {_kind(hints[key])}, got {value!r}")
+
+
 def _check_params(p: Params) -> None:
     """Reject values that can only be typos: a silent wrong result is worse than an error."""
     if not 0 < p.eps <= 1:
@@ -86,8 +130,11 @@ def _check_params(p: Params) -> None:
     if p.steps < 1 or p.epochs < 1 or p.batch_size < 1:
         raise BenchError(f"steps, epochs and batch size must be >= 1, got "
                          f"{p.steps}, {p.epochs}, {p.batch_size}")
-    if not p.lr > 0:
-        raise BenchError(f"lr must be > 0, got {p.lr}")
+    if any(m < 0 for m in p.milestones) or not p.lr_decay > 0:
+        raise BenchError(f"milestones must be >= 0 and lr_decay > 0, got {p.milestones} and "
+                         f"{p.lr_decay}")
+    if not 0 < p.lr < math.inf:
+        raise BenchError(f"lr must be a finite number > 0, got {p.lr}")
 
 
 def resolve(cell: Cell) -> Resolved:
@@ -105,6 +152,7 @@ def resolve(cell: Cell) -> Resolved:
     if cell.teacher_normalize not in (None, *NORMALIZATIONS):
         raise unknown("teacher normalization", cell.teacher_normalize, NORMALIZATIONS)
     arch = cell.arch or spec.default_arch
+    _check_types(cls.Params, dict(cell.overrides))
     params = cls.resolve(cell.preset, cell.dataset, arch=arch, budget=spec.budget,
                          **dict(cell.overrides))
     _check_params(params)

@@ -13,13 +13,14 @@ import click
 from rich.console import Console
 
 from bench import BenchError, data, registry
-from bench.cells import Cell, resolve
+from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS
 from bench.models import model_names
 from bench.teachers import NORMALIZATIONS
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Errors and warnings: one line each, however long (never wrapped), and literal (no markup).
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def _csv(value: str) -> list[str]:
@@ -51,14 +52,20 @@ def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _device(name: str) -> str:
+    """The torch device, checked here: `cuda:banana` or `cuda:7` fail later with a traceback."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError(f"--device {name}: no CUDA device is available here")
-    if name != "cpu" and not name.startswith("cuda"):
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise BenchError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise BenchError(f"--device {name}: no such CUDA device here "
+                         f"({torch.cuda.device_count()} available)")
     return name
 
 
@@ -166,6 +173,7 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
     for r in resolved:
         if r.teacher_cell is not None:
             resolve(r.teacher_cell)
+    _check_teacher_files(resolved)
     if threads is not None and threads < 1:
         raise BenchError(f"--threads must be >= 1, got {threads}")
     if threads is not None:
@@ -182,18 +190,37 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
         # The jobs' machines, not this one, decide: a GPU job runs on cuda.
         job_device = "cuda" if gpus_per_node else "cpu" if device == "auto" else device
         sweep(cells, store.root, job_device, Path(data_root) if data_root else None, ev, so,
-              redo=redo, log=console.print)
+              redo=redo, log=_plain(console))
         _print_table(store, {r.id for r in resolved})
         return
     with _progress() as bar:
         opts = RunOptions(out=store.root, device=_device(device),
                           data_root=Path(data_root) if data_root else None,
                           num_workers=num_workers, detect_anomaly=detect_anomaly,
-                          log=bar.console.print, progress=_updater(bar))
+                          log=_plain(bar.console), progress=_updater(bar))
         for c in cells:
             bar.console.print(f"[bold]{c.method}[/] on {c.dataset}, seed {c.seed}")
             run_cell(c, opts, ev, store, redo=redo)
     _print_table(store, {r.id for r in resolved})
+
+
+def _check_teacher_files(resolved: list[Resolved]) -> None:
+    """Load each --teacher file into its architecture now: a wrong file fails before any
+    training, not after the methods listed before the one that needs it have trained."""
+    from bench.runner import build
+    from bench.teachers import load_weights
+
+    done = set()
+    for r in resolved:
+        arch = r.config["teacher_arch"]
+        if r.teacher_file is not None and (r.teacher_file, arch) not in done:
+            load_weights(build(r, "teacher", arch), r.teacher_file, "teacher checkpoint")
+            done.add((r.teacher_file, arch))
+
+
+def _plain(out: Console):
+    """A logger of plain lines: in `[pgdat] epoch 1` the brackets are text, not rich markup."""
+    return lambda line: out.print(line, markup=False)
 
 
 def _progress():

@@ -90,7 +90,9 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, batch_size
 
     `state_path` is pyautoattack's resumable state file. Its own resume path leaves `y_adv`
     unbound (pyautoattack 0.2.0), so an interrupted evaluation is resumed here instead: the
-    attacks not yet finished run on the images the state still marks robust.
+    attacks not yet finished run, with the standard settings, on the images the state still
+    marks robust. (pyautoattack records a finished attack at most once a minute, so after a
+    kill an attack may run again on the survivors: never an easier evaluation.)
     """
     from pyautoattack import AutoAttack
     from pyautoattack.state import EvaluationState
@@ -110,7 +112,9 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, batch_size
                         if a not in state.run_attacks]
                 idx = robust.nonzero().flatten()
                 if todo and len(idx):
-                    _, y_adv = make(version="custom", attacks=todo).run_standard_evaluation(
+                    rest = make(version="standard")  # standard settings (restarts, targets),
+                    rest.attacks_to_run = todo  # only the attacks not finished yet
+                    _, y_adv = rest.run_standard_evaluation(
                         x[idx].to(device), y[idx].to(device), batch_size=batch_size)
                     robust[idx] = y_adv.cpu() == y[idx].cpu()
             else:
