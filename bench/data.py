@@ -38,6 +38,7 @@ class DataSpec:
     budget: dict[str, Any] = field(default_factory=dict)  # scaled-down training budget
     doc: str = ""
     val_size: float = 1000  # held-out train images for "val": a count, or a fraction if < 1
+    eps: float = 8 / 255  # the evaluation threat model (L-inf), whatever a method trains at
 
 
 class TensorData(Dataset):
@@ -138,7 +139,7 @@ DIGITS_BUDGET = dict(eps=0.1, step=0.025, steps=10, epochs=15, milestones=(10, 1
 
 @register_dataset(DataSpec(
     "digits", num_classes=10, channels=1, image_size=8, default_arch="small_cnn", embedded=True,
-    budget=DIGITS_BUDGET, val_size=0.1,
+    budget=DIGITS_BUDGET, eps=DIGITS_BUDGET["eps"], val_size=0.1,
     doc="scikit-learn's 8x8 handwritten digits (1797 images), fixed 80/20 split; offline"))
 def _digits(split: Source, root: Path | None, augment: bool) -> Dataset:
     from sklearn.datasets import load_digits

@@ -102,13 +102,13 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         # Random starts drawn afresh per checkpoint: a row depends on its weights only, not on
         # what ran before it (a resumed AutoAttack skips the draws of the finished one).
         torch.manual_seed(cell.seed)
-        metrics = evaluate(finals[name], x, y, Threat(r.params.eps), attacks=ev.attacks,
+        metrics = evaluate(finals[name], x, y, Threat(r.spec.eps), attacks=ev.attacks,
                            aa_samples=n_aa, device=opts.device,
                            aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"))
         row = {
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
-            "eps": r.params.eps, **metrics,
+            "eps": r.spec.eps, "train_eps": r.params.eps, **metrics,
             "train_seconds": round(trainer.train_seconds, 2),
             "wall_seconds": round(wall, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
             "config_hash": r.id.rsplit("-", 1)[1], "cell_id": r.id, "config": r.config,

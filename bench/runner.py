@@ -172,8 +172,9 @@ class Trainer:
         return total / max(n, 1)
 
     def _select_acc(self, model: nn.Module) -> float:
-        """PGD-10 accuracy on the selection split (uniform start, step eps/4)."""
-        return accuracy(model, self.sel_x, self.sel_y, "pgd10", Threat(self.p.eps),
+        """PGD-10 accuracy on the selection split at the data set's threat model (step eps/4):
+        the same yardstick for every method, whatever radius it trains at."""
+        return accuracy(model, self.sel_x, self.sel_y, "pgd10", Threat(self.r.spec.eps),
                         SELECT_BATCH, self.device)
 
     def _after_epoch(self, epoch: int, loss: float, seconds: float) -> None:

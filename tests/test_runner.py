@@ -92,3 +92,11 @@ def test_paper_preset_ignores_the_embedded_budget() -> None:
     paper = resolve(Cell("peeraid", preset="paper")).params
     assert (faithful.epochs, faithful.eps) == (15, 0.1)
     assert (paper.epochs, paper.milestones, paper.eps) == (300, (214, 259, 284), 8 / 255)
+
+
+def test_evaluation_uses_the_data_sets_threat_model_not_the_training_radius(tmp_path) -> None:
+    cell = Cell("trades", preset="eps8", overrides=(("epochs", 1),))
+    rows = run_cell(cell, _quiet(tmp_path), EvalOptions(attacks=("clean", "pgd20")),
+                    Store(tmp_path))
+    assert rows[0]["train_eps"] == pytest.approx(8 / 255)
+    assert rows[0]["eps"] == data.spec("digits").eps == 0.1
