@@ -120,6 +120,9 @@ def cli() -> None:
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Results folder (rows, checkpoints, teachers).")
 @click.option("--redo", is_flag=True, help="Retrain cells already in the store.")
+@click.option("--resume/--restart", default=True, show_default=True,
+              help="Continue an unfinished cell from its last epoch checkpoint, or start it "
+                   "over.")
 @click.option("--detect-anomaly", is_flag=True, help="torch autograd anomaly detection.")
 @click.option("--num-workers", type=int, default=0, show_default=True,
               help="DataLoader workers for torchvision data sets.")
@@ -139,7 +142,7 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
         teacher_normalize: str | None,
         teacher_arch: str | None, teacher_method: str, peer_arch: str | None, select: str,
         select_every: int, attacks: str, aa_samples: int | None, device: str,
-        data_root: str | None, out: str, redo: bool, detect_anomaly: bool,
+        data_root: str | None, out: str, redo: bool, resume: bool, detect_anomaly: bool,
         num_workers: int, executor: str, slurm_partition: str | None, timeout_min: int,
         gpus_per_node: int, threads: int | None) -> None:
     """Train each method, evaluate it, store the rows and print a table.
@@ -200,7 +203,7 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
                           log=_plain(bar.console), progress=_updater(bar))
         for c in cells:
             bar.console.print(f"[bold]{c.method}[/] on {c.dataset}, seed {c.seed}")
-            run_cell(c, opts, ev, store, redo=redo)
+            run_cell(c, opts, ev, store, redo=redo, resume=resume)
     _print_table(store, {r.id for r in resolved})
 
 

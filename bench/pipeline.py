@@ -78,15 +78,19 @@ def _aa_state(path: Path) -> Path:
 
 
 def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
-             redo: bool = False) -> list[dict[str, Any]]:
-    """Train and evaluate one cell, unless its rows are already stored; returns new rows."""
+             redo: bool = False, resume: bool = True) -> list[dict[str, Any]]:
+    """Train and evaluate one cell, unless its rows are already stored; returns new rows.
+
+    An unfinished cell continues from its last epoch checkpoint unless `resume` is False;
+    `redo` retrains a stored cell from scratch.
+    """
     r = resolve(cell)
     if stored(r, store) and not redo:
         opts.log(f"skip {r.id}: already in the store (use --redo to run it again)")
         return []
     teacher = teacher_for(r, opts)
     trainer = Trainer(r, opts, teacher)
-    if redo:
+    if redo or not resume:
         for f in [*trainer.dir.glob("*.pt"), *trainer.dir.glob("aa_state_*.json")]:
             f.unlink()
     t0 = time.perf_counter()

@@ -100,3 +100,19 @@ def test_evaluation_uses_the_data_sets_threat_model_not_the_training_radius(tmp_
                     Store(tmp_path))
     assert rows[0]["train_eps"] == pytest.approx(8 / 255)
     assert rows[0]["eps"] == data.spec("digits").eps == 0.1
+
+
+def test_restart_trains_an_unfinished_cell_from_scratch(tmp_path) -> None:
+    lines: list[str] = []
+    opts = RunOptions(out=tmp_path, log=lines.append)
+    cell, ev, store = Cell("pgdat", overrides=(("epochs", 2),)), EvalOptions(("clean",)), Store(
+        tmp_path)
+    run_cell(cell, opts, ev, store)
+    for row in (tmp_path / "rows").iterdir():  # an evaluation cut short: no rows stored yet
+        row.unlink()
+    lines.clear()
+    run_cell(cell, opts, ev, store)  # resume: both epochs are done, nothing retrains
+    assert not any("epoch" in line for line in lines)
+    lines.clear()
+    run_cell(cell, opts, ev, store, resume=False)
+    assert sum("epoch" in line for line in lines) == 2
