@@ -113,6 +113,8 @@ def test_restart_trains_an_unfinished_cell_from_scratch(tmp_path) -> None:
     lines.clear()
     run_cell(cell, opts, ev, store)  # resume: both epochs are done, nothing retrains
     assert not any("epoch" in line for line in lines)
+    for row in (tmp_path / "rows").iterdir():
+        row.unlink()
     lines.clear()
     run_cell(cell, opts, ev, store, resume=False)
     assert sum("epoch" in line for line in lines) == 2
