@@ -196,15 +196,20 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
               redo=redo, log=_plain(console))
         _print_table(store, {r.id for r in resolved})
         return
+    from bench import distributed
+
+    main_rank = distributed.is_main()  # under torchrun, only rank 0 talks
     with _progress() as bar:
-        opts = RunOptions(out=store.root, device=_device(device),
+        opts = RunOptions(out=store.root, device=distributed.setup(_device(device)),
                           data_root=Path(data_root) if data_root else None,
                           num_workers=num_workers, detect_anomaly=detect_anomaly,
-                          log=_plain(bar.console), progress=_updater(bar))
+                          log=_plain(bar.console) if main_rank else lambda _: None,
+                          progress=_updater(bar) if main_rank else None)
         for c in cells:
-            bar.console.print(f"[bold]{c.method}[/] on {c.dataset}, seed {c.seed}")
+            opts.log(f"{c.method} on {c.dataset}, seed {c.seed}")
             run_cell(c, opts, ev, store, redo=redo, resume=resume)
-    _print_table(store, {r.id for r in resolved})
+    if main_rank:
+        _print_table(store, {r.id for r in resolved})
 
 
 def _check_teacher_files(resolved: list[Resolved]) -> None:

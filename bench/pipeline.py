@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from bench import __version__, data
+from bench import __version__, data, distributed
 from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
 from bench.runner import RunOptions, Trainer, _tensors
@@ -96,6 +96,8 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     t0 = time.perf_counter()
     finals = trainer.train()
     wall = time.perf_counter() - t0
+    if not distributed.is_main():  # under torchrun, rank 0 evaluates and stores
+        return []
     x, y = _tensors(data.load(cell.dataset, "test", root=opts.data_root))
     n_aa = ev.aa_samples if ev.aa_samples is not None else (
         EMBEDDED_AA_SAMPLES if r.spec.embedded else None)

@@ -11,8 +11,9 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from bench import BenchError, checkpoint, data, registry
+from bench import BenchError, checkpoint, data, distributed, registry
 from bench.cells import Resolved
 from bench.distiller import Distiller
 from bench.evaluate import Threat, accuracy
@@ -58,13 +59,14 @@ def build(r: Resolved, name: str, arch: str) -> nn.Module:
 
 
 def train_step(method: Distiller, optims: Iterable[torch.optim.Optimizer], x: torch.Tensor,
-               y: torch.Tensor) -> float:
+               y: torch.Tensor, loss_fn: Callable[..., torch.Tensor] | None = None) -> float:
     """One batch for any method: attack, loss, zero_grad, backward, step of every optimizer.
 
+    `loss_fn` replaces `method.loss` (the DDP-wrapped loss under torchrun).
     Raises FloatingPointError (before any weight changes) when the loss is not finite.
     """
     x_adv = method.attack(x, y)
-    loss = method.loss(x, x_adv, y)
+    loss = (loss_fn or method.loss)(x, x_adv, y)
     value = loss.item()
     if not math.isfinite(value):
         raise FloatingPointError(str(value))
@@ -98,6 +100,7 @@ class Trainer:
         self.optims = {k: torch.optim.SGD(m.parameters(), lr=self.p.lr, momentum=self.p.momentum,
                                           weight_decay=self.p.weight_decay)
                        for k, m in self.nets.items()}
+        self.ddp = distributed.wrap(self.method, self.device)
         self.swa = AveragedModel(self.method.student) if self.p.swa else None
         self.epoch = 0
         self.best = {"best": -1.0, "swa_best": -1.0}
@@ -113,6 +116,7 @@ class Trainer:
         self.sel_x, self.sel_y = _tensors(sel)
 
     def _batches(self, epoch: int, shuffle: bool = True):
+        """Global batches in an order fixed by (seed, epoch): the same on every rank."""
         g = torch.Generator().manual_seed(self.r.cell.seed * 1_000_003 + epoch)
         for x, y in data.batches(self.train_set, self.p.batch_size, shuffle=shuffle, generator=g,
                                  num_workers=self.opts.num_workers):
@@ -147,7 +151,9 @@ class Trainer:
         checkpoint.set_rng_state(s["rng"])
 
     def _save_model(self, name: str, model: nn.Module) -> None:
-        checkpoint.save_weights(self.dir / f"{name}.pt", model, id=self.r.id, epoch=self.epoch)
+        if distributed.is_main():
+            checkpoint.save_weights(self.dir / f"{name}.pt", model, id=self.r.id,
+                                    epoch=self.epoch)
 
     # -- training ----------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> float:
@@ -158,9 +164,11 @@ class Trainer:
         self.method.epoch = epoch
         total, n = 0.0, 0
         per_epoch = -(-len(self.train_set) // self.p.batch_size)
-        for i, (x, y) in enumerate(self._batches(epoch)):
+        for i, batch in enumerate(self._batches(epoch)):
+            x, y, weight = distributed.shard(*batch)
+            loss_fn = partial(self.ddp, weight=weight) if self.ddp is not None else None
             try:
-                loss = train_step(self.method, self.optims.values(), x, y)
+                loss = train_step(self.method, self.optims.values(), x, y, loss_fn)
             except FloatingPointError as exc:
                 raise BenchError(f"loss is {exc} at epoch {epoch + 1} batch {i + 1} "
                                  f"(1-based, as logged): stopped; last good checkpoint kept "
@@ -200,8 +208,10 @@ class Trainer:
     def train(self) -> dict[str, nn.Module]:
         """Train (or resume) to the last epoch; return the checkpoints to evaluate by name."""
         self._data()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.json").write_text(json.dumps(self.r.config, indent=1, default=str))
+        if distributed.is_main():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.json").write_text(
+                json.dumps(self.r.config, indent=1, default=str))
         state = checkpoint.load_latest(self.ckpt_path)
         if state is not None:
             self._restore(state)
@@ -215,8 +225,10 @@ class Trainer:
                 self.train_seconds += seconds
                 self._after_epoch(self.epoch, loss, seconds)
                 self.epoch += 1
-                checkpoint.save(self.ckpt_path, self._state())
-                self._log_epoch(self.history[-1])
+                if distributed.is_main():
+                    checkpoint.save(self.ckpt_path, self._state())
+                    self._log_epoch(self.history[-1])
+        distributed.barrier()  # rank 0's best.pt files are on disk before anyone loads them
         return self.finals()
 
     def _log_epoch(self, h: dict[str, Any]) -> None:

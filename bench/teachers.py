@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from bench import BenchError, checkpoint
+from bench import BenchError, checkpoint, distributed
 from bench.suggest import unknown
 
 if TYPE_CHECKING:
@@ -126,7 +126,9 @@ def teacher_for(r: Resolved, opts: RunOptions) -> nn.Module | None:
         if not cached.exists():
             opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
             best = Trainer(tr, opts, None).train()["best"]
-            checkpoint.save_weights(cached, best, id=tr.id)
+            if distributed.is_main():
+                checkpoint.save_weights(cached, best, id=tr.id)
+            distributed.barrier()
         model = load_weights(model, cached, "cached teacher")
     norm = r.cell.teacher_normalize
     return Normalized(model, *NORMALIZATIONS[norm]) if norm else model

@@ -1,0 +1,79 @@
+"""Multi-GPU (or multi-process CPU) training under torchrun, through DistributedDataParallel.
+
+    torchrun --nproc_per_node 4 -m bench.cli run --dataset cifar10 ...
+
+Every process trains the same cell on its share of each global batch and DDP averages the
+gradients. A method's loss calls its networks several times per batch (PeerAiD: three
+student forwards), which DDP supports only inside ONE forward of the wrapped module:
+`LossModule` is that forward. Rank 0 alone writes checkpoints, rows and logs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from bench.distiller import Distiller
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def setup(device: str) -> str:
+    """Join the process group torchrun prepared (once); returns this process's device."""
+    if world_size() == 1:
+        return device
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return device
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class LossModule(nn.Module):
+    """A method's training loss as one forward over its trainable networks: DDP's unit."""
+
+    def __init__(self, method: Distiller) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(method.trainable())
+        self.method = method
+
+    def forward(self, x: Tensor, x_adv: Tensor, y: Tensor, weight: float) -> Tensor:
+        return self.method.loss(x, x_adv, y) * weight
+
+
+def wrap(method: Distiller, device: torch.device) -> DistributedDataParallel | None:
+    """DDP over the method's networks (parameters broadcast from rank 0), or None alone."""
+    if world_size() == 1:
+        return None
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(LossModule(method), device_ids=ids)
+
+
+def shard(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
+    """This rank's share of a global batch and its loss weight: with unequal shards, the
+    weighted average DDP takes is exactly the global batch's mean loss."""
+    n, r = world_size(), rank()
+    if n == 1:
+        return x, y, 1.0
+    return x[r::n], y[r::n], len(y[r::n]) * n / len(y)
