@@ -36,7 +36,7 @@ class Cell:
     peer_arch: str | None = None  # PeerAiD's peer; None: same as the student
     teacher: str | None = None  # a checkpoint file or "robustbench:NAME"; None: train one
     teacher_arch: str | None = None
-    teacher_method: str = "pgdat"
+    teacher_method: str | None = None  # None: the preset's teacher, else PGD-AT
     select: str = "test"  # model selection split: "test" (as the papers) or "val"
     select_every: int = 1
     teacher_normalize: str | None = None  # the teacher normalises its input with these stats
@@ -157,23 +157,32 @@ def resolve(cell: Cell) -> Resolved:
                          **dict(cell.overrides))
     _check_params(params)
     teacher_cell = teacher_file = None
-    teacher_id: str | None = None
+    teacher_id = teacher_arch = None
     if cls.needs_teacher:
-        if cell.teacher and cell.teacher.startswith(ZOO):
-            teacher_id = cell.teacher
-        elif cell.teacher:
-            teacher_file = Path(cell.teacher)
+        # --teacher, else the preset's teacher (a zoo model only when no --teacher-method or
+        # --teacher-arch asks for a trained one), else PGD-AT with the student's arch.
+        source, prescribed = cell.teacher, None
+        if source is None:
+            prescribed = cls.preset_teacher(cell.preset, cell.dataset)
+            if isinstance(prescribed, str) and not (cell.teacher_method or cell.teacher_arch):
+                source = prescribed
+        trained = prescribed if isinstance(prescribed, tuple) else ("pgdat", arch)
+        if source and source.startswith(ZOO):
+            teacher_id = source
+        elif source:
+            teacher_file, teacher_arch = Path(source), cell.teacher_arch or arch
             teacher_id = f"file:{_file_digest(teacher_file)}"
         else:
+            teacher_arch = cell.teacher_arch or trained[1]
             epochs = dict(cell.overrides).get("epochs")
-            teacher_cell = Cell(cell.teacher_method, cell.dataset, cell.teacher_arch or arch,
+            teacher_cell = Cell(cell.teacher_method or trained[0], cell.dataset, teacher_arch,
                                 seed=0, overrides=(("epochs", epochs),) if epochs else ())
             teacher_id = resolve(teacher_cell).id
     config = {
         "method": cell.method, "preset": cell.preset, "dataset": cell.dataset, "arch": arch,
         "seed": cell.seed, "params": dataclasses.asdict(params),
         "peer_arch": (cell.peer_arch or arch) if cls.needs_peer else None,
-        "teacher": teacher_id, "teacher_arch": (cell.teacher_arch or arch) if teacher_id else None,
+        "teacher": teacher_id, "teacher_arch": teacher_arch,
         "teacher_normalize": cell.teacher_normalize if teacher_id else None,
         "select": cell.select, "select_every": cell.select_every,
     }

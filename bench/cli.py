@@ -102,8 +102,9 @@ def cli() -> None:
 @click.option("--teacher-normalize", type=click.Choice(sorted(NORMALIZATIONS)), default=None,
               help="The teacher normalises its [0,1] input with these mean/std inside.")
 @click.option("--teacher-arch", default=None, help="Teacher architecture [default: student's].")
-@click.option("--teacher-method", default="pgdat", show_default=True,
-              help="Method that trains the teacher when none is given.")
+@click.option("--teacher-method", default=None,
+              help="Method that trains the teacher when none is given [default: the "
+                   "preset's teacher, else pgdat].")
 @click.option("--peer-arch", default=None, help="PeerAiD's peer architecture [default: student's].")
 @click.option("--select", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Split for best-checkpoint selection (PGD-10).")
@@ -140,7 +141,7 @@ def cli() -> None:
 def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], teacher: str | None,
         teacher_normalize: str | None,
-        teacher_arch: str | None, teacher_method: str, peer_arch: str | None, select: str,
+        teacher_arch: str | None, teacher_method: str | None, peer_arch: str | None, select: str,
         select_every: int, attacks: str, aa_samples: int | None, device: str,
         data_root: str | None, out: str, redo: bool, resume: bool, detect_anomaly: bool,
         num_workers: int, executor: str, slurm_partition: str | None, timeout_min: int,
@@ -327,7 +328,11 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
     console.print(f"[bold]{method}[/] preset {preset!r} on {dataset} ({r.arch}): "
                   f"{registry.get(method).presets[preset].doc}")
     for k, v in dataclasses.asdict(r.params).items():
-        console.print(f"  {k} = {v!r}")
+        console.print(f"  {k} = {v!r}", markup=False)
+    if r.cls.needs_teacher:
+        arch = r.config["teacher_arch"]
+        console.print(f"  teacher = {r.config['teacher']}" + (f" ({arch})" if arch else ""),
+                      markup=False)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,

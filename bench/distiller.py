@@ -52,7 +52,9 @@ class Preset:
     """A named set of overrides: `common` for every data set, then `per_dataset[dataset]`.
 
     Keys of `per_dataset` are data set names or "dataset:arch" for arch-specific schedules.
-    A `full_scale` preset ignores the embedded data set's scaled-down budget.
+    A `full_scale` preset ignores the embedded data set's scaled-down budget. `teachers` names
+    the teacher a distillation preset uses per data set: "robustbench:NAME", or a
+    (method, arch) pair that the harness trains and caches.
     """
 
     doc: str
@@ -60,11 +62,17 @@ class Preset:
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     base: str | None = None
     full_scale: bool = False
+    teachers: dict[str, str | tuple[str, str]] = field(default_factory=dict)
 
 
 FAITHFUL = Preset("the authors' code, to the letter (../shared/methods.md)")
 PAPER = Preset("faithful math with the paper's full schedule, even on the embedded data",
                base="faithful", full_scale=True)
+
+
+def paper(**teachers: str | tuple[str, str]) -> Preset:
+    """The `paper` preset of a distillation method, with its paper's teacher per data set."""
+    return dataclasses.replace(PAPER, teachers=teachers)
 
 
 class Distiller:
@@ -93,18 +101,30 @@ class Distiller:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
     @classmethod
+    def chain(cls, preset: str) -> list[Preset]:
+        """`preset` and its bases, most specific first."""
+        if preset not in cls.presets:
+            raise unknown(f"preset of {cls.name}", preset, cls.presets)
+        out, name = [], preset
+        while name is not None:
+            out.append(cls.presets[name])
+            name = cls.presets[name].base
+        return out
+
+    @classmethod
+    def preset_teacher(cls, preset: str, dataset: str) -> str | tuple[str, str] | None:
+        """The teacher `preset` prescribes on `dataset`, if any."""
+        return next((p.teachers[dataset] for p in cls.chain(preset) if dataset in p.teachers),
+                    None)
+
+    @classmethod
     def resolve(cls, preset: str = "faithful", dataset: str = "cifar10", arch: str | None = None,
                 budget: dict[str, Any] | None = None, **overrides: Any) -> Params:
         """Resolved hyper-parameters: defaults < data set budget < preset chain < overrides.
 
         `budget` is the embedded data set's scaled-down training budget (eps, epochs, ...).
         """
-        if preset not in cls.presets:
-            raise unknown(f"preset of {cls.name}", preset, cls.presets)
-        chain, name = [], preset
-        while name is not None:
-            chain.append(cls.presets[name])
-            name = cls.presets[name].base
+        chain = cls.chain(preset)
         values: dict[str, Any] = {}
         if budget and not any(p.full_scale for p in chain):
             values.update(budget)

@@ -113,7 +113,7 @@ def teacher_for(r: Resolved, opts: RunOptions) -> nn.Module | None:
 
     if not r.cls.needs_teacher:
         return None
-    source = r.cell.teacher or ""
+    source = r.config["teacher"]  # the cell's --teacher, or its preset's
     if source.startswith(ZOO):
         root = opts.data_root or data.default_root()
         return robustbench_model(source[len(ZOO):], r.cell.dataset, root / "robustbench")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from bench.attacks import KLReduction, kl, pgd
-from bench.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
+from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
 from bench.registry import register
 
 
@@ -38,7 +38,8 @@ class AdaAD(Distiller):
     Params = AdaADParams
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(kl_reduction="batchmean")}),
-        "paper": PAPER,
+        "paper": paper(cifar10="robustbench:Chen2021LTD_WRN34_20",
+                       cifar100="robustbench:Chen2021LTD_WRN34_10"),
         "large-radius": Preset("faithful with the paper's larger search radius (the argparse "
                                "default): eps 16/255, step 4/255",
                                common=dict(eps=16 / 255, step=4 / 255), base="faithful"),

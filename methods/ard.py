@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.attacks import KLReduction, kl, pgd
-from bench.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
+from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
 from bench.registry import register
 
 
@@ -40,7 +40,7 @@ class ARD(Distiller):
     Params = ARDParams
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(batch_size=256)}),
-        "paper": PAPER,
+        "paper": paper(cifar10=("trades", "wrn34_10"), cifar100=("trades", "wrn34_10")),
         "fixed": Preset("faithful, but the LR decays x0.1 at 100 AND at 150 (the official "
                         "script's second decay is a no-op)",
                         common=dict(lr_schedule="multistep"), base="faithful"),

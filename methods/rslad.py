@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.attacks import kl, pgd
-from bench.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
+from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
 from bench.registry import register
 
 
@@ -42,7 +42,10 @@ class RSLAD(Distiller):
     Params = RSLADParams
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(scale=10.0)}),
-        "paper": PAPER,
+        # The paper's teachers: TRADES WRN-34-10 (CIFAR-10); Gowal et al.'s WRN-70-16 without
+        # extra data (CIFAR-100; RobustBench's copy normalises its input inside).
+        "paper": paper(cifar10=("trades", "wrn34_10"),
+                       cifar100="robustbench:Gowal2020Uncovering"),
         "exact-kl": Preset("faithful with the exact mean KL (no 1e-5 shift in the log)",
                            common=dict(kl_eps=0.0), base="faithful"),
     }

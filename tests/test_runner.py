@@ -118,3 +118,21 @@ def test_restart_trains_an_unfinished_cell_from_scratch(tmp_path) -> None:
     lines.clear()
     run_cell(cell, opts, ev, store, resume=False)
     assert sum("epoch" in line for line in lines) == 2
+
+
+@pytest.mark.parametrize(("method", "dataset", "teacher"), [
+    ("rslad", "cifar10", "trades-faithful-cifar10-wrn34_10-"),
+    ("rslad", "cifar100", "robustbench:Gowal2020Uncovering"),
+    ("adaad", "cifar10", "robustbench:Chen2021LTD_WRN34_20"),
+    ("adaad", "cifar100", "robustbench:Chen2021LTD_WRN34_10"),
+    ("ard", "cifar10", "trades-faithful-cifar10-wrn34_10-"),
+])
+def test_paper_presets_carry_the_papers_teachers(method: str, dataset: str,
+                                                 teacher: str) -> None:
+    assert resolve(Cell(method, dataset, preset="paper")).config["teacher"].startswith(teacher)
+    # faithful (the authors' math on any budget) trains a PGD-AT teacher of the student's arch
+    assert resolve(Cell(method, dataset)).config["teacher"].startswith(
+        f"pgdat-faithful-{dataset}-resnet18-")
+    # an explicit --teacher-arch keeps the preset's training method, or PGD-AT for zoo teachers
+    explicit = resolve(Cell(method, dataset, preset="paper", teacher_arch="resnet34"))
+    assert explicit.config["teacher_arch"] == "resnet34"
