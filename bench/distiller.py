@@ -7,6 +7,7 @@ hyper-parameters as a dataclass with named presets. The runner owns everything e
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -75,7 +76,7 @@ def paper(**teachers: str | tuple[str, str]) -> Preset:
     return dataclasses.replace(PAPER, teachers=teachers)
 
 
-class Distiller:
+class Distiller(ABC):
     """One adversarial training / distillation method: attack + loss + hyper-parameters."""
 
     name: ClassVar[str] = ""
@@ -136,13 +137,13 @@ class Distiller:
         values.update(overrides)
         return make_params(cls.Params, values)
 
+    @abstractmethod
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
         """The method's training-time adversarial examples for the clean batch (x, y)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         """The scalar training objective; puts each network in the mode its spec says."""
-        raise NotImplementedError
 
     def trainable(self) -> list[nn.Module]:
         """The modules the runner's optimizers train (one SGD per module)."""
