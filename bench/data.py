@@ -131,6 +131,14 @@ def batches(data: Dataset, batch_size: int, *, shuffle: bool,
                           generator=generator, persistent_workers=False)
 
 
+def as_tensors(ds: Dataset) -> tuple[Tensor, Tensor]:
+    """A whole (evaluation) data set as two tensors."""
+    if isinstance(ds, TensorData):
+        return ds.x, ds.y
+    xs, ys = zip(*batches(ds, 1000, shuffle=False), strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
 # --- embedded default -------------------------------------------------------------------
 
 DIGITS_BUDGET = dict(eps=0.1, step=0.025, steps=10, epochs=15, milestones=(10, 13),

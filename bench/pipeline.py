@@ -16,7 +16,7 @@ import torch
 from bench import __version__, data, distributed
 from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
-from bench.runner import RunOptions, Trainer, _tensors
+from bench.runner import RunOptions, Trainer
 from bench.store import Store
 from bench.teachers import teacher_for
 
@@ -98,7 +98,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     wall = time.perf_counter() - t0
     if not distributed.is_main():  # under torchrun, rank 0 evaluates and stores
         return []
-    x, y = _tensors(data.load(cell.dataset, "test", root=opts.data_root))
+    x, y = data.as_tensors(data.load(cell.dataset, "test", root=opts.data_root))
     n_aa = ev.aa_samples if ev.aa_samples is not None else (
         EMBEDDED_AA_SAMPLES if r.spec.embedded else None)
     rows = []

@@ -113,7 +113,7 @@ class Trainer:
         holdout = c.select == "val"
         self.train_set = data.load(c.dataset, "train", root=root, augment=True, holdout=holdout)
         sel = data.load(c.dataset, c.select, root=root)
-        self.sel_x, self.sel_y = _tensors(sel)
+        self.sel_x, self.sel_y = data.as_tensors(sel)
 
     def _batches(self, epoch: int, shuffle: bool = True):
         """Global batches in an order fixed by (seed, epoch): the same on every rank."""
@@ -247,11 +247,3 @@ class Trainer:
     def _load(self, name: str) -> nn.Module:
         model = copy.deepcopy(self.method.student)
         return load_weights(model, self.dir / f"{name}.pt", f"{name} checkpoint").to(self.device)
-
-
-def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole (evaluation) data set as two tensors."""
-    if isinstance(ds, data.TensorData):
-        return ds.x, ds.y
-    xs, ys = zip(*data.batches(ds, 1000, shuffle=False), strict=True)
-    return torch.cat(xs), torch.cat(ys)
