@@ -39,9 +39,6 @@ def train_grid(cells: list, out: Path, device: str, aa_samples: int | None,
 
     store = Store(out)
     resolved = [resolve(c) for c in cells]  # every config error before any training
-    for r in resolved:
-        if r.teacher_cell is not None:
-            resolve(r.teacher_cell)
     todo = [r for r in resolved if not stored(r, store)]
     todo_ids = {r.id for r in todo}
     for r in resolved:

@@ -173,10 +173,7 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
              for m in _csv(methods) for s in _seeds(seeds)]
     if not cells:
         raise BenchError("--methods names no method")
-    resolved = [resolve(c) for c in cells]  # every error before any training starts
-    for r in resolved:
-        if r.teacher_cell is not None:
-            resolve(r.teacher_cell)
+    resolved = [resolve(c) for c in cells]  # every error (teachers' too) before any training
     _check_teacher_files(resolved)
     if threads is not None and threads < 1:
         raise BenchError(f"--threads must be >= 1, got {threads}")
