@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.attacks import KLReduction, kl, pgd
 from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
@@ -32,6 +32,18 @@ class ARDParams(Params):
     attack_reduction: Literal["sum", "mean"] = "sum"  # the attack's CE
 
 
+FIXED = Preset("faithful, but the LR decays x0.1 at 100 AND at 150 (the official script's "
+               "second decay is a no-op)", common=dict(lr_schedule="multistep"), base="faithful")
+
+
+def train_mode_pgd(student: nn.Module, x: Tensor, y: Tensor, p: Params,
+                   reduction: str = "sum") -> Tensor:
+    """ARD's attack (IAD reuses it): S in TRAIN mode, uniform start not clamped, CE."""
+    s = student.train()
+    return pgd(lambda xa: F.cross_entropy(s(xa), y, reduction=reduction), x, eps=p.eps,
+               step=p.step, steps=p.steps, start="uniform", clamp_start=False)
+
+
 @register("ard")
 class ARD(Distiller):
     """ARD (Goldblum et al. 2020): T=30 KD on train-mode PGD; `fixed` repairs the 2nd LR decay."""
@@ -41,16 +53,11 @@ class ARD(Distiller):
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(batch_size=256)}),
         "paper": paper(cifar10=("trades", "wrn34_10"), cifar100=("trades", "wrn34_10")),
-        "fixed": Preset("faithful, but the LR decays x0.1 at 100 AND at 150 (the official "
-                        "script's second decay is a no-op)",
-                        common=dict(lr_schedule="multistep"), base="faithful"),
+        "fixed": FIXED,
     }
 
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
-        s = self.student.train()
-        return pgd(lambda xa: F.cross_entropy(s(xa), y, reduction=self.p.attack_reduction), x,
-                   eps=self.p.eps, step=self.p.step, steps=self.p.steps, start="uniform",
-                   clamp_start=False)
+        return train_mode_pgd(self.student, x, y, self.p, self.p.attack_reduction)
 
     def loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         q = self.p

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.attacks import KLReduction, kl, pgd
+from bench.attacks import KLReduction, kl
 from bench.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
 from bench.registry import register
+from methods.ard import FIXED, train_mode_pgd
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,7 @@ class IAD(Distiller):
         # 60 of 200 epochs: on the 15-epoch embedded budget the term starts at epoch 5.
         "faithful": Preset(FAITHFUL.doc, per_dataset={"digits": dict(warmup=5)}),
         "paper": PAPER,
-        "fixed": Preset("faithful, but the LR decays x0.1 at 100 AND at 150 (the script's "
-                        "second decay is a no-op, as in ARD)",
-                        common=dict(lr_schedule="multistep"), base="faithful"),
+        "fixed": FIXED,  # IAD's script has ARD's LR bug too
         "paper-weights": Preset("faithful, but the teacher term is weighted by w_i as in the "
                                 "paper's equation", common=dict(weight_teacher=True),
                                 base="faithful"),
@@ -75,9 +74,7 @@ class IAD(Distiller):
     }
 
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
-        s = self.student.train()
-        return pgd(lambda xa: F.cross_entropy(s(xa), y, reduction="sum"), x, eps=self.p.eps,
-                   step=self.p.step, steps=self.p.steps, start="uniform", clamp_start=False)
+        return train_mode_pgd(self.student, x, y, self.p)
 
     def loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         q, r = self.p, self.p.kl_reduction
