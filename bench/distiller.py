@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor, nn
 
 from bench import BenchError
@@ -80,21 +81,31 @@ class Distiller(ABC):
     """One adversarial training / distillation method: attack + loss + hyper-parameters."""
 
     name: ClassVar[str] = ""
-    needs_teacher: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = False  # a robust teacher, `self.teacher`
+    needs_clean_teacher: ClassVar[bool] = False  # a non-robust teacher, `self.clean_teacher`
     needs_peer: ClassVar[bool] = False
+    trains_teacher: ClassVar[bool] = False  # the teacher keeps training (`teacher_loss`)
     Params: ClassVar[type] = Params
     presets: ClassVar[dict[str, Preset]] = {"faithful": FAITHFUL, "paper": PAPER}
 
     def __init__(self, *, student: nn.Module, teacher: nn.Module | None = None,
-                 peer: nn.Module | None = None, params: Params) -> None:
+                 peer: nn.Module | None = None, clean_teacher: nn.Module | None = None,
+                 params: Params) -> None:
         if self.needs_teacher and teacher is None:
             raise BenchError(f"method {self.name!r} needs a teacher")
+        if self.needs_clean_teacher and clean_teacher is None:
+            raise BenchError(f"method {self.name!r} needs a clean (non-robust) teacher")
         if self.needs_peer and peer is None:
             raise BenchError(f"method {self.name!r} needs a peer network")
         self.student, self.teacher, self.peer, self.p = student, teacher, peer, params
-        self.epoch = 0
-        if teacher is not None:  # a fixed teacher: frozen, eval mode, never trained
-            teacher.eval().requires_grad_(False)
+        self.clean_teacher = clean_teacher
+        self.epoch = 0  # 0-based epoch, set by the runner before each epoch
+        self.step = 0  # 0-based batch index within the epoch, set by the runner before each step
+        self._sums: dict[str, Tensor] = {}  # per-class sums asked for by `accumulate`
+        fixed = [clean_teacher] + ([] if self.trains_teacher else [teacher])
+        for net in fixed:  # a fixed teacher: frozen, eval mode, never trained
+            if net is not None:
+                net.eval().requires_grad_(False)
 
     @classmethod
     def description(cls) -> str:
@@ -148,6 +159,43 @@ class Distiller(ABC):
     def trainable(self) -> list[nn.Module]:
         """The modules the runner's optimizers train (one SGD per module)."""
         return [self.student] if self.peer is None else [self.student, self.peer]
+
+    # -- state and hooks: no-ops by default, so a first-wave method stays its math alone ------
+    def teacher_loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
+        """The training objective of a teacher that keeps training (`trains_teacher`)."""
+        raise NotImplementedError(f"method {self.name!r} does not train its teacher")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that changes during training (adaptive weights, temperatures, ...):
+        tensors and plain Python values, saved in every epoch checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (on resume)."""
+        return None
+
+    def after_step(self) -> None:
+        """Called by the runner after every optimizer step of a batch."""
+        return None
+
+    def accumulate(self, name: str, values: Tensor, y: Tensor, num_classes: int) -> None:
+        """Add per-sample `values` into per-class sums under `name`, on the device (no host
+        sync); the runner hands the epoch's sums to `on_epoch_end` and clears them."""
+        v = values.detach().float()
+        total = self._sums.get(name)
+        if total is None:
+            total = torch.zeros(num_classes, device=v.device)
+        self._sums[name] = total.index_add(0, y, v)
+
+    def on_epoch_end(self, sums: dict[str, Tensor]) -> None:
+        """Called by the runner at the end of every training epoch with the per-class sums
+        `accumulate` gathered during it (all-reduced across ranks under DDP)."""
+        return None
+
+    def pop_sums(self) -> dict[str, Tensor]:
+        """The per-class sums gathered since the last call (the runner's side of `accumulate`)."""
+        out, self._sums = self._sums, {}
+        return out
 
 
 def make_params(cls: type, values: dict[str, Any]) -> Params:

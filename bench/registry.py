@@ -78,12 +78,15 @@ def get(name: str) -> type[Distiller]:
 
 
 def create(name: str, *, student: nn.Module, teacher: nn.Module | None = None,
-           peer: nn.Module | None = None, dataset: str = "cifar10", preset: str = "faithful",
-           arch: str | None = None, budget: dict[str, Any] | None = None,
-           **overrides: Any) -> Distiller:
+           peer: nn.Module | None = None, clean_teacher: nn.Module | None = None,
+           dataset: str = "cifar10", preset: str = "faithful", arch: str | None = None,
+           budget: dict[str, Any] | None = None, **overrides: Any) -> Distiller:
     """A ready Distiller with its preset for `dataset` resolved and `overrides` applied."""
     cls = get(name)
     params = cls.resolve(preset, dataset, arch=arch, budget=budget, **overrides)
     if not cls.needs_teacher:
         teacher = None
-    return cls(student=student, teacher=teacher, peer=peer, params=params)
+    if not cls.needs_clean_teacher:
+        clean_teacher = None
+    return cls(student=student, teacher=teacher, peer=peer, clean_teacher=clean_teacher,
+               params=params)
