@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from bench import __version__, data, distributed
+from bench import __version__, analysis, data, distributed
 from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
 from bench.runner import RunOptions, Trainer
@@ -110,11 +110,13 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         torch.manual_seed(cell.seed)
         metrics = evaluate(finals[name], x, y, Threat(r.spec.eps), attacks=ev.attacks,
                            aa_samples=n_aa, device=opts.device,
-                           aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"))
+                           aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
+                           num_classes=r.spec.num_classes)
         row = {
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
             "eps": r.spec.eps, "train_eps": r.params.eps, **metrics,
+            **analysis.final_tutor(trainer.history),  # the last selection epoch's
             "train_seconds": round(trainer.train_seconds, 2),
             "wall_seconds": round(wall, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
             "config_hash": r.id.rsplit("-", 1)[1], "cell_id": r.id, "config": r.config,
