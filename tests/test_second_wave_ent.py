@@ -337,3 +337,34 @@ def test_named_presets_and_teachers():
     assert registry.get("absld").preset_teacher("paper", "cifar10") == ("trades", "wrn34_10")
     # on the 15-epoch embedded budget SAAD's SWA starts at 0-based epoch 7 (95 of 200)
     assert registry.get("saad").resolve("faithful", "digits").swa_start == 7
+
+
+# --- SWA BatchNorm recompute ---------------------------------------------------------------
+
+def test_swa_bn_recompute_weights_images_or_batches():
+    """PeerAiD's per-image weighting (momentum b / (n + b)) against a hand computation with an
+    uneven last batch; SAAD's torch update_bn weighs each batch equally."""
+    from bench.swa import recompute_bn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3)).double()
+    model[1].momentum = 0.3
+    batches = [(torch.randn(n, 2, 4, 4, dtype=torch.float64) * (i + 1) + i, torch.zeros(n))
+               for i, n in enumerate((5, 5, 2))]
+    with torch.no_grad():
+        feats = [model[0](x) for x, _ in batches]
+    means = [f.mean((0, 2, 3)) for f in feats]
+    vars_ = [f.transpose(0, 1).flatten(1).var(1, unbiased=True) for f in feats]
+    sizes = [len(x) for x, _ in batches]
+    model.eval()
+    recompute_bn(model, batches, "image")
+    bn = model[1]
+    want_mean = sum(b * m for b, m in zip(sizes, means, strict=True)) / sum(sizes)
+    want_var = sum(b * v for b, v in zip(sizes, vars_, strict=True)) / sum(sizes)
+    torch.testing.assert_close(bn.running_mean, want_mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(bn.running_var, want_var, rtol=1e-10, atol=1e-12)
+    assert bn.momentum == 0.3 and not model.training
+    recompute_bn(model, batches, "batch")
+    torch.testing.assert_close(bn.running_mean, sum(means) / 3, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(bn.running_var, sum(vars_) / 3, rtol=1e-10, atol=1e-12)
+    assert (bn.running_mean - want_mean).abs().max() > 1e-3  # the two weightings differ
