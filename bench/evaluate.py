@@ -61,17 +61,24 @@ def adversarial(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Thr
     raise ValueError(f"unknown attack {attack!r}")
 
 
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
-             batch_size: int = 256, device: str | torch.device = "cpu") -> float:
-    """Accuracy of `model` (eval mode) on (x, y) under `attack`."""
+def correct(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
+            batch_size: int = 256, device: str | torch.device = "cpu") -> Tensor:
+    """Per image (on the CPU), whether `model` (eval mode) classifies it right under `attack`."""
     model.eval()
-    correct = 0
+    out = []
     for i in range(0, len(y), batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         xa = adversarial(model, xb, yb, attack, threat)
         with torch.no_grad():
-            correct += (model(xa).argmax(1) == yb).sum().item()
-    return correct / len(y)
+            out.append((model(xa).argmax(1) == yb).cpu())
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
+             batch_size: int = 256, device: str | torch.device = "cpu") -> float:
+    """Accuracy of `model` (eval mode) on (x, y) under `attack`."""
+    hits = correct(model, x, y, attack, threat, batch_size, device)
+    return hits.sum().item() / len(hits)
 
 
 class _Collect(logging.Handler):

@@ -114,6 +114,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         row = {
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
+            "selection": r.params.selection or "common",
             "eps": r.spec.eps, "train_eps": r.params.eps, **metrics,
             "train_seconds": round(trainer.train_seconds, 2),
             "wall_seconds": round(wall, 2), "eval_seconds": round(time.perf_counter() - t1, 2),

@@ -40,12 +40,19 @@ def test_swa_averages_parameters_and_recomputes_bn(tmp_path: Path, monkeypatch) 
     for name, value in swa.named_parameters():
         expected = torch.stack([s[name] for s in snapshots]).mean(0)
         assert torch.allclose(value, expected, atol=1e-6), name
-    # BN statistics: a cumulative average (momentum=None) over the training loader, train mode.
+    # BN statistics: recomputed over the training loader in train mode, each IMAGE weighing
+    # the same (PeerAiD's utils/SWA.py), not each batch (torch's update_bn): the last batch
+    # of 1437 images in 64s has 29.
     train = data.load("digits", "train")
     conv, bn = swa.features[0], swa.features[1]
     with torch.no_grad():
-        means = [conv(x).mean((0, 2, 3)) for x, _ in data.batches(train, 64, shuffle=False)]
-    assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+        feats = [conv(x) for x, _ in data.batches(train, 64, shuffle=False)]
+    sizes = torch.tensor([len(f) for f in feats], dtype=torch.float32)[:, None]
+    means = torch.stack([f.mean((0, 2, 3)) for f in feats])
+    assert sizes[-1].item() == 29
+    per_image = (sizes * means).sum(0) / sizes.sum()
+    assert torch.allclose(bn.running_mean, per_image, atol=1e-6)
+    assert not torch.allclose(bn.running_mean, means.mean(0), atol=1e-6)
     assert not torch.allclose(bn.running_mean, trainer.method.student.features[1].running_mean)
     assert set(finals) == {"best", "last", "swa_best", "swa_last"}
 
