@@ -23,11 +23,12 @@ from bench.models import create_model
 from bench.perf import reference_step
 
 # bf16 (8 significant bits) against fp32 on the embedded set's CNN (untrained), at a random
-# point of the eps ball: each loss within 1e-4 relative as measured, asserted to 5e-3; the
+# point of the eps ball: each loss within 1e-4 relative as measured, asserted to 5e-3 (or
+# 1e-5 absolute: a KL between nearly equal distributions is itself ~1e-5 on a fresh net); the
 # attack gradient's signs agree on 98-99 % of pixels as measured, asserted >= 95 %, except
 # TRADES (85 %, asserted >= 80 %): its objective KL(S(x) || S(x')) is nearly flat around x on
 # an untrained network, so rounding flips more of its tiny gradient's signs.
-BF16_LOSS_RTOL = 5e-3
+BF16_LOSS_RTOL, BF16_LOSS_ATOL = 5e-3, 1e-5
 BF16_SIGN_AGREEMENT = {"trades": 0.8}
 # fp32 against a float64 run of the same math, relative (each gradient tensor norm-wise):
 # NCHW lands within 1e-4; channels_last, another summation order (on the CPU also its own
@@ -146,7 +147,7 @@ def test_bf16_autocast_stays_close_to_fp32(name: str) -> None:
             if f is not None:
                 signs[precision] = torch.autograd.grad(f(xa), xa)[0].sign()
             losses[precision] = m.loss(x, x_adv, y).item()
-    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=BF16_LOSS_RTOL)
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=BF16_LOSS_RTOL, abs=BF16_LOSS_ATOL)
     if not signs:
         assert name == "standard"
         return
