@@ -65,6 +65,10 @@ def cli() -> None:
 @click.option("--aa-samples", type=int, default=None,
               help="AutoAttack on a fixed seeded subset of N test images "
                    "[default: 100 on the embedded set, all otherwise].")
+@click.option("--aa-on", type=click.Choice(["best", "all", "none"]), default="best",
+              show_default=True,
+              help="Checkpoints AutoAttack runs on: best = the ones papers report (best, and "
+                   "swa_best for PeerAiD); the other attacks run on every checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding (or receiving) torchvision data sets.")
@@ -93,7 +97,7 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...], teacher: str | None,
         teacher_normalize: str | None,
         teacher_arch: str | None, teacher_method: str | None, peer_arch: str | None, select: str,
-        select_every: int, attacks: str, aa_samples: int | None, device: str,
+        select_every: int, attacks: str, aa_samples: int | None, aa_on: str, device: str,
         data_root: str | None, out: str, redo: bool, resume: bool, detect_anomaly: bool,
         num_workers: int, executor: str, slurm_partition: str | None, timeout_min: int,
         gpus_per_node: int, threads: int | None) -> None:
@@ -128,7 +132,7 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
 
         torch.set_num_threads(threads)
     store = Store(_writable(Path(out)))
-    ev = EvalOptions(attacks=attack_list, aa_samples=aa_samples)
+    ev = EvalOptions(attacks=attack_list, aa_samples=aa_samples, aa_on=aa_on)
     if executor != "none":
         from bench.sweep import SweepOptions, sweep
 
