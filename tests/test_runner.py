@@ -143,3 +143,17 @@ def test_paper_presets_carry_the_papers_teachers(method: str, dataset: str,
     # an explicit --teacher-arch keeps the preset's training method, or PGD-AT for zoo teachers
     explicit = resolve(Cell(method, dataset, preset="paper", teacher_arch="resnet34"))
     assert explicit.config["teacher_arch"] == "resnet34"
+
+
+def test_autoattack_runs_on_the_reported_checkpoints_only(tmp_path) -> None:
+    cell = Cell("peeraid", overrides=(("epochs", 2), ("milestones", (1,))))
+    rows = run_cell(cell, _quiet(tmp_path), EvalOptions(attacks=("clean", "aa"), aa_samples=8),
+                    Store(tmp_path))
+    by = {r["checkpoint"]: r for r in rows}
+    assert set(by) == {"best", "last", "swa_best", "swa_last"}
+    assert {k for k, r in by.items() if "aa" in r} == {"best", "swa_best"}  # what papers report
+    for r in rows:
+        assert set(r["attack_seconds"]) == ({"clean", "aa"} if "aa" in r else {"clean"})
+        assert all(s >= 0 for s in r["attack_seconds"].values())
+    assert EvalOptions(aa_on="all").attacks_for("swa_last")[-1] == "aa"
+    assert "aa" not in EvalOptions(aa_on="none").attacks_for("best")
