@@ -29,12 +29,21 @@ TRANSFER_ATTACKS = ("pgd10", "pgd20", "fgsm")
 
 
 @contextmanager
-def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
-    """Run the block on torch's RNG seeded with `seed`, restoring the caller's state after."""
+def measuring(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run the block on torch's RNG seeded with `seed` (the caller's state restored after)
+    and in full precision, as the evaluation suite attacks (autocast off)."""
     d = torch.device(device)
-    with torch.random.fork_rng(devices=[d.index or 0] if d.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[d.index or 0] if d.type == "cuda" else []), \
+            torch.autocast(d.type, enabled=False):
         torch.manual_seed(seed)
         yield
+
+
+def _batch(device: str | torch.device) -> int:
+    """The evaluation suite's white-box batch size (random starts are drawn per batch)."""
+    from bench.compute import eval_batch_sizes
+
+    return eval_batch_sizes(device)[0]
 
 
 def transfer(source: nn.Module, targets: Sequence[nn.Module], x: Tensor, y: Tensor,
@@ -77,12 +86,12 @@ def tutor_accuracies(student: nn.Module, tutor: nn.Module, x: Tensor, y: Tensor,
 
     Each attack starts from `seed`, so the numbers are a function of the two networks.
     """
-    with seeded(seed, device):
+    with measuring(seed, device):
         (on_student,) = transfer(student, [tutor], x, y, TUTOR_ATTACK, threat, batch_size,
                                  device)
-    with seeded(seed, device):
+    with measuring(seed, device):
         on_self = accuracy(tutor, x, y, TUTOR_ATTACK, threat, batch_size, device)
-    clean = accuracy(tutor, x, y, "clean", threat, batch_size, device)
+        clean = accuracy(tutor, x, y, "clean", threat, batch_size, device)
     return {f"{prefix}_clean": clean, f"{prefix}_on_student": on_student,
             f"{prefix}_on_self": on_self}
 
@@ -120,7 +129,7 @@ def final_tutor(history: list[dict[str, Any]]) -> dict[str, float]:
 # --- transfer matrices --------------------------------------------------------------------
 
 def transfer_matrix(models: dict[str, tuple[nn.Module, int]], x: Tensor, y: Tensor,
-                    attack: str, threat: Threat, *, batch_size: int = 256,
+                    attack: str, threat: Threat, *, batch_size: int | None = None,
                     device: str | torch.device = "cpu") -> list[dict[str, Any]]:
     """Rows {source, target, attack, accuracy, n}: every model attacked (as the source) and
     every model evaluated on those examples. `models` maps a name to (network, seed): the
@@ -129,9 +138,10 @@ def transfer_matrix(models: dict[str, tuple[nn.Module, int]], x: Tensor, y: Tens
     if attack not in TRANSFER_ATTACKS:
         raise BenchError(f"unknown attack {attack!r} (valid: {', '.join(TRANSFER_ATTACKS)})")
     nets = {k: m.to(device) for k, (m, _) in models.items()}
+    batch_size = batch_size or _batch(device)
     rows = []
     for src, (net, seed) in models.items():
-        with seeded(seed, device):
+        with measuring(seed, device):
             accs = transfer(net, list(nets.values()), x, y, attack, threat, batch_size, device)
         rows += [{"source": src, "target": tgt, "attack": attack, "accuracy": a, "n": len(y)}
                  for tgt, a in zip(nets, accs, strict=True)]
@@ -190,17 +200,18 @@ def _pgd_k(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int) -> Te
 
 
 def strength(model: nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float],
-             steps_list: Sequence[int], *, seed: int, batch_size: int = 256,
+             steps_list: Sequence[int], *, seed: int, batch_size: int | None = None,
              device: str | torch.device = "cpu") -> list[dict[str, Any]]:
     """Points {eps, steps, attack, accuracy, n}: PGD-k (uniform start, step eps/4) at every
     (eps, k) and FGSM at every eps, each from `seed`. At eps 0 every attack is the identity,
     so the curves start at the clean accuracy."""
     model.eval().to(device)
+    batch_size = batch_size or _batch(device)
     points = []
     for eps in eps_list:
         for attack, steps in [("fgsm", 1), *(("pgd", k) for k in steps_list)]:
             correct = 0
-            with seeded(seed, device):
+            with measuring(seed, device):
                 for i in range(0, len(y), batch_size):
                     xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
                     xa = (adversarial(model, xb, yb, "fgsm", Threat(eps)) if attack == "fgsm"

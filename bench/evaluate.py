@@ -8,6 +8,7 @@ AutoAttack "standard" through the real `pyautoattack` code. Models run in eval m
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ def adversarial(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Thr
 
 def correct(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
             batch_size: int = 256, device: str | torch.device = "cpu") -> Tensor:
-    """Per-image correctness (bool, on the CPU) of `model` (eval mode) under `attack`."""
+    """Per image (on the CPU), whether `model` (eval mode) classifies it right under `attack`."""
     model.eval()
     out = []
     for i in range(0, len(y), batch_size):
@@ -72,13 +73,14 @@ def correct(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
         xa = adversarial(model, xb, yb, attack, threat)
         with torch.no_grad():
             out.append((model(xa).argmax(1) == yb).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+    return torch.cat(out)
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
              batch_size: int = 256, device: str | torch.device = "cpu") -> float:
     """Accuracy of `model` (eval mode) on (x, y) under `attack`."""
-    return int(correct(model, x, y, attack, threat, batch_size, device).sum()) / len(y)
+    hits = correct(model, x, y, attack, threat, batch_size, device)
+    return hits.sum().item() / len(hits)
 
 
 def per_class(ok: Tensor, y: Tensor, num_classes: int) -> list[float | None]:
@@ -162,27 +164,37 @@ def subset(n: int, k: int | None, seed: int = 0) -> Tensor:
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, *,
              attacks: tuple[str, ...] = ALL_ATTACKS, aa_samples: int | None = None,
              device: str | torch.device = "cpu", batch_size: int = 256,
-             aa_state: Path | None = None, num_classes: int | None = None) -> dict[str, object]:
-    """Run the suite; each metric `m` comes with `n_m`, the number of images it was measured on.
+             aa_batch_size: int = 500, aa_state: Path | None = None,
+             num_classes: int | None = None) -> dict[str, object]:
+    """Run the suite; each metric `m` comes with `n_m`, the number of images it was measured
+    on, and `attack_seconds[m]`, what it took. Always full precision: autocast is switched off here,
+    so a model trained in bf16 is attacked in fp32 (a weaker low-precision attack would
+    flatter every method).
 
     For the attacks of PER_CLASS also `per_class[m]` (accuracy per class, in class order:
     the fairness view) and `m_worst`, the worst class's accuracy.
     """
     out: dict[str, object] = {}
+    seconds: dict[str, float] = {}
     classes = num_classes or int(y.max()) + 1
     by_class: dict[str, list[float | None]] = {}
-    for a in attacks:
-        if a == "aa":
-            idx = subset(len(y), aa_samples)
-            ok, out["aa_flags"] = autoattack_robust(
-                model, x[idx], y[idx], threat.eps, device=device, state_path=aa_state)
-            labels = y[idx]
-        else:
-            ok, labels = correct(model, x, y, a, threat, batch_size, device), y
-        out[a], out[f"n_{a}"] = int(ok.sum()) / len(ok), len(ok)
-        if a in PER_CLASS:
-            by_class[a] = per_class(ok, labels, classes)
-            out[f"{a}_worst"] = min(v for v in by_class[a] if v is not None)
+    with torch.autocast(torch.device(device).type, enabled=False):
+        for a in attacks:
+            t0 = time.perf_counter()
+            if a == "aa":
+                idx = subset(len(y), aa_samples)
+                ok, out["aa_flags"] = autoattack_robust(
+                    model, x[idx], y[idx], threat.eps, batch_size=aa_batch_size, device=device,
+                    state_path=aa_state)
+                labels = y[idx]
+            else:
+                ok, labels = correct(model, x, y, a, threat, batch_size, device), y
+            out[a], out[f"n_{a}"] = ok.sum().item() / len(ok), len(ok)
+            if a in PER_CLASS:
+                by_class[a] = per_class(ok, labels, classes)
+                out[f"{a}_worst"] = min(v for v in by_class[a] if v is not None)
+            seconds[a] = round(time.perf_counter() - t0, 2)
+    out["attack_seconds"] = seconds
     if by_class:
         out["per_class"] = by_class
     return out

@@ -18,7 +18,8 @@ from bench import BenchError, checkpoint, data
 from bench.models import create_model
 from bench.suggest import unknown
 
-CHECKPOINTS = ("best", "last", "swa_best", "swa_last", "peer", "teacher")
+CHECKPOINTS = ("best", "last", "swa_best", "swa_last", "best_clean", "peer", "teacher")
+STUDENT_FILES = ("best", "swa_best", "best_clean")  # selected students, one file each
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,11 @@ def load(out: Path, run: Run, ckpt: str) -> nn.Module:
     c = run.config
     if ckpt not in CHECKPOINTS:
         raise unknown("checkpoint", ckpt, CHECKPOINTS)
-    if ckpt in ("best", "swa_best"):
+    if ckpt in STUDENT_FILES:
         path = run.dir / f"{ckpt}.pt"
         if not path.is_file():
-            raise _missing(run, ckpt, "no SWA in this method" if ckpt == "swa_best"
-                           else "no selection epoch finished yet")
+            raise _missing(run, ckpt, "not kept by this method's selection rule, or no "
+                           "selection epoch finished yet")
         return load_weights(_net(run, c["arch"]), path, f"{ckpt} checkpoint").eval()
     if ckpt == "teacher":
         return _teacher(out, run).eval()
