@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench import BenchError, data, registry, selection
+from bench.compute import check_precision
 from bench.distiller import Distiller, Params
 from bench.models import model_names
 from bench.suggest import unknown
@@ -40,6 +41,7 @@ class Cell:
     select: str = "test"  # model selection split: "test" (as the papers) or "val"
     select_every: int = 1
     teacher_normalize: str | None = None  # the teacher normalises its input with these stats
+    precision: str = "fp32"  # training precision (bench.compute); evaluation is always fp32
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ def resolve(cell: Cell) -> Resolved:
         _check_arch(a)
     if cell.seed < 0:
         raise BenchError(f"seeds must be >= 0, got {cell.seed}")
+    check_precision(cell.precision)
     if cell.select not in ("test", "val"):
         raise BenchError(f"--select must be 'test' or 'val', got {cell.select!r}")
     if cell.select_every < 1:
@@ -177,7 +180,8 @@ def resolve(cell: Cell) -> Resolved:
             teacher_arch = cell.teacher_arch or trained[1]
             epochs = dict(cell.overrides).get("epochs")
             teacher_cell = Cell(cell.teacher_method or trained[0], cell.dataset, teacher_arch,
-                                seed=0, overrides=(("epochs", epochs),) if epochs else ())
+                                seed=0, overrides=(("epochs", epochs),) if epochs else (),
+                                precision=cell.precision)
             teacher_id = resolve(teacher_cell).id
     config = {
         "method": cell.method, "preset": cell.preset, "dataset": cell.dataset, "arch": arch,
@@ -186,5 +190,7 @@ def resolve(cell: Cell) -> Resolved:
         "teacher": teacher_id, "teacher_arch": teacher_arch,
         "teacher_normalize": cell.teacher_normalize if teacher_id else None,
         "select": cell.select, "select_every": cell.select_every,
+        # fp32 (the reference) is left out of the hash: existing cell ids stay as they were
+        "precision": None if cell.precision == "fp32" else cell.precision,
     }
     return Resolved(cell, cls, spec, arch, params, teacher_cell, teacher_file, config)

@@ -22,9 +22,11 @@ from torch import Tensor, nn
 from bench.suggest import unknown
 
 PRECISIONS = ("fp32", "tf32", "bf16")
-# torch.compile costs tens of seconds to minutes (every train/eval mode, every batch shape);
-# it pays only over long runs, so "auto" compiles CUDA runs of at least this many steps.
-COMPILE_MIN_STEPS = 20_000
+# torch.compile costs tens of seconds to minutes (every train/eval mode, every batch shape,
+# each network); it pays only over long runs, so "auto" compiles CUDA runs of at least this
+# many epochs (30 CIFAR epochs are ~12k steps, an hour or more of fp32 PeerAiD). Never on the
+# CPU: on the embedded set compiling alone takes longer than a whole run.
+COMPILE_MIN_EPOCHS = 30
 
 
 def default_precision(device: str | torch.device) -> str:
@@ -61,15 +63,15 @@ class Compute:
     @classmethod
     def for_run(cls, device: str, precision: str | None = None, *,
                 channels_last: bool | None = None, compile: bool | None = None,
-                steps: int = 0, read_every: int = 0) -> Compute:
+                epochs: int = 0, read_every: int = 0) -> Compute:
         """The defaults per device: on CUDA bf16, channels_last, and compile for runs of at
-        least COMPILE_MIN_STEPS steps; on the CPU plain fp32 NCHW (measured faster there for
-        the embedded set's small CNN) and no compile. None means the default."""
+        least COMPILE_MIN_EPOCHS epochs; on the CPU plain fp32 NCHW (bit-identical to the
+        reference loop) and no compile. None means the default."""
         cuda = torch.device(device).type == "cuda"
         return cls(device=device,
                    precision=check_precision(precision or default_precision(device)),
                    channels_last=cuda if channels_last is None else channels_last,
-                   compile=(cuda and steps >= COMPILE_MIN_STEPS) if compile is None else compile,
+                   compile=(cuda and epochs >= COMPILE_MIN_EPOCHS) if compile is None else compile,
                    read_every=read_every)
 
     @property

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,9 +20,18 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from bench import BenchError, analysis, checkpoint, data, distributed, registry, selection
+from bench import (
+    BenchError,
+    analysis,
+    checkpoint,
+    data,
+    devicedata,
+    distributed,
+    registry,
+    selection,
+)
 from bench.cells import Resolved
-from bench.distiller import Distiller
+from bench.compute import Compute, NonFiniteLoss, Tally
 from bench.evaluate import Threat, accuracy, correct
 from bench.models import create_model
 from bench.swa import recompute_bn
@@ -44,6 +51,9 @@ class RunOptions:
     detect_anomaly: bool = False
     log: Any = print  # a callable taking one line (the CLI passes rich's console.print)
     progress: Any = None  # optional callable(label, done, total), called after every batch
+    data_path: str = "device"  # "device": decoded once, augmented on the device; "torchvision"
+    channels_last: bool | None = None  # None: the device's default (bench.compute)
+    compile: bool | None = None  # None: compile long CUDA runs only (bench.compute)
 
 
 def _seed_all(seed: int) -> None:
@@ -59,24 +69,10 @@ def build(r: Resolved, name: str, arch: str) -> nn.Module:
                         image_size=s.image_size)
 
 
-def train_step(method: Distiller, optims: Iterable[torch.optim.Optimizer], x: torch.Tensor,
-               y: torch.Tensor, loss_fn: Callable[..., torch.Tensor] | None = None) -> float:
-    """One batch for any method: attack, loss, zero_grad, backward, step of every optimizer.
-
-    `loss_fn` replaces `method.loss` (the DDP-wrapped loss under torchrun).
-    Raises FloatingPointError (before any weight changes) when the loss is not finite.
-    """
-    x_adv = method.attack(x, y)
-    loss = (loss_fn or method.loss)(x, x_adv, y)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(str(value))
-    for o in optims:
-        o.zero_grad(set_to_none=True)
-    loss.backward()
-    for o in optims:
-        o.step()
-    return value
+def compute_for(r: Resolved, opts: RunOptions) -> Compute:
+    """How this cell's steps are computed: its precision, the run's kernel choices."""
+    return Compute.for_run(opts.device, r.cell.precision, channels_last=opts.channels_last,
+                           compile=opts.compile, epochs=r.params.epochs)
 
 
 class Trainer:
@@ -86,21 +82,21 @@ class Trainer:
         self.r, self.opts, self.p = r, opts, r.params
         self.dir = opts.out / "runs" / r.id
         self.device = torch.device(opts.device)
+        self.compute = c = compute_for(r, opts)
+        c.setup()
         _seed_all(r.cell.seed)
         student = build(r, "student", r.arch)
         peer = build(r, "peer", r.config["peer_arch"]) if r.cls.needs_peer else None
-        if teacher is not None:
-            teacher = teacher.to(self.device)
         self.method = registry.create(
-            r.cell.method, student=student.to(self.device), teacher=teacher,
-            peer=peer.to(self.device) if peer is not None else None, dataset=r.cell.dataset,
+            r.cell.method, student=c.prepare(student),
+            teacher=c.prepare(teacher) if teacher is not None else None,
+            peer=c.prepare(peer) if peer is not None else None, dataset=r.cell.dataset,
             preset=r.cell.preset, arch=r.arch, budget=r.spec.budget, **dict(r.cell.overrides))
         self.nets = {"student": self.method.student}
         if peer is not None:
             self.nets["peer"] = self.method.peer
-        self.optims = {k: torch.optim.SGD(m.parameters(), lr=self.p.lr, momentum=self.p.momentum,
-                                          weight_decay=self.p.weight_decay)
-                       for k, m in self.nets.items()}
+        self.optims = {k: c.optimizer(m.parameters(), self.p.lr, self.p.momentum,
+                                      self.p.weight_decay) for k, m in self.nets.items()}
         self.ddp = distributed.wrap(self.method, self.device)
         self.swa = AveragedModel(self.method.student) if self.p.swa else None
         self.epoch = 0
@@ -112,9 +108,15 @@ class Trainer:
     def _data(self) -> None:
         c, root = self.r.cell, self.opts.data_root
         holdout = c.select == "val"
-        self.train_set = data.load(c.dataset, "train", root=root, augment=True, holdout=holdout)
-        sel = data.load(c.dataset, c.select, root=root)
-        self.sel_x, self.sel_y = data.as_tensors(sel)
+        if self.opts.data_path == "device":
+            self.train_set = devicedata.load(c.dataset, "train", root, self.device, augment=True,
+                                             holdout=holdout)
+            x, y = devicedata.tensors(c.dataset, c.select, root)
+            self.sel_x, self.sel_y = devicedata.to_float(x.to(self.device)), y.to(self.device)
+        else:
+            self.train_set = data.load(c.dataset, "train", root=root, augment=True,
+                                       holdout=holdout)
+            self.sel_x, self.sel_y = data.as_tensors(data.load(c.dataset, c.select, root=root))
         self.tutor_log = analysis.TutorLog(self.method, self.sel_x, self.sel_y,
                                            Threat(self.r.spec.eps), c.seed, SELECT_BATCH,
                                            self.device)
@@ -122,9 +124,13 @@ class Trainer:
     def _batches(self, epoch: int, shuffle: bool = True):
         """Global batches in an order fixed by (seed, epoch): the same on every rank."""
         g = torch.Generator().manual_seed(self.r.cell.seed * 1_000_003 + epoch)
-        for x, y in data.batches(self.train_set, self.p.batch_size, shuffle=shuffle, generator=g,
-                                 num_workers=self.opts.num_workers):
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if isinstance(self.train_set, devicedata.DeviceData):
+            batches = self.train_set.batches(self.p.batch_size, shuffle=shuffle, generator=g)
+        else:
+            batches = data.batches(self.train_set, self.p.batch_size, shuffle=shuffle,
+                                   generator=g, num_workers=self.opts.num_workers)
+        for x, y in batches:
+            yield self.compute.input(x), y.to(self.device, non_blocking=True)
 
     # -- checkpoints -------------------------------------------------------------------
     @property
@@ -166,22 +172,24 @@ class Trainer:
             for g in o.param_groups:
                 g["lr"] = lr
         self.method.epoch = epoch
-        total, n = 0.0, 0
+        tally = Tally(self.device)  # no host-device sync inside the epoch: read at its end
         per_epoch = -(-len(self.train_set) // self.p.batch_size)
-        for i, batch in enumerate(self._batches(epoch)):
-            x, y, weight = distributed.shard(*batch)
-            loss_fn = partial(self.ddp, weight=weight) if self.ddp is not None else None
-            try:
-                loss = train_step(self.method, self.optims.values(), x, y, loss_fn)
-            except FloatingPointError as exc:
-                raise BenchError(f"loss is {exc} at epoch {epoch + 1} batch {i + 1} "
-                                 f"(1-based, as logged): stopped; last good checkpoint kept "
-                                 f"at {self.ckpt_path}") from None
-            total, n = total + loss * len(y), n + len(y)
-            if self.opts.progress is not None:
-                self.opts.progress(f"{self.r.cell.method} seed {self.r.cell.seed}",
-                                   epoch * per_epoch + i + 1, self.p.epochs * per_epoch)
-        return total / max(n, 1)
+        try:
+            for i, batch in enumerate(self._batches(epoch)):
+                x, y, weight = distributed.shard(*batch)
+                loss_fn = partial(self.ddp, weight=weight) if self.ddp is not None else None
+                loss = self.compute.step(self.method, self.optims.values(), x, y, loss_fn)
+                tally.add(loss, len(y), i)
+                if self.compute.read_every and (i + 1) % self.compute.read_every == 0:
+                    tally.read()
+                if self.opts.progress is not None:
+                    self.opts.progress(f"{self.r.cell.method} seed {self.r.cell.seed}",
+                                       epoch * per_epoch + i + 1, self.p.epochs * per_epoch)
+            return tally.read()
+        except NonFiniteLoss as exc:  # the epoch is discarded: its checkpoint is never written
+            raise BenchError(f"loss is {exc.value} at epoch {epoch + 1} batch {exc.step + 1} "
+                             f"(1-based, as logged): stopped; last good checkpoint kept "
+                             f"at {self.ckpt_path}") from None
 
     def _select(self, epoch: int, log: dict[str, Any]) -> None:
         """Evaluate the student (and the SWA model) as the preset's selection rule says, on the
