@@ -310,11 +310,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    a = parser().parse_args(argv)
-    if a.suite == "gpu":
+    suite = argparse.ArgumentParser(add_help=False)
+    suite.add_argument("--suite", choices=["gpu"], default=None)
+    first, rest = suite.parse_known_args(argv)
+    if first.suite == "gpu":  # its own options: see `bench perf --suite gpu --help`
         from bench import gpucheck
 
-        return gpucheck.main([*(argv or [])])
+        return gpucheck.main(rest)
+    a = parser().parse_args(argv)
     compute = Compute.for_run(a.device, a.precision, channels_last=_flag(a.channels_last),
                               compile=_flag(a.compile))
     rows = run(a.methods.split(","), a.presets.split(","), a.arch, a.shape, a.batch_size,
