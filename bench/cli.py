@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from bench import BenchError, data, experiment, registry
+from bench import BenchError, data, experiment, registry, selection
 from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS
 from bench.models import model_names
@@ -335,6 +335,7 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
                   f"{registry.get(method).presets[preset].doc}")
     for k, v in dataclasses.asdict(r.params).items():
         console.print(f"  {k} = {v!r}", markup=False)
+    console.print(f"  checkpoints: {selection.rule(r.params.selection).doc}", markup=False)
     if r.cls.needs_teacher:
         arch = r.config["teacher_arch"]
         console.print(f"  teacher = {r.config['teacher']}" + (f" ({arch})" if arch else ""),
