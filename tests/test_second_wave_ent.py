@@ -421,7 +421,8 @@ def test_selection_rules_in_a_run(tmp_path):
     assert best["adaad"]["best_clean"] == max(e["clean"] for e in h)
     assert got["adaad"]["best_clean"]["clean"] == pytest.approx(
         max(e["clean"] for e in h), abs=1e-9)  # same split (test) in selection and evaluation
-    assert set(got["ard"]) == {"last"}
+    assert set(got["ard"]) == {"last"} and got["ard"]["last"]["reported"]
+    assert got[None]["best"]["reported"] and not got[None]["last"]["reported"]
     h = hist["absld"]
     assert [("pgd20s" in e, "worst_class" in e) for e in h] == [(False, False), (True, True)]
     assert best["absld"]["best"] == pytest.approx(h[1]["pgd20s"] + h[1]["worst_class"])
@@ -437,3 +438,14 @@ def test_unknown_or_impossible_selection_is_one_line():
         resolve(Cell("standard", overrides=(("selection", "rsald"),)))
     with pytest.raises(BenchError, match="keeps an SWA model, but swa is off"):
         resolve(Cell("standard", overrides=(("selection", "saad"),)))
+
+
+def test_autoattack_runs_on_the_checkpoints_the_rule_reports():
+    from bench.pipeline import EvalOptions
+    from bench.selection import RULES
+
+    ev = EvalOptions(attacks=("clean", "aa"))
+    assert ev.attacks_for("best") == ("clean", "aa") and ev.attacks_for("last") == ("clean",)
+    assert ev.attacks_for("last", RULES["ard"].reported) == ("clean", "aa")
+    assert ev.attacks_for("swa_last", RULES["saad"].reported) == ("clean", "aa")
+    assert ev.attacks_for("best", RULES["saad"].reported) == ("clean",)
