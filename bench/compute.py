@@ -32,6 +32,12 @@ def default_precision(device: str | torch.device) -> str:
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
+def eval_batch_sizes(device: str | torch.device) -> tuple[int, int]:
+    """(white-box attacks, AutoAttack) batch sizes: large enough to fill a GPU with a
+    ResNet-18 or WRN-34-10 at 32 px; on the CPU the sizes bench always used."""
+    return (1024, 1024) if torch.device(device).type == "cuda" else (256, 500)
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise unknown("precision", precision, PRECISIONS)

@@ -39,6 +39,9 @@ class Params:
     lr_decay: float = 0.1
     lr_schedule: Literal["multistep", "ard"] = "multistep"
     swa: bool = False  # equal-weight SWA of the student from the first milestone on
+    swa_bn: Literal["batch"] | None = None  # SWA's BN recompute: None weighs each image
+    # equally (PeerAiD's code), "batch" each batch (torch's update_bn, SAAD's code)
+    selection: str | None = None  # a rule of bench.selection (None: the common protocol)
     seed: int | None = None  # the seed the authors' code fixes, if any (documentation only)
 
     def lr_at(self, epoch: int) -> float:
@@ -72,9 +75,11 @@ PAPER = Preset("faithful math with the paper's full schedule, even on the embedd
                base="faithful", full_scale=True)
 
 
-def paper(**teachers: str | tuple[str, str]) -> Preset:
-    """The `paper` preset of a distillation method, with its paper's teacher per data set."""
-    return dataclasses.replace(PAPER, teachers=teachers)
+def paper(selection: str | None = None, **teachers: str | tuple[str, ...]) -> Preset:
+    """The `paper` preset of a method: its paper's teacher per data set, and the rule by which
+    the paper picked the checkpoints it reported (`bench.selection`)."""
+    return dataclasses.replace(PAPER, teachers=teachers,
+                               common=dict(selection=selection) if selection else {})
 
 
 class Distiller(ABC):

@@ -45,7 +45,7 @@ class ABSLD(Distiller):
     Params = ABSLDParams
     presets = {
         "faithful": FAITHFUL,
-        "paper": paper(cifar10=("trades", "wrn34_10")),
+        "paper": paper("absld", cifar10=("trades", "wrn34_10")),
         "fixed": Preset("faithful, but tau_adv tempers the attack and the adversarial term and "
                         "tau_nat the natural one (no in-place alias)",
                         common=dict(aliased=False), base="faithful"),

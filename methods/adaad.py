@@ -47,7 +47,7 @@ class AdaAD(Distiller):
     Params = AdaADParams
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(kl_reduction="batchmean")}),
-        "paper": paper(cifar10="robustbench:Chen2021LTD_WRN34_20",
+        "paper": paper("adaad", cifar10="robustbench:Chen2021LTD_WRN34_20",
                        cifar100="robustbench:Chen2021LTD_WRN34_10"),
         "large-radius": Preset("faithful with the paper's larger search radius (the argparse "
                                "default): eps 16/255, step 4/255",

@@ -51,7 +51,7 @@ class IGDM(Distiller):
     Params = IGDMParams
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": TEN, "tinyimagenet": TEN}),
-        "paper": paper(cifar10="robustbench:Gowal2021Improving_28_10_ddpm_100m"),
+        "paper": paper("igdm", cifar10="robustbench:Gowal2021Improving_28_10_ddpm_100m"),
         "fixed": FIXED,
     }
 

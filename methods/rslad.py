@@ -52,7 +52,7 @@ class RSLAD(Distiller):
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(scale=10.0)}),
         # The paper's teachers: TRADES WRN-34-10 (CIFAR-10); Gowal et al.'s WRN-70-16 without
         # extra data (CIFAR-100; RobustBench's copy normalises its input inside).
-        "paper": paper(cifar10=("trades", "wrn34_10"),
+        "paper": paper("rslad", cifar10=("trades", "wrn34_10"),
                        cifar100="robustbench:Gowal2020Uncovering"),
         "exact-kl": Preset("faithful with the exact mean KL (no 1e-5 shift in the log)",
                            common=dict(kl_eps=0.0), base="faithful"),

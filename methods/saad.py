@@ -39,7 +39,7 @@ class SAADParams(Params):
     seed: int | None = 0
     swa: bool = True
     swa_start: int | None = 94  # 0-based (the code's 1-based `--swa_epoch 95`)
-    swa_bn: Literal["image", "batch"] = "batch"  # torch's update_bn
+    swa_bn: Literal["batch"] | None = "batch"  # BN recomputed as torch's update_bn does
     alpha: float = 1.0  # gradient-matching weight (10 on CIFAR-100, Tiny)
     lam: float = 1.0  # first-order correction of the teacher's true-class logit in the attack
     w_scale: float = 5.0  # hardcoded entropy scale
@@ -77,7 +77,7 @@ class SAAD(Distiller):
         # SWA from epoch 95 of 200: on the 15-epoch embedded budget from (0-based) epoch 7.
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": TEN, "tinyimagenet": TEN,
                                                       "digits": dict(swa_start=7)}),
-        "paper": paper(cifar10="robustbench:Gowal2021Improving_28_10_ddpm_100m"),
+        "paper": paper("saad", cifar10="robustbench:Gowal2021Improving_28_10_ddpm_100m"),
     }
 
     def attack(self, x: Tensor, y: Tensor) -> Tensor:

@@ -368,3 +368,72 @@ def test_swa_bn_recompute_weights_images_or_batches():
     torch.testing.assert_close(bn.running_mean, sum(means) / 3, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(bn.running_var, sum(vars_) / 3, rtol=1e-10, atol=1e-12)
     assert (bn.running_mean - want_mean).abs().max() > 1e-3  # the two weightings differ
+
+
+# --- model selection per paper -------------------------------------------------------------
+
+def test_selection_rules_schedules_and_scores():
+    from bench.selection import RULES, score, worst_class
+
+    every = {name: [e for e in range(300) if r.due(e, 300, 1)] for name, r in RULES.items()}
+    # RSLAD: 1-based 20, 40, ..., 200 before 215, then 215..300; ABSLD: every 10 before 215
+    assert every["rslad"] == [e - 1 for e in range(20, 215, 20)] + list(range(214, 300))
+    assert every["absld"] == [e - 1 for e in range(10, 215, 10)] + list(range(214, 300))
+    assert every["common"] == every["adaad"] == list(range(300))
+    assert [e for e in range(10) if RULES["common"].due(e, 10, 4)] == [0, 4, 8, 9]
+    hits = torch.tensor([1, 1, 0, 1, 0, 0, 1, 1], dtype=torch.bool)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    assert worst_class(hits, y) == pytest.approx(0.5)  # class 1: 1 of 2
+    assert score(RULES["absld"], hits, y) == pytest.approx(5 / 8 + 0.5)
+    assert score(RULES["rslad"], hits, y) == pytest.approx(5 / 8)
+    assert (RULES["rslad"].attack, RULES["absld"].attack) == ("pgd20s", "pgd20s")
+
+
+def test_paper_presets_name_their_papers_rules_and_faithful_keeps_the_common_one():
+    want = {"rslad": "rslad", "ard": "ard", "adaad": "adaad", "peeraid": "peeraid",
+            "igdm": "igdm", "saad": "saad", "absld": "absld"}
+    for name, rule in want.items():
+        cls = registry.get(name)
+        assert cls.resolve("paper", "cifar10").selection == rule, name
+        assert cls.resolve("faithful", "cifar10").selection is None, name
+
+
+def test_selection_rules_in_a_run(tmp_path):
+    """A rule decides what is evaluated, kept and reported; every row names its rule."""
+    from bench.cells import Cell
+    from bench.checkpoint import load_latest
+    from bench.pipeline import EvalOptions, run_cell
+    from bench.runner import RunOptions
+    from bench.store import Store
+
+    opts, store = RunOptions(out=tmp_path, log=lambda *_: None), Store(tmp_path)
+    ev = EvalOptions(attacks=("clean",))
+    got, hist, best = {}, {}, {}
+    for rule in ("adaad", "ard", "absld", None):
+        over = (("epochs", 2),) + ((("selection", rule),) if rule else ())
+        rows = run_cell(Cell("standard", overrides=over), opts, ev, store)
+        got[rule] = {r["checkpoint"]: r for r in rows}
+        assert {r["selection"] for r in rows} == {rule or "common"}
+        state = load_latest(tmp_path / "runs" / rows[0]["cell_id"] / "ckpt.pt")
+        hist[rule], best[rule] = state["history"], state["best"]
+    assert set(got["adaad"]) == {"best", "best_clean", "last"}
+    h = hist["adaad"]
+    assert best["adaad"]["best_clean"] == max(e["clean"] for e in h)
+    assert got["adaad"]["best_clean"]["clean"] == pytest.approx(
+        max(e["clean"] for e in h), abs=1e-9)  # same split (test) in selection and evaluation
+    assert set(got["ard"]) == {"last"}
+    h = hist["absld"]
+    assert [("pgd20s" in e, "worst_class" in e) for e in h] == [(False, False), (True, True)]
+    assert best["absld"]["best"] == pytest.approx(h[1]["pgd20s"] + h[1]["worst_class"])
+    assert set(got[None]) == {"best", "last"}
+    assert all("pgd10" in e for e in hist[None])
+
+
+def test_unknown_or_impossible_selection_is_one_line():
+    from bench import BenchError
+    from bench.cells import Cell, resolve
+
+    with pytest.raises(BenchError, match="unknown selection rule 'rsald'.*rslad"):
+        resolve(Cell("standard", overrides=(("selection", "rsald"),)))
+    with pytest.raises(BenchError, match="keeps an SWA model, but swa is off"):
+        resolve(Cell("standard", overrides=(("selection", "saad"),)))
