@@ -3,6 +3,10 @@
     python run_all.py                      # the default grid on the embedded digits set
     python run_all.py --no-train           # only rebuild the report from <out>/rows
     python run_all.py --methods standard,pgdat --epochs 3 --aa-samples 20 --out /tmp/ra
+    python run_all.py --config experiments/peeraid_table1_cifar10.toml --data-root /data
+
+Cells come from bench.experiment, as for `bench run`: the same options (or the same
+experiment file) give the same cells, and stored cells are reused.
 
 The report (<out>/report by default) covers every row in the store: results.md (tables per
 data set / architecture, image counts, how measured), results.csv (every row, flat),
@@ -17,7 +21,8 @@ from pathlib import Path
 
 import click
 
-from bench import BenchError
+from bench import BenchError, experiment
+from bench.evaluate import ALL_ATTACKS
 
 DEFAULT_METHODS = "standard,pgdat,trades,peeraid,rslad,ard,adaad,iad"
 PLOT_KINDS = ("accuracy", "robustness", "training")
@@ -29,11 +34,11 @@ def say(msg: str = "", err: bool = False) -> None:
 
 # --- training ---------------------------------------------------------------------------
 
-def train_grid(cells: list, out: Path, device: str, aa_samples: int | None,
-               no_train: bool) -> list[str]:
+def train_grid(cells: list, out: Path, device: str, ev, no_train: bool,
+               data_root: Path | None = None) -> list[str]:
     """Train and evaluate the cells whose rows are not stored; returns one line per failure."""
     from bench.cells import resolve
-    from bench.pipeline import EvalOptions, run_cell, stored
+    from bench.pipeline import run_cell, stored
     from bench.runner import RunOptions
     from bench.store import Store
 
@@ -43,14 +48,14 @@ def train_grid(cells: list, out: Path, device: str, aa_samples: int | None,
     todo_ids = {r.id for r in todo}
     for r in resolved:
         state = "reuse" if r.id not in todo_ids else ("MISSING" if no_train else "train")
-        say(f"  {state:7s} {r.cell.method:8s} seed {r.cell.seed}  ({r.id})")
+        say(f"  {state:7s} {r.cell.method:8s} {r.cell.dataset}/{r.arch} seed {r.cell.seed}  "
+            f"({r.id})")
     say(f"{len(resolved) - len(todo)} cell(s) reused from {out}, "
         + (f"{len(todo)} missing (--no-train: not trained)" if no_train
            else f"{len(todo)} to train"))
     if no_train or not todo:
         return []
-    opts = RunOptions(out=out, device=device, log=say)
-    ev = EvalOptions(aa_samples=aa_samples)
+    opts = RunOptions(out=out, device=device, data_root=data_root, log=say)
     failures = []
     for i, r in enumerate(todo, 1):
         say(f"[{i}/{len(todo)}] training {r.cell.method} seed {r.cell.seed} ({r.id})")
@@ -194,15 +199,31 @@ def _problems_md(problems: list[str]) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
               help="Comma-separated methods of the grid.")
-@click.option("--dataset", default="digits", show_default=True)
-@click.option("--arch", default=None, help="Student architecture [default: the data set's].")
+@click.option("--datasets", "--dataset", "datasets", default="digits", show_default=True,
+              help="Comma-separated data sets.")
+@click.option("--archs", "--arch", "archs", default=None,
+              help="Comma-separated student architectures [default: each data set's].")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
 @click.option("--preset", default="faithful", show_default=True)
 @click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any hyper-parameter (repeatable).")
+@click.option("--sweep", "sweep", multiple=True, metavar="KEY=V1,V2",
+              help="One cell per value (repeatable: one per combination).")
+@click.option("--teacher-method", default=None,
+              help="Method that trains the teachers [default: each preset's, else pgdat].")
+@click.option("--teacher-arch", default=None, help="Teacher architecture.")
+@click.option("--peer-arch", default=None, help="PeerAiD's peer architecture.")
+@click.option("--select", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="Split for best-checkpoint selection (PGD-10).")
+@click.option("--attacks", default=",".join(ALL_ATTACKS), show_default=True,
+              help="Evaluation attacks.")
 @click.option("--aa-samples", type=int, default=None,
               help="AutoAttack on N seeded test images [default: 100 on the embedded set, "
                    "all otherwise].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding (or receiving) torchvision data sets.")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Results folder (rows, checkpoints, teachers).")
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
@@ -211,30 +232,37 @@ def _problems_md(problems: list[str]) -> str:
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
 @click.option("--no-train", is_flag=True, help="Train nothing: only rebuild the report.")
-def cli(methods: str, dataset: str, arch: str | None, seeds: str, preset: str,
-        epochs: int | None, aa_samples: int | None, device: str, out: str,
-        report_dir: str | None, threads: int | None, no_train: bool) -> None:
+@experiment.config_option
+def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
+        epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...],
+        teacher_method: str | None, teacher_arch: str | None, peer_arch: str | None,
+        select: str, attacks: str, aa_samples: int | None, device: str, data_root: str | None,
+        out: str, report_dir: str | None, threads: int | None, no_train: bool) -> None:
     """Train what is missing of the grid, then write every table and figure of the report."""
-    from bench.cells import Cell
-    from bench.cli import _csv, _device, _seeds, _writable
+    from bench.pipeline import EvalOptions
 
     if aa_samples is not None and aa_samples < 1:
         raise BenchError(f"--aa-samples must be >= 1, got {aa_samples}")
     if threads is not None and threads < 1:
         raise BenchError(f"--threads must be >= 1, got {threads}")
+    attack_list = tuple(experiment.csv(attacks))
+    bad = [a for a in attack_list if a not in ALL_ATTACKS]
+    if bad or not attack_list:
+        raise BenchError(f"unknown attack {bad[0] if bad else attacks!r} "
+                         f"(valid: {', '.join(ALL_ATTACKS)})")
     if threads is not None and not no_train:
         import torch
 
         torch.set_num_threads(threads)
-    overrides = (("epochs", epochs),) if epochs is not None else ()
-    cells = [Cell(m, dataset, arch, s, preset, overrides)
-             for m in _csv(methods) for s in _seeds(seeds)]
-    if not cells:
-        raise BenchError("--methods names no method")
-    out_path = _writable(Path(out))
-    say(f"grid: {len(cells)} cell(s) on {dataset}, results in {out_path}")
-    failures = train_grid(cells, out_path, "cpu" if no_train else _device(device), aa_samples,
-                          no_train)
+    cells = experiment.grid(methods, datasets, archs, seeds, preset, epochs, sets, sweep,
+                            teacher_method=teacher_method, teacher_arch=teacher_arch,
+                            peer_arch=peer_arch, select=select).cells()
+    out_path = experiment.writable(Path(out))
+    say(f"grid: {len(cells)} cell(s) on {datasets}, results in {out_path}")
+    failures = train_grid(cells, out_path,
+                          "cpu" if no_train else experiment.resolve_device(device),
+                          EvalOptions(attacks=attack_list, aa_samples=aa_samples), no_train,
+                          Path(data_root) if data_root else None)
     report = Path(report_dir) if report_dir else out_path / "report"
     written = write_report(out_path, report)
     say(f"report in {report}:")

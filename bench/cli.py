@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
 
-from bench import BenchError, data, registry
+from bench import BenchError, data, experiment, registry
 from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS
 from bench.models import model_names
@@ -23,61 +20,9 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _seeds(value: str) -> list[int]:
-    try:
-        seeds = [int(v) for v in _csv(value)]
-    except ValueError:
-        raise BenchError(f"--seeds takes comma-separated integers, got {value!r}") from None
-    if not seeds or any(s < 0 for s in seeds):
-        raise BenchError(f"--seeds must be non-negative integers, got {value!r}")
-    return seeds
-
-
-def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """`--set key=value` pairs; values are Python literals (numbers, tuples) or strings."""
-    out = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise BenchError(f"--set takes key=value, got {pair!r}")
-        try:
-            out[key.strip()] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = raw
-    return out
-
-
-def _device(name: str) -> str:
-    """The torch device, checked here: `cuda:banana` or `cuda:7` fail later with a traceback."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise BenchError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise BenchError(f"--device {name}: no such CUDA device here "
-                         f"({torch.cuda.device_count()} available)")
-    return name
-
-
-def _writable(out: Path) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise BenchError(f"output folder {out} is not writable ({exc.strerror})") from None
-    return out
+# The option parsers live in bench.experiment (shared with run_all.py); the short names stay.
+_csv, _seeds, _overrides = experiment.csv, experiment.seeds, experiment.overrides
+_device, _writable = experiment.resolve_device, experiment.writable
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,14 +33,19 @@ def cli() -> None:
 @cli.command()
 @click.option("--methods", default="peeraid,rslad", show_default=True,
               help="Comma-separated method names (see `bench list`).")
-@click.option("--dataset", default="digits", show_default=True,
-              help="Data set; the default is the embedded, offline digits set.")
-@click.option("--arch", default=None, help="Student architecture [default: the data set's].")
+@click.option("--datasets", "--dataset", "datasets", default="digits", show_default=True,
+              help="Comma-separated data sets; the default is the embedded, offline digits "
+                   "set.")
+@click.option("--archs", "--arch", "archs", default=None,
+              help="Comma-separated student architectures [default: each data set's].")
 @click.option("--preset", default="faithful", show_default=True, help="Hyper-parameter preset.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
 @click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any hyper-parameter (repeatable), e.g. --set t=4.")
+@click.option("--sweep", "sweep", multiple=True, metavar="KEY=V1,V2",
+              help="One cell per value (repeatable: one per combination), typed and checked "
+                   "like --set, e.g. --sweep g2=0.01,0.1,1.")
 @click.option("--teacher", default=None,
               help="Teacher checkpoint file or robustbench:NAME "
                    "[default: train one with --teacher-method, cached].")
@@ -143,8 +93,9 @@ def cli() -> None:
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
-def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
-        epochs: int | None, sets: tuple[str, ...], teacher: str | None,
+@experiment.config_option
+def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
+        epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...], teacher: str | None,
         teacher_normalize: str | None,
         teacher_arch: str | None, teacher_method: str | None, clean_teacher: str | None,
         clean_teacher_arch: str | None, peer_arch: str | None, select: str,
@@ -152,17 +103,15 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
         data_root: str | None, out: str, redo: bool, resume: bool, detect_anomaly: bool,
         num_workers: int, executor: str, slurm_partition: str | None, timeout_min: int,
         gpus_per_node: int, threads: int | None) -> None:
-    """Train each method, evaluate it, store the rows and print a table.
+    """Train the grid (data sets x archs x methods x sweeps x seeds), evaluate, store the
+    rows and print one table per data set and arch.
 
-    An interrupted run resumes from its last epoch checkpoint when rerun.
+    Stored cells are skipped; an interrupted one resumes from its last epoch checkpoint.
     """
     from bench.pipeline import EvalOptions, run_cell
     from bench.runner import RunOptions
     from bench.store import Store
 
-    overrides = _overrides(sets)
-    if epochs is not None:
-        overrides["epochs"] = epochs
     attack_list = tuple(_csv(attacks))
     bad = [a for a in attack_list if a not in ALL_ATTACKS]
     if bad or not attack_list:
@@ -172,14 +121,11 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
         raise BenchError(f"--aa-samples must be >= 1, got {aa_samples}")
     if num_workers < 0:
         raise BenchError(f"--num-workers must be >= 0, got {num_workers}")
-    cells = [Cell(m, dataset, arch, s, preset, tuple(sorted(overrides.items())),
-                  peer_arch=peer_arch, teacher=teacher, teacher_arch=teacher_arch,
-                  teacher_method=teacher_method, select=select, select_every=select_every,
-                  teacher_normalize=teacher_normalize, clean_teacher=clean_teacher,
-                  clean_teacher_arch=clean_teacher_arch)
-             for m in _csv(methods) for s in _seeds(seeds)]
-    if not cells:
-        raise BenchError("--methods names no method")
+    cells = experiment.grid(
+        methods, datasets, archs, seeds, preset, epochs, sets, sweep, peer_arch=peer_arch,
+        teacher=teacher, teacher_arch=teacher_arch, teacher_method=teacher_method,
+        select=select, select_every=select_every, teacher_normalize=teacher_normalize,
+        clean_teacher=clean_teacher, clean_teacher_arch=clean_teacher_arch).cells()
     resolved = [resolve(c) for c in cells]  # every error (teachers' too) before any training
     _check_teacher_files(resolved)
     if threads is not None and threads < 1:
@@ -211,7 +157,8 @@ def run(methods: str, dataset: str, arch: str | None, preset: str, seeds: str,
                           log=_plain(bar.console) if main_rank else lambda _: None,
                           progress=_updater(bar) if main_rank else None)
         for c in cells:
-            opts.log(f"{c.method} on {c.dataset}, seed {c.seed}")
+            opts.log(f"{c.method} on {c.dataset}" + (f" / {c.arch}" if c.arch else "")
+                     + f", seed {c.seed}")
             run_cell(c, opts, ev, store, redo=redo, resume=resume)
     if main_rank:
         _print_table(store, {r.id for r in resolved})

@@ -95,11 +95,17 @@ def load(name: str, split: Split, *, root: str | Path | None = None, augment: bo
     data = _LOADERS[name]("train", path, augment and split == "train")
     if split == "train" and not holdout:
         return data
-    val = _val_mask(len(data), s.val_size)
+    val = val_mask(len(data), s.val_size)
     return _subset(data, (val if split == "val" else ~val).nonzero().squeeze(1))
 
 
-def _val_mask(n: int, size: float) -> Tensor:
+def raw(name: str, source: Source, root: Path | None = None) -> Dataset:
+    """Split `source` of `name` as its loader reads it, unaugmented (what a cache decodes)."""
+    spec(name)
+    return _LOADERS[name](source, Path(root) if root is not None else None, False)
+
+
+def val_mask(n: int, size: float) -> Tensor:
     """Which of `n` train images are held out: seeded on its own (seed 0), not by the run's
     seed, so every run and method selects on the same images."""
     k = int(size * n) if size < 1 else int(size)

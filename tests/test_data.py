@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Subset
 from torchvision import transforms as T
 
-from bench import BenchError
+from bench import BenchError, devicedata
 from bench.data import TensorData, batches, dataset_names, load, spec
 
 rng = np.random.default_rng(0)
@@ -239,3 +239,97 @@ def test_batches_seeded(cifar10, no_md5) -> None:
                                                                  generator=g)])
         assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))
         assert order(1).shape[0] == len(data)
+
+
+# --- the device-resident path: decoded once, cached, augmented in whole batches -------------
+
+def _tv(name: str, split: str, root: Path, holdout: bool = False) -> torch.Tensor:
+    """What the torchvision/PIL path (ToTensor, no augmentation) gives for the same files."""
+    return _stack(load(name, split, root=root, holdout=holdout))
+
+
+def test_device_path_pixels_are_totensors(cifar10, tiny: Path, tmp_path: Path, no_md5) -> None:
+    root = cifar10[0]
+    for split, holdout in [("train", False), ("test", False), ("val", False), ("train", True)]:
+        x, y = devicedata.tensors("cifar10", split, root, holdout=holdout)
+        want_x, want_y = _tv("cifar10", split, root, holdout)
+        assert x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32)
+        assert torch.equal(devicedata.to_float(x), want_x) and torch.equal(y, want_y)
+    for split in ("train", "test"):  # TinyImageNet's JPEGs (one class grayscale) and SVHN
+        x, y = devicedata.tensors("tinyimagenet", split, tiny)
+        assert torch.equal(devicedata.to_float(x), _tv("tinyimagenet", split, tiny)[0])
+        X = rng.integers(0, 256, (32, 32, 3, 7), dtype=np.uint8)
+        scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {"X": X, "y": np.full((7, 1), 10)})
+        x, y = devicedata.tensors("svhn", split, tmp_path)
+        assert torch.equal(devicedata.to_float(x), _tv("svhn", split, tmp_path)[0])
+        assert y.tolist() == [0] * 7
+    batch = next(devicedata.load("cifar10", "test", root, "cpu").batches(50, shuffle=False))
+    assert torch.equal(batch[0], _tv("cifar10", "test", root)[0])  # augmentation off
+
+
+def test_decoded_cache_is_used_invalidated_and_rebuilt(tmp_path: Path, no_md5, monkeypatch,
+                                                       capsys) -> None:
+    base = tmp_path / "cifar-100-python"
+    for split in ("train", "test"):
+        _dump(base / split, {"data": _images(6, 100)[0], "fine_labels": [1] * 6})
+    _dump(base / "meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
+    first = devicedata.decoded("cifar100", "test", tmp_path)
+    (cache,) = (tmp_path / devicedata.CACHE_DIR).iterdir()
+    decode = devicedata._decode
+    monkeypatch.setattr(devicedata, "_decode", lambda ds: pytest.fail("decoded again"))
+    assert torch.equal(devicedata.decoded("cifar100", "test", tmp_path)[0], first[0])
+    new = _images(6, 100)[0]
+    _dump(base / "test", {"data": new, "fine_labels": [2] * 6})  # a changed file: a new key
+    monkeypatch.setattr(devicedata, "_decode", decode)
+    x, y = devicedata.decoded("cifar100", "test", tmp_path)
+    assert torch.equal(devicedata.to_float(x), _as_x(new)) and y.tolist() == [2] * 6
+    (cache,) = set((tmp_path / devicedata.CACHE_DIR).iterdir()) - {cache}
+    blob = bytearray(cache.read_bytes())
+    blob[len(blob) // 2] ^= 0x10  # a flipped bit: never used, rebuilt with one warning line
+    cache.write_bytes(bytes(blob))
+    capsys.readouterr()
+    assert torch.equal(devicedata.decoded("cifar100", "test", tmp_path)[0], x)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: decoded data cache")
+    assert "rebuilding" in err[0]
+    assert torch.equal(devicedata.decoded("cifar100", "test", tmp_path)[0], x)
+    assert capsys.readouterr().err == ""  # the rebuilt file is good
+
+
+def test_device_augmentation_draws_like_random_crop_and_flip() -> None:
+    """Each image encodes its own coordinates (channel 0: row + 1, channel 1: col + 1,
+    channel 2: 255), so each output tells its crop offset and flip; the output must equal
+    torchvision's pad + crop + hflip with those parameters, and the parameters must be
+    uniform on [-4, 4]^2 and flipped half the time (chi-square / binomial, fixed seed)."""
+    import torchvision.transforms.functional as TF
+
+    n, size = 9 * 9 * 200, 32
+    grid = torch.arange(1, size + 1, dtype=torch.uint8)
+    img = torch.stack([grid[:, None].expand(size, size), grid[None, :].expand(size, size),
+                       torch.full((size, size), 255, dtype=torch.uint8)])
+    dd = devicedata.DeviceData(img.expand(n, 3, size, size), torch.zeros(n, dtype=torch.int64),
+                               "cpu", devicedata.Augment())
+    g = torch.Generator().manual_seed(0)
+    out = torch.cat([x for x, _ in dd.batches(1000, shuffle=True, generator=g)])
+    pix = (out * 255).round().to(torch.uint8)
+    c = size // 2
+    dy = pix[:, 0, c, c].long() - 1 - c
+    flip = pix[:, 1, c, c + 1] < pix[:, 1, c, c]
+    col = pix[:, 1, c, c].long() - 1
+    dx = torch.where(flip, col - (size - 1 - c), col - c)
+    for k in range(0, n, 997):  # exactly torchvision's pad (zeros) + crop (+ hflip)
+        want = TF.crop(TF.pad(img, [4]), int(dy[k]) + 4, int(dx[k]) + 4, size, size)
+        assert torch.equal(pix[k], TF.hflip(want) if flip[k] else want), k
+    assert set(dy.tolist()) == set(dx.tolist()) == set(range(-4, 5))
+    counts = torch.bincount((dy + 4) * 9 + dx + 4, minlength=81).double()
+    chi2 = ((counts - n / 81) ** 2 / (n / 81)).sum().item()
+    assert counts.min() > 0 and chi2 < 124.8  # 80 degrees of freedom, p = 0.001
+    assert abs(flip.double().mean().item() - 0.5) < 4 * (0.25 / n) ** 0.5
+    assert (pix[:, 2] == 0).any(1).any(1).float().mean() > 0.8  # padding present, and zero:
+    assert torch.equal(pix[:, 2] == 255, pix[:, 0] > 0)  # exactly where no image row is
+    # a pure function of the generator's seed; SVHN (digits) never flips
+    again = torch.cat([x for x, _ in dd.batches(1000, shuffle=True,
+                                                 generator=torch.Generator().manual_seed(0))])
+    assert torch.equal(again, out)
+    assert devicedata.augmentation("svhn") == devicedata.Augment(flip=False)
+    assert devicedata.augmentation("cifar10").flip and devicedata.augmentation("digits") is None
