@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bench import BenchError, data, registry
+from bench import BenchError, data, registry, selection
 from bench.distiller import Distiller, Params
 from bench.models import model_names
 from bench.suggest import unknown
@@ -139,6 +139,7 @@ def _check_params(p: Params) -> None:
                          f"{p.lr_decay}")
     if not 0 < p.lr < math.inf:
         raise BenchError(f"lr must be a finite number > 0, got {p.lr}")
+    selection.check(p.selection, p.swa)
 
 
 @dataclass(frozen=True)

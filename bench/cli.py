@@ -70,6 +70,10 @@ def cli() -> None:
 @click.option("--aa-samples", type=int, default=None,
               help="AutoAttack on a fixed seeded subset of N test images "
                    "[default: 100 on the embedded set, all otherwise].")
+@click.option("--aa-on", type=click.Choice(["best", "all", "none"]), default="best",
+              show_default=True,
+              help="Checkpoints AutoAttack runs on: best = the ones papers report (best, and "
+                   "swa_best for PeerAiD); the other attacks run on every checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding (or receiving) torchvision data sets.")
@@ -99,7 +103,7 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         teacher_normalize: str | None,
         teacher_arch: str | None, teacher_method: str | None, clean_teacher: str | None,
         clean_teacher_arch: str | None, peer_arch: str | None, select: str,
-        select_every: int, attacks: str, aa_samples: int | None, device: str,
+        select_every: int, attacks: str, aa_samples: int | None, aa_on: str, device: str,
         data_root: str | None, out: str, redo: bool, resume: bool, detect_anomaly: bool,
         num_workers: int, executor: str, slurm_partition: str | None, timeout_min: int,
         gpus_per_node: int, threads: int | None) -> None:
@@ -135,7 +139,7 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
 
         torch.set_num_threads(threads)
     store = Store(_writable(Path(out)))
-    ev = EvalOptions(attacks=attack_list, aa_samples=aa_samples)
+    ev = EvalOptions(attacks=attack_list, aa_samples=aa_samples, aa_on=aa_on)
     if executor != "none":
         from bench.sweep import SweepOptions, sweep
 
@@ -204,11 +208,13 @@ def _updater(bar):
     return update
 
 
-def _print_table(store, ids: set[str] | None = None, fmt: str = "rich") -> None:
+def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=None,
+                 reported: bool = False) -> None:
     """The stored rows (of `ids` only, if given) as one table per data set and arch."""
     import pandas as pd
 
-    from bench.report import aggregate, current, markdown, paper_table, rich_table, sections
+    from bench import tables
+    from bench.report import current
 
     rows, problems = store.read()
     for p in problems:
@@ -219,28 +225,84 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich") -> None:
         console.print(f"no results in {store.root}")
         return
     df, _ = current(pd.DataFrame(rows))
-    for (dataset, arch), g in sections(df):
-        table = paper_table(aggregate(g))
-        title = f"{dataset} / {arch}: accuracy (%) under attack"
-        if fmt == "rich":
-            if console.is_terminal:  # a log file gets the markdown only: no cramped boxes
-                console.print(rich_table(table, title))
-            console.print(f"{title}\n\n{markdown(table)}\n", soft_wrap=True, markup=False)
-        elif fmt == "markdown":
-            click.echo(f"### {title}\n\n{markdown(table)}\n")
-        else:
-            click.echo(table.assign(dataset=dataset, arch=arch).to_csv(index=False), nl=False)
+    opts = opts or tables.TableOptions()
+    parts = (tables.reported_view if reported else tables.render)(df, fmt, opts)
+    from bench.report import markdown, rich_table
+
+    for part in parts:
+        if isinstance(part, str):
+            click.echo(part, nl=False)
+            continue
+        title, table = part
+        if console.is_terminal:  # a log file gets the markdown only: no cramped boxes
+            console.print(rich_table(table, title))
+        console.print(f"{title}\n\n{markdown(table)}\n", soft_wrap=True, markup=False)
 
 
 @cli.command()
-@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["rich", "markdown", "csv"]), default="rich",
-              show_default=True)
-def table(out: str, fmt: str) -> None:
-    """The stored results: mean ± std over seeds, and how many images each number used."""
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Results folder.")
+@click.option("--format", "fmt", type=click.Choice(["rich", "markdown", "latex", "csv"]),
+              default="rich", show_default=True)
+@click.option("--dataset", "datasets", default="", help="Only these data sets (comma list).")
+@click.option("--arch", "archs", default="", help="Only these student archs (comma list).")
+@click.option("--methods", default="", help="Only these methods (comma list).")
+@click.option("--checkpoint", "checkpoints", default="",
+              help="Only these checkpoints (comma list: best, last, swa_best, swa_last).")
+@click.option("--time", "hours", is_flag=True, help="Add training GPU-hours per cell.")
+@click.option("--ours", default=None,
+              help="The method whose margin over the best other method is shown "
+                   "[default: each column's best].")
+@click.option("--reported", is_flag=True,
+              help="Reproduced mean ± std beside the published figures of the same setting.")
+def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoints: str,
+          hours: bool, ours: str | None, reported: bool) -> None:
+    """The stored results as paper tables: mean ± std over seeds (with the seed count), the
+    best per column in bold, the margin of the best method over the best other."""
     from bench.store import Store
+    from bench.tables import TableOptions
 
-    _print_table(Store(out), None, fmt)
+    opts = TableOptions(datasets=tuple(_csv(datasets)), archs=tuple(_csv(archs)),
+                        methods=tuple(_csv(methods)), checkpoints=tuple(_csv(checkpoints)),
+                        hours=hours, ours=ours)
+    _print_table(Store(out), None, fmt, opts, reported)
+
+
+@cli.command("reported")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per published figure.")
+@click.option("--dataset", "datasets", default="", help="Only these data sets (comma list).")
+@click.option("--methods", default="", help="Only these methods (comma list).")
+@click.option("--grade", "grades", default="", help="Only these grades (comma list of P, S, T).")
+def reported_(as_json: bool, datasets: str, methods: str, grades: str) -> None:
+    """The published numbers bench knows: value, grade (P / S / T), source and setting."""
+    import json
+
+    from bench.report import markdown
+    from bench.reported import GRADES, figures, frame
+
+    df = frame()
+    for col, wanted in (("dataset", _csv(datasets)), ("method", _csv(methods)),
+                        ("grade", _csv(grades))):
+        bad = sorted(set(wanted) - set(df[col]) - (set(GRADES) if col == "grade" else set()))
+        if bad:
+            from bench.suggest import unknown
+
+            raise unknown(f"{col} among the published figures", bad[0], set(df[col]))
+        if wanted:
+            df = df[df[col].isin(wanted)]
+    if as_json:  # from the figures themselves: no NaN where a value is absent
+        keep = set(df.index)
+        click.echo(json.dumps([f for i, f in enumerate(figures()) if i in keep], indent=1))
+        return
+    for grade, why in GRADES.items():
+        console.print(f"{grade}: {why}", markup=False)
+    for (paper, table), g in df.groupby(["paper", "table"], sort=False):
+        t = g.assign(value=[f"{v:.2f} ({gr})" for v, gr in zip(g["value"], g["grade"],
+                                                              strict=True)])
+        t = t[["method", "published_as", "dataset", "arch", "teacher", "checkpoint", "metric",
+               "value"]]
+        click.echo(f"\n### {paper}: {table}\n\nsource: {g['source'].iloc[0]}\n\n"
+                   f"{markdown(t)}")
 
 
 @cli.command("list")

@@ -64,6 +64,9 @@ class Params:
     lr_schedule: Schedule = "multistep"
     swa: bool = False  # equal-weight SWA of the student, at the end of every epoch from ...
     swa_start: int | None = None  # ... this 0-based epoch (None: the first milestone)
+    swa_bn: Literal["batch"] | None = None  # SWA's BN recompute: None weighs each image
+    # equally (PeerAiD's code), "batch" each batch (torch's update_bn, SAAD's code)
+    selection: str | None = None  # a rule of bench.selection (None: the common protocol)
     seed: int | None = None  # the seed the authors' code fixes, if any (documentation only)
 
     def lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
@@ -114,11 +117,13 @@ PAPER = Preset("faithful math with the paper's full schedule, even on the embedd
                base="faithful", full_scale=True)
 
 
-def paper(clean: dict[str, str | tuple[str, str]] | None = None,
-          **teachers: str | tuple[str, str]) -> Preset:
-    """The `paper` preset of a distillation method, with its paper's teacher per data set
-    (and its clean teacher per data set, `clean`)."""
-    return dataclasses.replace(PAPER, teachers=teachers, clean_teachers=clean or {})
+def paper(selection: str | None = None, clean: dict[str, str | tuple[str, ...]] | None = None,
+          **teachers: str | tuple[str, ...]) -> Preset:
+    """The `paper` preset of a method: its paper's teacher per data set (and clean teacher per
+    data set, `clean`), and the rule by which the paper picked the checkpoints it reported
+    (`bench.selection`)."""
+    return dataclasses.replace(PAPER, teachers=teachers, clean_teachers=clean or {},
+                               common=dict(selection=selection) if selection else {})
 
 
 class Distiller(ABC):

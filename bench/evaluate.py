@@ -8,6 +8,7 @@ AutoAttack "standard" through the real `pyautoattack` code. Models run in eval m
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,17 +62,24 @@ def adversarial(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Thr
     raise ValueError(f"unknown attack {attack!r}")
 
 
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
-             batch_size: int = 256, device: str | torch.device = "cpu") -> float:
-    """Accuracy of `model` (eval mode) on (x, y) under `attack`."""
+def correct(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
+            batch_size: int = 256, device: str | torch.device = "cpu") -> Tensor:
+    """Per image (on the CPU), whether `model` (eval mode) classifies it right under `attack`."""
     model.eval()
-    correct = 0
+    out = []
     for i in range(0, len(y), batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         xa = adversarial(model, xb, yb, attack, threat)
         with torch.no_grad():
-            correct += (model(xa).argmax(1) == yb).sum().item()
-    return correct / len(y)
+            out.append((model(xa).argmax(1) == yb).cpu())
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
+             batch_size: int = 256, device: str | torch.device = "cpu") -> float:
+    """Accuracy of `model` (eval mode) on (x, y) under `attack`."""
+    hits = correct(model, x, y, attack, threat, batch_size, device)
+    return hits.sum().item() / len(hits)
 
 
 class _Collect(logging.Handler):
@@ -138,16 +146,25 @@ def subset(n: int, k: int | None, seed: int = 0) -> Tensor:
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, *,
              attacks: tuple[str, ...] = ALL_ATTACKS, aa_samples: int | None = None,
              device: str | torch.device = "cpu", batch_size: int = 256,
-             aa_state: Path | None = None) -> dict[str, object]:
-    """Run the suite; each metric `m` comes with `n_m`, the number of images it was measured on."""
+             aa_batch_size: int = 500, aa_state: Path | None = None) -> dict[str, object]:
+    """Run the suite; each metric `m` comes with `n_m`, the number of images it was measured
+    on, and `attack_seconds[m]`, what it took. Always full precision: autocast is switched off here,
+    so a model trained in bf16 is attacked in fp32 (a weaker low-precision attack would
+    flatter every method)."""
     out: dict[str, object] = {}
-    for a in attacks:
-        if a == "aa":
-            idx = subset(len(y), aa_samples)
-            out["aa"], out["aa_flags"] = autoattack(
-                model, x[idx], y[idx], threat.eps, device=device, state_path=aa_state)
-            out["n_aa"] = len(idx)
-        else:
-            out[a] = accuracy(model, x, y, a, threat, batch_size, device)
-            out[f"n_{a}"] = len(y)
+    seconds: dict[str, float] = {}
+    with torch.autocast(torch.device(device).type, enabled=False):
+        for a in attacks:
+            t0 = time.perf_counter()
+            if a == "aa":
+                idx = subset(len(y), aa_samples)
+                out["aa"], out["aa_flags"] = autoattack(
+                    model, x[idx], y[idx], threat.eps, batch_size=aa_batch_size, device=device,
+                    state_path=aa_state)
+                out["n_aa"] = len(idx)
+            else:
+                out[a] = accuracy(model, x, y, a, threat, batch_size, device)
+                out[f"n_{a}"] = len(y)
+            seconds[a] = round(time.perf_counter() - t0, 2)
+    out["attack_seconds"] = seconds
     return out

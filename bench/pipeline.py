@@ -20,6 +20,7 @@ from torch import nn
 
 from bench import __version__, checkpoint, data, distributed
 from bench.cells import Cell, Resolved, resolve
+from bench.compute import eval_batch_sizes
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
 from bench.runner import RunOptions, Trainer, build
 from bench.store import Store
@@ -28,12 +29,23 @@ from bench.teachers import ZOO, load_weights, normalized, robustbench_model
 EMBEDDED_AA_SAMPLES = 100  # AutoAttack's Square attack dominates a CPU run; seeded subset
 
 
+AA_ON = ("best", "all", "none")
+REPORTED = ("best", "swa_best")  # the checkpoints the papers report (swa_best: PeerAiD's)
+
+
 @dataclass(frozen=True)
 class EvalOptions:
-    """The evaluation protocol: which attacks, and AutoAttack on how many test images."""
+    """The evaluation protocol: which attacks, AutoAttack on how many test images and on
+    which checkpoints (the cheap attacks run on every checkpoint)."""
 
     attacks: tuple[str, ...] = ALL_ATTACKS
     aa_samples: int | None = None  # None: the data set's default (all images for real sets)
+    aa_on: str = "best"  # "best": the reported checkpoints only; "all"; "none"
+
+    def attacks_for(self, checkpoint: str) -> tuple[str, ...]:
+        """AutoAttack, the costly one, only where `aa_on` asks for it."""
+        aa = self.aa_on == "all" or (self.aa_on == "best" and checkpoint in REPORTED)
+        return tuple(a for a in self.attacks if a != "aa" or aa)
 
 
 def _versions() -> dict[str, str]:
@@ -143,12 +155,15 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         # Random starts drawn afresh per checkpoint: a row depends on its weights only, not on
         # what ran before it (a resumed AutoAttack skips the draws of the finished one).
         torch.manual_seed(cell.seed)
-        metrics = evaluate(finals[name], x, y, Threat(r.spec.eps), attacks=ev.attacks,
-                           aa_samples=n_aa, device=opts.device,
+        batch, aa_batch = eval_batch_sizes(opts.device)
+        metrics = evaluate(finals[name], x, y, Threat(r.spec.eps),
+                           attacks=ev.attacks_for(name), aa_samples=n_aa, device=opts.device,
+                           batch_size=batch, aa_batch_size=aa_batch,
                            aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"))
         row = {
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
+            "selection": r.params.selection or "common",
             "eps": r.spec.eps, "train_eps": r.params.eps, **metrics,
             "train_seconds": round(trainer.train_seconds, 2),
             "wall_seconds": round(wall, 2), "eval_seconds": round(time.perf_counter() - t1, 2),

@@ -30,12 +30,14 @@ def markdown(table: pd.DataFrame) -> str:
 
 def rich_table(table: pd.DataFrame, title: str = "bench results"):
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=title)
     for c in table.columns:
         t.add_column(str(c), justify="left" if c in TEXT_COLUMNS else "right")
-    for _, r in table.iterrows():
-        t.add_row(*(str(r[c]) for c in table.columns))
+    for _, r in table.iterrows():  # markdown's **bold** becomes rich bold
+        t.add_row(*(Text.from_markup(str(r[c]).replace("[", r"\[").replace("**", "[b]", 1)
+                                     .replace("**", "[/b]", 1)) for c in table.columns))
     return t
 
 
@@ -154,6 +156,8 @@ def aggregate(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
         row["seed_list"] = sorted(int(s) for s in g["seed"].dropna().unique())
         row["duplicates"] = int(g.duplicated("seed").sum())
         row["eps"] = g["eps"].iloc[0] if g["eps"].nunique() <= 1 else float("nan")
+        row["devices"] = sorted(g["device"].dropna().astype(str).unique()) \
+            if "device" in g else []
         for col in ("train_seconds", "eval_seconds"):  # per cell / per checkpoint, mean
             row[col] = g[col].mean() if col in g else float("nan")
         for m in metrics:
@@ -199,26 +203,87 @@ def image_counts(agg: pd.DataFrame, m: str) -> str:
     return f"{a}" if a == b else f"{a}–{b}"
 
 
-def paper_table(agg: pd.DataFrame) -> pd.DataFrame:
+def best_means(agg: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], float]:
+    """The best mean of each (metric, checkpoint): what a paper table sets in bold."""
+    return {(m, ck): g[m].max() for m in metrics for ck, g in agg.groupby("checkpoint")
+            if g[m].notna().any()}
+
+
+def is_best(r: pd.Series, m: str, best: dict[tuple[str, str], float]) -> bool:
+    b = best.get((m, r["checkpoint"]))
+    return b is not None and r[m] == r[m] and abs(r[m] - b) < 1e-9
+
+
+def margins(agg: pd.DataFrame, metrics: list[str], ours: str | None = None
+            ) -> tuple[str, str, dict[str, float]] | None:
+    """The paper's "+x / +y": on the main checkpoint, `ours` (default: the best line of
+    each column) minus the best line of any other method. (checkpoint, label, {metric: x})."""
+    if agg.empty or agg["method"].nunique() < 2:
+        return None
+    have = sorted(agg["checkpoint"].unique(), key=lambda c: CHECKPOINT_ORDER.get(c, 9))
+    g = agg[agg["checkpoint"] == have[0]]
+    out = {}
+    for m in metrics:
+        col = g.dropna(subset=[m])
+        if col["method"].nunique() < 2:
+            continue
+        me = ours if ours is not None else col.loc[col[m].idxmax(), "method"]
+        mine, others = col[col["method"] == me], col[col["method"] != me]
+        if not mine.empty:
+            out[m] = mine[m].max() - others[m].max()
+    who = ours or "best method"
+    return (have[0], f"margin: {who} − best other", out) if out else None
+
+
+def _hours_label(agg: pd.DataFrame) -> str:
+    """'GPU-h/cell' when every line trained on a GPU, else what the devices were."""
+    devices = {d for ds in agg["devices"] for d in ds} if "devices" in agg else set()
+    if devices and not any(d.startswith("cpu") for d in devices):
+        return "GPU-h/cell"
+    return "CPU-h/cell" if devices and all(d.startswith("cpu") for d in devices) \
+        else "device-h/cell"
+
+
+def paper_table(agg: pd.DataFrame, bold: bool = False, hours: bool = False,
+                ours: str | None = None, metrics: list[str] | None = None) -> pd.DataFrame:
     """One section's lines as strings: method, checkpoint, epochs, seeds, metric columns.
 
     Image counts are folded into the headers ("PGD-20 (n=360)"); dataset / arch are the
-    section's title, so they are left out.
+    section's title, so they are left out. `bold`: the best mean of each column and
+    checkpoint as **markdown bold**, and a last line with the margin of `ours` (or of each
+    column's best method) over the best other method. `hours`: training time per cell.
     """
     import pandas as pd
 
-    metrics = metrics_of(agg)
+    metrics = metrics or metrics_of(agg)
+    best = best_means(agg, metrics)
+    heads = {m: f"{LABELS.get(m, m)} (n={image_counts(agg, m)})" for m in metrics}
     lines = []
     for _, r in agg.iterrows():
         line = {"method": r["label"], "checkpoint": r["checkpoint"], "epochs": r["epochs"],
-                "seeds": r["seeds"]}
+                "seeds": r["seeds"] if r["seeds"] != 1 else "1 (no std)"}
         for m in metrics:
-            line[f"{LABELS[m]} (n={image_counts(agg, m)})"] = cell_text(r, m, r["seeds"])
+            text = cell_text(r, m, r["seeds"])
+            if bold and is_best(r, m, best):
+                mean = f"{r[m]:.2f}"
+                text = text.replace(mean, f"**{mean}**", 1)
+            line[heads[m]] = text
         for col, name in (("train_seconds", "train (s)"), ("eval_seconds", "eval (s)")):
             t = r.get(col, float("nan"))
             line[name] = "–" if t != t else f"{t:.1f}" if t < 100 else f"{t:.0f}"
+        if hours:
+            t = r.get("train_seconds", float("nan"))
+            line[_hours_label(agg)] = "–" if t != t else f"{t / 3600:.3g}"
         lines.append(line)
-    return pd.DataFrame(lines)
+    table = pd.DataFrame(lines)
+    margin = margins(agg, metrics, ours) if bold else None
+    if margin is not None and not table.empty:
+        ck, label, vals = margin
+        extra = {c: "" for c in table.columns}
+        extra.update({"method": label, "checkpoint": ck})
+        extra.update({heads[m]: f"{v:+.2f}" for m, v in vals.items()})
+        table = pd.concat([table, pd.DataFrame([extra])], ignore_index=True)
+    return table
 
 
 def fmt_eps(eps: float) -> str:
@@ -297,29 +362,32 @@ def flat(df: pd.DataFrame) -> pd.DataFrame:
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
+        "−": r"$-$", "±": r"$\pm$", "–": "--", "…": r"\ldots{}"}
 
 
 def tex_escape(s: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in str(s))
 
 
-def latex(agg: pd.DataFrame, caption: str) -> str:
-    """A booktabs tabular: one line per method, mean $\\pm$ std, the best mean per column bold."""
-    metrics = metrics_of(agg, MAIN_METRICS)
-    best = {m: agg[m].max() for m in metrics}
-    lines = [f"% {caption}", r"\begin{tabular}{l" + "c" * len(metrics) + "}", r"\toprule",
-             " & ".join(["Method", *(tex_escape(LABELS[m]) for m in metrics)]) + r" \\",
-             r"\midrule"]
+def latex(agg: pd.DataFrame, caption: str, ours: str | None = None,
+          metrics: list[str] | None = None) -> str:
+    """A booktabs tabular: one line per method, mean $\\pm$ std and the seed count, the
+    best mean per column bold, and the margin of `ours` (or the best) over the best other."""
+    metrics = metrics or metrics_of(agg, MAIN_METRICS)
+    best = best_means(agg, metrics)
+    lines = [f"% {caption}", r"\begin{tabular}{lc" + "c" * len(metrics) + "}", r"\toprule",
+             " & ".join(["Method", "Seeds", *(tex_escape(LABELS.get(m, m)) for m in metrics)])
+             + r" \\", r"\midrule"]
     partial = False
     for _, r in agg.iterrows():
-        cells = [tex_escape(r["label"])]
+        cells = [tex_escape(r["label"]), str(r["seeds"])]
         for m in metrics:
             if r[m] != r[m]:
                 cells.append("--")
                 continue
             text = f"{r[m]:.2f}"
-            if abs(r[m] - best[m]) < 1e-9:
+            if is_best(r, m, best):
                 text = rf"\textbf{{{text}}}"
             if r[f"{m}_count"] > 1:
                 text += rf" $\pm$ {r[f'{m}_std']:.2f}"
@@ -328,6 +396,13 @@ def latex(agg: pd.DataFrame, caption: str) -> str:
                 partial = True
             cells.append(text)
         lines.append(" & ".join(cells) + r" \\")
+    margin = margins(agg, metrics, ours)
+    if margin is not None:
+        _, label, vals = margin
+        lines.append(r"\midrule")
+        lines.append(" & ".join([tex_escape(label), "",
+                                 *(f"{vals[m]:+.2f}" if m in vals else "" for m in metrics)])
+                     + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if partial:
         lines.append(r"% $^\dagger$: measured on fewer seeds than the line's other numbers")

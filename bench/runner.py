@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, update_bn
+from torch.optim.swa_utils import AveragedModel
 
-from bench import BenchError, checkpoint, data, distributed, registry
+from bench import BenchError, checkpoint, data, distributed, registry, selection
 from bench.cells import Resolved
 from bench.distiller import Distiller
-from bench.evaluate import Threat, accuracy
+from bench.evaluate import Threat, accuracy, correct
 from bench.models import create_model
+from bench.swa import recompute_bn
 from bench.teachers import load_weights
 
 SELECT_BATCH = 512
@@ -221,11 +222,35 @@ class Trainer:
         self.method.on_epoch_end(distributed.all_reduce_sums(self.method.pop_sums()))
         return total / max(n, 1)
 
-    def _select_acc(self, model: nn.Module) -> float:
-        """PGD-10 accuracy on the selection split at the data set's threat model (step eps/4):
-        the same yardstick for every method, whatever radius it trains at."""
-        return accuracy(model, self.sel_x, self.sel_y, "pgd10", Threat(self.r.spec.eps),
-                        SELECT_BATCH, self.device)
+    def _select(self, epoch: int, log: dict[str, Any]) -> None:
+        """Evaluate the student (and the SWA model) as the preset's selection rule says, on the
+        selection split at the data set's threat model (the same yardstick for every method,
+        whatever radius it trains at), and keep the best networks the rule reports."""
+        rule = selection.rule(self.p.selection)
+        if not rule.due(epoch, self.p.epochs, self.r.cell.select_every):
+            return
+        threat = Threat(self.r.spec.eps)
+        nets = {"": self.method.student}
+        if self.swa is not None and self.swa.n_averaged.item() > 0:
+            nets["swa_"] = self.swa.module
+        for prefix, net in nets.items():
+            hits = correct(net, self.sel_x, self.sel_y, rule.attack, threat, SELECT_BATCH,
+                           self.device)
+            log[prefix + rule.attack] = hits.sum().item() / len(hits)
+            if rule.score == "acc+worst":
+                log[prefix + "worst_class"] = selection.worst_class(hits, self.sel_y)
+            self._keep(rule, prefix + "best", selection.score(rule, hits, self.sel_y), net)
+        if rule.best_clean:
+            log["clean"] = accuracy(self.method.student, self.sel_x, self.sel_y, "clean", threat,
+                                    SELECT_BATCH, self.device)
+            self._keep(rule, "best_clean", log["clean"], self.method.student)
+
+    def _keep(self, rule: selection.Rule, name: str, score: float, net: nn.Module) -> None:
+        """Save `net` as checkpoint `name` if the rule reports it and `score` is a new best."""
+        reported = name in rule.keep or (name == "best_clean" and rule.best_clean)
+        if reported and score > self.best.get(name, -1.0):
+            self.best[name] = score
+            self._save_model(name, net)
 
     def _after_epoch(self, epoch: int, loss: float, seconds: float) -> None:
         p = self.p
@@ -236,18 +261,8 @@ class Trainer:
             p.milestones[0] if p.milestones else 0)
         if self.swa is not None and epoch >= start:
             self.swa.update_parameters(self.method.student)
-            update_bn(self._batches(epoch, shuffle=False), self.swa, device=self.device)
-        last = epoch == p.epochs - 1
-        if epoch % self.r.cell.select_every == 0 or last:
-            log["pgd10"] = self._select_acc(self.method.student)
-            if log["pgd10"] > self.best["best"]:
-                self.best["best"] = log["pgd10"]
-                self._save_model("best", self.method.student)
-            if self.swa is not None and self.swa.n_averaged.item() > 0:
-                log["swa_pgd10"] = self._select_acc(self.swa.module)
-                if log["swa_pgd10"] > self.best["swa_best"]:
-                    self.best["swa_best"] = log["swa_pgd10"]
-                    self._save_model("swa_best", self.swa.module)
+            recompute_bn(self.swa, self._batches(epoch, shuffle=False), p.swa_bn or "image")
+        self._select(epoch, log)
         log["seconds"] = round(seconds, 3)
         self.history.append(log)
 
@@ -283,11 +298,16 @@ class Trainer:
                       f"lr {h['lr']:.4g}  loss {h['loss']:.4f}  {sel}  {h['seconds']:.1f}s")
 
     def finals(self) -> dict[str, nn.Module]:
-        """last, best (and swa_last, swa_best) students, each loaded on the device."""
-        out = {"last": self.method.student, "best": self._load("best")}
-        if self.swa is not None and self.swa.n_averaged.item() > 0:
-            out["swa_last"] = self.swa.module
-            out["swa_best"] = self._load("swa_best")
+        """The networks the selection rule reports (`last` always; the common protocol: best,
+        and swa_last, swa_best where SWA runs), each loaded on the device."""
+        rule = selection.rule(self.p.selection)
+        out: dict[str, nn.Module] = {"last": self.method.student}
+        swa = self.swa is not None and self.swa.n_averaged.item() > 0
+        for name in (*rule.keep, *(["best_clean"] if rule.best_clean else [])):
+            if name == "swa_last" and swa:
+                out[name] = self.swa.module
+            elif name in ("best", "best_clean") or (name == "swa_best" and swa):
+                out[name] = self._load(name)
         return out
 
     def _load(self, name: str) -> nn.Module:

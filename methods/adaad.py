@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.attacks import KLReduction, kl, pgd
 from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
@@ -30,6 +30,15 @@ class AdaADParams(Params):
     attack_reduction: KLReduction = "sum"
 
 
+def adaad_pgd(student: nn.Module, teacher: nn.Module, x: Tensor, eps: float, step: float,
+              steps: int, reduction: KLReduction = "sum") -> Tensor:
+    """AdaAD's attack (IGDM and SAAD's repo reuse it): S and T in EVAL mode, start
+    x + 0.001 N(0, I) not clamped, maximise KL(T(x') || S(x')) with T re-run each step."""
+    s, t = student.eval(), teacher.eval()
+    return pgd(lambda xa: kl(t(xa), s(xa), reduction), x, eps=eps, step=step, steps=steps,
+               start="normal", clamp_start=False)
+
+
 @register("adaad")
 class AdaAD(Distiller):
     """AdaAD (Huang et al. 2023): match T(x') on x' maximising KL(T(x')||S(x')) (both eval)."""
@@ -38,7 +47,7 @@ class AdaAD(Distiller):
     Params = AdaADParams
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(kl_reduction="batchmean")}),
-        "paper": paper(cifar10="robustbench:Chen2021LTD_WRN34_20",
+        "paper": paper("adaad", cifar10="robustbench:Chen2021LTD_WRN34_20",
                        cifar100="robustbench:Chen2021LTD_WRN34_10"),
         "large-radius": Preset("faithful with the paper's larger search radius (the argparse "
                                "default): eps 16/255, step 4/255",
@@ -46,9 +55,8 @@ class AdaAD(Distiller):
     }
 
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
-        s, t = self.student.eval(), self.teacher.eval()
-        return pgd(lambda xa: kl(t(xa), s(xa), self.p.attack_reduction), x, eps=self.p.eps,
-                   step=self.p.step, steps=self.p.steps, start="normal", clamp_start=False)
+        return adaad_pgd(self.student, self.teacher, x, self.p.eps, self.p.step, self.p.steps,
+                         self.p.attack_reduction)
 
     def loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         q = self.p

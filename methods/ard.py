@@ -52,7 +52,7 @@ class ARD(Distiller):
     Params = ARDParams
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(batch_size=256)}),
-        "paper": paper(cifar10=("trades", "wrn34_10"), cifar100=("trades", "wrn34_10")),
+        "paper": paper("ard", cifar10=("trades", "wrn34_10"), cifar100=("trades", "wrn34_10")),
         "fixed": FIXED,
     }
 

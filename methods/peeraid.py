@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.attacks import KLReduction, kl, pgd
-from bench.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
+from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
 from bench.registry import register
 
 
@@ -49,7 +49,7 @@ class PeerAiD(Distiller):
         "faithful": Preset(FAITHFUL.doc, per_dataset={
             "cifar100": dict(g2=1.0), "tinyimagenet": TINY,
             "tinyimagenet:wrn34_10": dict(epochs=100, milestones=(49, 79))}),
-        "paper": PAPER,
+        "paper": paper("peeraid"),
         "merged": Preset("faithful, but S runs once on x' (two BN updates per batch, not three)",
                          common=dict(merged_forward=True), base="faithful"),
     }

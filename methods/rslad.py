@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.attacks import kl, pgd
 from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
@@ -34,6 +34,14 @@ def rslad_kl(t_logits: Tensor, s_logits: Tensor, eps: float) -> Tensor:
     return (b * torch.log(b + eps) - b * F.log_softmax(s_logits, dim=1)).mean()
 
 
+def soft_label_pgd(student: nn.Module, t_logits: Tensor, x: Tensor, p: Params) -> Tensor:
+    """RSLAD's attack (ABSLD reuses it): S in EVAL mode, start x + 0.001 N(0, I) not clamped,
+    maximise KL_sum(softmax(t_logits) || S(x')) against fixed soft labels."""
+    s = student.eval()
+    return pgd(lambda xa: kl(t_logits, s(xa), "sum"), x, eps=p.eps, step=p.step, steps=p.steps,
+               start="normal", clamp_start=False)
+
+
 @register("rslad")
 class RSLAD(Distiller):
     """RSLAD (Zi et al. 2021): distil a robust teacher's clean soft labels on S's own x'."""
@@ -44,18 +52,16 @@ class RSLAD(Distiller):
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(scale=10.0)}),
         # The paper's teachers: TRADES WRN-34-10 (CIFAR-10); Gowal et al.'s WRN-70-16 without
         # extra data (CIFAR-100; RobustBench's copy normalises its input inside).
-        "paper": paper(cifar10=("trades", "wrn34_10"),
+        "paper": paper("rslad", cifar10=("trades", "wrn34_10"),
                        cifar100="robustbench:Gowal2020Uncovering"),
         "exact-kl": Preset("faithful with the exact mean KL (no 1e-5 shift in the log)",
                            common=dict(kl_eps=0.0), base="faithful"),
     }
 
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
-        s = self.student.eval()
         with torch.no_grad():
             t = self.teacher(x)
-        return pgd(lambda xa: kl(t, s(xa), "sum"), x, eps=self.p.eps, step=self.p.step,
-                   steps=self.p.steps, start="normal", clamp_start=False)
+        return soft_label_pgd(self.student, t, x, self.p)
 
     def loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         s_net = self.student.train()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import perf
 
 
@@ -18,4 +20,20 @@ def test_perf_reports_each_pair(tmp_path: Path) -> None:
     assert [(r["method"], r["preset"]) for r in rows] == [
         ("peeraid", "faithful"), ("peeraid", "merged"), ("rslad", "faithful")]
     assert all(r["img_per_sec"] > 0 for r in rows)
+    assert json.loads(out.read_text()) == rows
+
+
+def test_perf_reference_interleaves_the_authors_loop_and_bench(tmp_path: Path) -> None:
+    out = tmp_path / "ref.json"
+    rows = perf.main(["--reference", "--synthetic", "--methods", "pgdat", "--arch", "small_cnn",
+                      "--shape", "svhn", "--batch-size", "8", "--steps", "2", "--rounds", "2",
+                      "--warmup", "1", "--workers", "0", "--device", "cpu", "--json", str(out)])
+    assert [(r["loop"], r["precision"]) for r in rows] == [("reference", "fp32"),
+                                                           ("bench", "fp32")]
+    ref, fast = rows
+    assert fast["speedup"] == pytest.approx(ref["sec_per_step"] / fast["sec_per_step"], rel=0.02)
+    for r in rows:
+        assert r["sec_per_epoch"] == pytest.approx(50_000 / 8 * r["sec_per_step"], abs=0.2)
+        assert r["img_per_sec"] > 0 and r["peak_host_mb"] > 0
+    assert "PIL" in ref["data"] and fast["data"] == "device data"
     assert json.loads(out.read_text()) == rows

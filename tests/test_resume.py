@@ -26,7 +26,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": 
 RUN = ["run", "--methods", "peeraid", "--epochs", "4", "--set", "milestones=1,3",
        "--attacks", "clean,pgd20,aa", "--aa-samples", "20", "--device", "cpu"]
 CHECKPOINTS = {"best", "last", "swa_best", "swa_last"}
-VOLATILE = {"train_seconds", "wall_seconds", "eval_seconds", "created"}
+VOLATILE = {"train_seconds", "wall_seconds", "eval_seconds", "attack_seconds", "created"}
 
 
 def _cmd(out: Path) -> list[str]:

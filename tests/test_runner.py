@@ -40,12 +40,19 @@ def test_swa_averages_parameters_and_recomputes_bn(tmp_path: Path, monkeypatch) 
     for name, value in swa.named_parameters():
         expected = torch.stack([s[name] for s in snapshots]).mean(0)
         assert torch.allclose(value, expected, atol=1e-6), name
-    # BN statistics: a cumulative average (momentum=None) over the training loader, train mode.
+    # BN statistics: recomputed over the training loader in train mode, each IMAGE weighing
+    # the same (PeerAiD's utils/SWA.py), not each batch (torch's update_bn): the last batch
+    # of 1437 images in 64s has 29.
     train = data.load("digits", "train")
     conv, bn = swa.features[0], swa.features[1]
     with torch.no_grad():
-        means = [conv(x).mean((0, 2, 3)) for x, _ in data.batches(train, 64, shuffle=False)]
-    assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+        feats = [conv(x) for x, _ in data.batches(train, 64, shuffle=False)]
+    sizes = torch.tensor([len(f) for f in feats], dtype=torch.float32)[:, None]
+    means = torch.stack([f.mean((0, 2, 3)) for f in feats])
+    assert sizes[-1].item() == 29
+    per_image = (sizes * means).sum(0) / sizes.sum()
+    assert torch.allclose(bn.running_mean, per_image, atol=1e-6)
+    assert not torch.allclose(bn.running_mean, means.mean(0), atol=1e-6)
     assert not torch.allclose(bn.running_mean, trainer.method.student.features[1].running_mean)
     assert set(finals) == {"best", "last", "swa_best", "swa_last"}
 
@@ -136,3 +143,17 @@ def test_paper_presets_carry_the_papers_teachers(method: str, dataset: str,
     # an explicit --teacher-arch keeps the preset's training method, or PGD-AT for zoo teachers
     explicit = resolve(Cell(method, dataset, preset="paper", teacher_arch="resnet34"))
     assert explicit.config["teacher_arch"] == "resnet34"
+
+
+def test_autoattack_runs_on_the_reported_checkpoints_only(tmp_path) -> None:
+    cell = Cell("peeraid", overrides=(("epochs", 2), ("milestones", (1,))))
+    rows = run_cell(cell, _quiet(tmp_path), EvalOptions(attacks=("clean", "aa"), aa_samples=8),
+                    Store(tmp_path))
+    by = {r["checkpoint"]: r for r in rows}
+    assert set(by) == {"best", "last", "swa_best", "swa_last"}
+    assert {k for k, r in by.items() if "aa" in r} == {"best", "swa_best"}  # what papers report
+    for r in rows:
+        assert set(r["attack_seconds"]) == ({"clean", "aa"} if "aa" in r else {"clean"})
+        assert all(s >= 0 for s in r["attack_seconds"].values())
+    assert EvalOptions(aa_on="all").attacks_for("swa_last")[-1] == "aa"
+    assert "aa" not in EvalOptions(aa_on="none").attacks_for("best")

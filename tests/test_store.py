@@ -119,10 +119,15 @@ def test_table_with_damaged_rows_subprocess(damaged) -> None:
     for name in bad:
         assert sum(name in w for w in warnings) == 1, (name, warnings)
     assert "tmp" not in res.stderr  # a writer's temp file is no result and no problem
-    lines = res.stdout.strip().splitlines()
-    assert len(lines) == 3  # header + pgdat (2 seeds, one line) + rslad
-    assert lines[1].startswith("pgdat,last,3,2,60.00 ± 14.14")
-    assert lines[2].startswith("rslad,last,3,1,90.00")
+    import io
+
+    import pandas as pd
+
+    t = pd.read_csv(io.StringIO(res.stdout)).set_index("method")
+    assert len(t) == 2  # pgdat (2 seeds, one line) + rslad
+    assert t.loc["pgdat", "seeds"] == 2 and t.loc["pgdat", "clean"] == pytest.approx(60.0)
+    assert t.loc["pgdat", "clean_std"] == pytest.approx(14.1421356)
+    assert t.loc["rslad", "seeds"] == 1 and t.loc["rslad", "clean"] == pytest.approx(90.0)
 
 
 def test_table_with_damaged_rows_markdown(damaged, capsys) -> None:
@@ -130,6 +135,6 @@ def test_table_with_damaged_rows_markdown(damaged, capsys) -> None:
     main(["table", "--out", str(out), "--format", "markdown"])
     captured = capsys.readouterr()
     assert "| pgdat | last | 3 | 2 | 60.00 ± 14.14 |" in captured.out
-    assert "| rslad | last | 3 | 1 | 90.00 |" in captured.out
+    assert "| rslad | last | 3 | 1 (no std) | **90.00** |" in captured.out
     warnings = captured.err.strip().splitlines()
     assert [w.split(":")[1].strip() for w in warnings] == sorted(bad)

@@ -1,0 +1,172 @@
+"""How a training step is computed: device, precision, memory format, compile, and when
+values are read back to the host. One object, shared by the runner, `bench perf` and the GPU
+check, so what is measured is what runs.
+
+The math never changes here: a step is the method's attack, its loss, one backward and one
+step of every optimizer. What changes is how: bf16 autocast for the attack and the loss
+(training only: evaluation attacks run in fp32, or tf32 when chosen, so low precision cannot
+flatter a method), channels_last tensors, `torch.compile`, cudnn autotuning, a fused SGD,
+and no host-device synchronisation inside a step (the loss is summed on the device and its
+finiteness checked there; `Tally.read` is the one sync, once per epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bench.suggest import unknown
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+# torch.compile costs tens of seconds to minutes (every train/eval mode, every batch shape);
+# it pays only over long runs, so "auto" compiles CUDA runs of at least this many steps.
+COMPILE_MIN_STEPS = 20_000
+
+
+def default_precision(device: str | torch.device) -> str:
+    """bf16 autocast for training on CUDA, fp32 on the CPU (bf16 there is emulated: slower)."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def eval_batch_sizes(device: str | torch.device) -> tuple[int, int]:
+    """(white-box attacks, AutoAttack) batch sizes: large enough to fill a GPU with a
+    ResNet-18 or WRN-34-10 at 32 px; on the CPU the sizes bench always used."""
+    return (1024, 1024) if torch.device(device).type == "cuda" else (256, 500)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise unknown("precision", precision, PRECISIONS)
+    return precision
+
+
+def _fp32_output(module: nn.Module, args: object, out: Tensor) -> Tensor:
+    return out.float()
+
+
+@dataclass(frozen=True)
+class Compute:
+    """How the runner computes a training step on one device (never what it computes)."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    read_every: int = 0  # also read the loss back every N steps (0: at epoch end only)
+
+    @classmethod
+    def for_run(cls, device: str, precision: str | None = None, *,
+                channels_last: bool | None = None, compile: bool | None = None,
+                steps: int = 0, read_every: int = 0) -> Compute:
+        """The defaults per device: on CUDA bf16, channels_last, and compile for runs of at
+        least COMPILE_MIN_STEPS steps; on the CPU plain fp32 NCHW (measured faster there for
+        the embedded set's small CNN) and no compile. None means the default."""
+        cuda = torch.device(device).type == "cuda"
+        return cls(device=device,
+                   precision=check_precision(precision or default_precision(device)),
+                   channels_last=cuda if channels_last is None else channels_last,
+                   compile=(cuda and steps >= COMPILE_MIN_STEPS) if compile is None else compile,
+                   read_every=read_every)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def setup(self) -> None:
+        """Process-wide kernel choices: cudnn autotuning; TF32 matmuls and convolutions only
+        for precision tf32 (torch lets cudnn use TF32 by default: fp32 here means fp32)."""
+        if torch.device(self.device).type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move `model` to the device in the memory format; under bf16 its outputs (logits)
+        come back as fp32, so every softmax, KL and cross-entropy of a method's math runs in
+        fp32 on every device (CUDA's autocast does that for those ops, the CPU's does not);
+        compile it in place (state_dict keys stay the plain module's: same checkpoints)."""
+        model = model.to(self.device, memory_format=self.memory_format)
+        if self.precision == "bf16":
+            model.register_forward_hook(_fp32_output)
+        if self.compile:
+            model.compile()
+        return model
+
+    def input(self, x: Tensor) -> Tensor:
+        """A batch on the device in the memory format (images only: 4-D tensors)."""
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The training step's autocast region (a no-op for fp32 and tf32)."""
+        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16,
+                              enabled=self.precision == "bf16")
+
+    def optimizer(self, params: Iterable[Tensor], lr: float, momentum: float,
+                  weight_decay: float) -> torch.optim.SGD:
+        """SGD as the authors use it; fused into one kernel on CUDA."""
+        fused = True if torch.device(self.device).type == "cuda" else None
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               fused=fused)
+
+    def loss(self, method, x: Tensor, y: Tensor,
+             loss_fn: Callable[..., Tensor] | None = None) -> Tensor:
+        """The method's attack, then its loss (`loss_fn`: the DDP-wrapped loss), in the
+        training precision."""
+        with self.autocast():
+            x_adv = method.attack(x, y)
+            return (loss_fn or method.loss)(x, x_adv, y)
+
+    def step(self, method, optims: Iterable[torch.optim.Optimizer], x: Tensor, y: Tensor,
+             loss_fn: Callable[..., Tensor] | None = None) -> Tensor:
+        """One batch: attack, loss, zero_grad, backward, every optimizer's step. Returns the
+        loss as a detached device tensor: nothing here waits for the device."""
+        optims = list(optims)
+        loss = self.loss(method, x, y, loss_fn)
+        for o in optims:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in optims:
+            o.step()
+        return loss.detach()
+
+
+class NonFiniteLoss(Exception):
+    """A step's loss was not finite: `step` is 0-based within the epoch."""
+
+    def __init__(self, value: float, step: int) -> None:
+        super().__init__(f"loss is {value} at step {step}")
+        self.value, self.step = value, step
+
+
+class Tally:
+    """An epoch's loss sum and its first non-finite step, kept on the device: `read` is the
+    only host-device synchronisation, and raises NonFiniteLoss for a bad epoch."""
+
+    def __init__(self, device: str | torch.device) -> None:
+        dev = torch.device(device)
+        wide = torch.float32 if dev.type == "mps" else torch.float64
+        self.total = torch.zeros((), dtype=wide, device=dev)
+        self.bad_step = torch.full((), -1, dtype=torch.int64, device=dev)
+        self.bad_value = torch.zeros((), device=dev)
+        self.n = 0
+
+    def add(self, loss: Tensor, n: int, step: int) -> None:
+        """Add a batch's mean loss over `n` images; remember the first non-finite one."""
+        loss = loss.float()
+        first = (self.bad_step < 0) & ~torch.isfinite(loss)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_value = torch.where(first, loss, self.bad_value)
+        self.total = self.total + loss.to(self.total.dtype) * n
+        self.n += n
+
+    def read(self) -> float:
+        """The mean loss so far (one sync), or NonFiniteLoss if any step's loss was bad."""
+        bad, value, total = (t.item() for t in (self.bad_step, self.bad_value, self.total))
+        if bad >= 0:
+            raise NonFiniteLoss(value, bad)
+        return total / max(self.n, 1)

@@ -1,0 +1,162 @@
+"""`bench reported --json` against an independent transcription of the published P and S
+figures (typed into this file from the papers' tables as the project's notes give them:
+the test reads nothing outside the repository)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.cli import main
+
+# RSLAD's white-box tables (S: images of the paper's tables), best / last checkpoint.
+# Columns: clean, FGSM, PGD-20 (PGD_SAT), PGD_TRADES, CW-inf, AA.
+RSLAD_WHITE_BOX = """
+# cifar10 resnet18
+Natural | 94.65/94.65 | 19.26/19.26 | 0.0/0.0 | 0.0/0.0 | 0.0/0.0 | 0.0/0.0
+SAT | 83.38/84.44 | 56.41/55.37 | 49.11/46.22 | 51.11/48.72 | 48.67/47.14 | 45.83/43.64
+TRADES | 81.93/82.20 | 57.49/57.86 | 52.66/52.30 | 53.68/53.66 | 50.58/50.69 | 49.23/49.27
+ARD | 83.93/84.23 | 59.31/59.33 | 52.05/51.52 | 54.20/53.74 | 51.22/51.24 | 49.19/48.90
+IAD | 83.24/83.90 | 58.60/58.95 | 52.21/51.35 | 54.18/53.15 | 51.25/50.52 | 49.10/48.48
+RSLAD | 83.38/83.33 | 60.01/59.90 | 54.24/54.14 | 55.94/55.61 | 53.30/53.22 | 51.49/51.32
+# cifar10 mobilenetv2
+Natural | 92.95/92.78 | 14.47/14.59 | 0.0/0.0 | 0.0/0.0 | 0.0/0.0 | 0.0/0.0
+SAT | 82.48/82.89 | 56.44/56.43 | 50.10/49.71 | 51.74/51.48 | 49.33/49.07 | 46.32/45.92
+TRADES | 80.57/80.57 | 56.05/56.05 | 51.06/51.06 | 52.36/52.36 | 49.36/49.36 | 47.17/47.17
+ARD | 83.20/83.42 | 58.06/57.94 | 50.86/50.63 | 52.87/52.44 | 50.39/50.09 | 48.34/48.01
+IAD | 81.91/83.49 | 57.00/57.44 | 51.88/49.77 | 53.23/51.85 | 50.45/49.41 | 48.40/46.98
+RSLAD | 83.40/83.11 | 59.06/59.08 | 53.16/53.04 | 54.78/54.50 | 51.91/51.60 | 50.17/49.90
+# cifar100 resnet18
+Natural | 75.55/75.39 | 9.48/9.57 | 0.0/0.0 | 0.0/0.0 | 0.0/0.0 | 0.0/0.0
+SAT | 57.46/57.51 | 28.56/26.41 | 24.07/21.7 | 25.39/23.30 | 23.68/22.15 | 21.79/20.44
+TRADES | 55.23/54.62 | 30.48/30.06 | 27.79/27.35 | 28.53/28.00 | 25.06/24.34 | 23.94/23.42
+ARD | 60.64/60.86 | 33.41/32.64 | 29.16/28.15 | 30.30/29.34 | 27.85/26.79 | 25.65/24.74
+IAD | 57.66/58.82 | 33.26/33.22 | 29.59/28.50 | 30.58/29.97 | 27.37/26.79 | 25.12/24.79
+RSLAD | 57.74/57.82 | 34.20/34.06 | 31.08/30.68 | 31.90/31.57 | 28.34/28.16 | 26.70/26.34
+# cifar100 mobilenetv2
+Natural | 74.58/74.58 | 7.19/7.19 | 0.0/0.0 | 0.0/0.0 | 0.0/0.0 | 0.0/0.0
+SAT | 56.85/58.50 | 31.95/32.05 | 28.33/27.80 | 29.50/28.88 | 26.85/26.74 | 24.71/24.31
+TRADES | 56.20/56.56 | 31.37/31.35 | 29.21/28.85 | 29.83/29.38 | 25.06/25.00 | 24.16/24.04
+ARD | 59.83/61.66 | 33.05/32.98 | 29.13/27.74 | 30.26/29.33 | 27.86/26.77 | 25.53/24.34
+IAD | 56.14/58.07 | 32.81/32.61 | 29.81/27.55 | 30.73/28.81 | 27.99/26.24 | 25.74/23.72
+RSLAD | 58.97/58.76 | 34.03/34.02 | 30.40/30.17 | 31.36/31.14 | 28.22/28.10 | 26.12/26.31
+"""
+# RSLAD's black-box table (S), CIFAR-10: ResNet-18 then MobileNetV2; transfer PGD-20,
+# transfer CW-inf, Square; checkpoint not stated.
+RSLAD_BLACK_BOX = """
+SAT | 60.84 | 60.52 | 54.27 | 60.46 | 59.83 | 53.94
+TRADES | 62.20 | 61.75 | 55.13 | 60.90 | 60.23 | 53.46
+ARD | 63.49 | 63.05 | 56.89 | 62.13 | 61.85 | 55.60
+IAD | 62.78 | 62.26 | 56.62 | 61.57 | 61.25 | 55.45
+RSLAD | 64.11 | 63.84 | 57.90 | 63.30 | 63.20 | 56.70
+"""
+WHITE = ("clean", "fgsm", "pgd20", "pgd_trades", "cw", "aa")
+BLACK = ("transfer_pgd20", "transfer_cw", "square")
+# (published as, dataset, student arch, checkpoint, metric, value, grade)
+OTHERS = [
+    # PeerAiD Table 1 via LISArD's README (S); PGD 29.69 also on the authors' poster (P)
+    ("PeerAiD", "cifar10", "resnet18", "unverified", "clean", 85.01, "S"),
+    ("PeerAiD", "cifar10", "resnet18", "unverified", "fgsm", 61.28, "S"),
+    ("PeerAiD", "cifar10", "resnet18", "unverified", "pgd20", 54.36, "S"),
+    ("PeerAiD", "cifar10", "resnet18", "unverified", "aa", 52.57, "S"),
+    ("PeerAiD", "cifar100", "resnet18", "unverified", "clean", 59.35, "S"),
+    ("PeerAiD", "cifar100", "resnet18", "unverified", "fgsm", 34.41, "S"),
+    ("PeerAiD", "cifar100", "resnet18", "unverified", "pgd20", 29.69, "P"),
+    ("PeerAiD", "cifar100", "resnet18", "unverified", "aa", 27.33, "S"),
+    # the poster's TinyImageNet bars (P)
+    ("PeerAiD", "tinyimagenet", "resnet18", "unverified", "clean", 55.19, "P"),
+    ("PeerAiD", "tinyimagenet", "resnet18", "unverified", "aa", 21.67, "P"),
+    ("PeerAiD", "tinyimagenet", "wrn34_10", "unverified", "clean", 58.07, "P"),
+    ("PeerAiD", "tinyimagenet", "wrn34_10", "unverified", "aa", 24.82, "P"),
+    # the poster's "characteristic of the peer model" table and clean accuracies (P)
+    ("Peer tutor", "cifar100", "resnet18", "unverified", "tutor_on_self", 0.00, "P"),
+    ("Peer tutor", "cifar100", "resnet18", "unverified", "tutor_on_student", 69.19, "P"),
+    ("Peer tutor", "cifar100", "resnet18", "unverified", "student_robust", 29.69, "P"),
+    ("Peer tutor", "cifar100", "resnet18", "unverified", "tutor_clean", 75.63, "P"),
+    ("Pretrained teacher", "cifar100", "resnet18", "unverified", "tutor_on_self", 24.15, "P"),
+    ("Pretrained teacher", "cifar100", "resnet18", "unverified", "tutor_on_student", 39.46,
+     "P"),
+    ("Pretrained teacher", "cifar100", "resnet18", "unverified", "student_robust", 24.48, "P"),
+    ("Naturally trained", "cifar100", "resnet18", "unverified", "clean", 75.48, "P"),
+    # AdaAD: LISArD's rows (S) and the maintainer's training log in issue #2 (P)
+    ("AdaAD", "cifar10", "resnet18", "unverified", "clean", 85.58, "S"),
+    ("AdaAD", "cifar10", "resnet18", "unverified", "fgsm", 60.85, "S"),
+    ("AdaAD", "cifar10", "resnet18", "unverified", "pgd20", 56.40, "S"),
+    ("AdaAD", "cifar10", "resnet18", "unverified", "aa", 51.37, "S"),
+    ("AdaAD", "cifar10", "resnet18", "epoch 181", "clean", 85.58, "P"),
+    ("AdaAD", "cifar10", "resnet18", "epoch 181", "pgd10", 56.90, "P"),
+    ("AdaAD", "cifar100", "resnet18", "unverified", "clean", 62.19, "S"),
+    ("AdaAD", "cifar100", "resnet18", "unverified", "fgsm", 35.33, "S"),
+    ("AdaAD", "cifar100", "resnet18", "unverified", "pgd20", 32.52, "S"),
+    ("AdaAD", "cifar100", "resnet18", "unverified", "aa", 26.74, "S"),
+    # LISArD's own table (S): DGAD, architecture not stated
+    ("DGAD", "cifar10", "unverified", "unverified", "clean", 85.75, "S"),
+    ("DGAD", "cifar10", "unverified", "unverified", "fgsm", 62.28, "S"),
+    ("DGAD", "cifar10", "unverified", "unverified", "pgd20", 58.05, "S"),
+    ("DGAD", "cifar10", "unverified", "unverified", "aa", 52.34, "S"),
+    ("DGAD", "cifar100", "unverified", "unverified", "clean", 63.24, "S"),
+    ("DGAD", "cifar100", "unverified", "unverified", "fgsm", 36.09, "S"),
+    ("DGAD", "cifar100", "unverified", "unverified", "pgd20", 33.68, "S"),
+    ("DGAD", "cifar100", "unverified", "unverified", "aa", 27.66, "S"),
+]
+# the poster's "+x" margins over the best baseline (P)
+MARGINS = {("tinyimagenet", "resnet18", "clean"): 4.72, ("tinyimagenet", "resnet18", "aa"): 1.66,
+           ("tinyimagenet", "wrn34_10", "clean"): 3.25, ("tinyimagenet", "wrn34_10", "aa"): 0.73}
+
+
+def expected() -> list[tuple]:
+    out = list(OTHERS)
+    where = None
+    for line in RSLAD_WHITE_BOX.strip().splitlines():
+        if line.startswith("#"):
+            where = line[2:].split()
+            continue
+        name, *cells = (c.strip() for c in line.split("|"))
+        for metric, cell in zip(WHITE, cells, strict=True):
+            for ckpt, v in zip(("best", "last"), cell.split("/"), strict=True):
+                out.append((name, *where, ckpt, metric, float(v), "S"))
+    for line in RSLAD_BLACK_BOX.strip().splitlines():
+        name, *cells = (c.strip() for c in line.split("|"))
+        for arch, part in (("resnet18", cells[:3]), ("mobilenetv2", cells[3:])):
+            for metric, v in zip(BLACK, part, strict=True):
+                out.append((name, "cifar10", arch, "unverified", metric, float(v), "S"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> list[dict]:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main(["reported", "--json"])
+    return json.loads(buf.getvalue())
+
+
+def test_every_p_and_s_figure_exactly_as_published(published) -> None:
+    got = sorted((f["published_as"], f["dataset"], f["arch"], f["checkpoint"], f["metric"],
+                  f["value"], f["grade"]) for f in published if f["grade"] in ("P", "S"))
+    want = sorted(expected())
+    assert len(want) == 4 * 6 * 6 * 2 + 5 * 6 + len(OTHERS)  # tables x methods x cols x ckpts
+    assert got == want
+
+
+def test_every_figure_has_grade_source_and_setting(published) -> None:
+    assert {f["grade"] for f in published} == {"P", "S", "T"}
+    for f in published:
+        assert f["source"] and f["paper"] and f["table"] and f["dataset"] and f["method"]
+        assert f["grade"] != "T" or "third-party" in f["source"]
+    margins = {(f["dataset"], f["arch"], f["metric"]): f["margin"] for f in published
+               if f["margin"] is not None}
+    assert margins == MARGINS
+
+
+def test_bench_method_names(published) -> None:
+    """Published names map to bench's methods where bench has the method."""
+    names = {(f["published_as"], f["method"]) for f in published}
+    for pub, ours in (("Natural", "standard"), ("SAT", "pgdat"), ("PGD-AT", "pgdat"),
+                      ("TRADES", "trades"), ("ARD", "ard"), ("IAD", "iad"),
+                      ("RSLAD", "rslad"), ("PeerAiD", "peeraid"), ("AdaAD", "adaad")):
+        assert (pub, ours) in names

@@ -1,0 +1,232 @@
+"""`bench table`: paper-style tables recomputed here with pandas from the stored rows;
+formats, filters, bold, margins, the time column and the reported-vs-reproduced view."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from bench.cells import Cell, resolve
+from bench.cli import main
+from bench.pipeline import row_key
+from bench.store import Store
+
+METHODS = ("peeraid", "rslad", "pgdat")
+SEEDS = (0, 1, 2)
+ATTACKS = ("clean", "fgsm", "pgd20", "aa")
+
+
+def value(method: str, seed: int, ckpt: str, attack: str) -> float:
+    base = {"clean": 0.84, "fgsm": 0.60, "pgd20": 0.53, "aa": 0.50}[attack]
+    return round(base + 0.013 * METHODS.index(method) * (-1) ** ATTACKS.index(attack)
+                 + 0.007 * seed ** 2 - 0.01 * (ckpt == "last"), 4)
+
+
+def synthetic_rows(root, dataset="cifar10", arch="resnet18", seeds=SEEDS, skip=()):
+    """Rows under the real cell ids and configs of the paper presets; no training."""
+    st = Store(root)
+    for m in METHODS:
+        for s in seeds:
+            r = resolve(Cell(m, dataset, arch, s, "paper"))
+            for ckpt in ("best", "last"):
+                row = {"method": m, "preset": "paper", "dataset": dataset, "arch": arch,
+                       "seed": s, "epochs": r.params.epochs, "checkpoint": ckpt, "eps": 8 / 255,
+                       "train_seconds": 3600.0 * (1 + METHODS.index(m)) + 60 * s,
+                       "eval_seconds": 10.0, "cell_id": r.id, "config": r.config,
+                       "device": "NVIDIA H100", "created": "2026-01-01T00:00:00"}
+                for a in ATTACKS:
+                    if (m, s, ckpt, a) in skip:
+                        continue
+                    row[a] = value(m, s, ckpt, a)
+                    row[f"n_{a}"] = 10000
+                st.put(row_key(r, ckpt), row)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tables")
+    synthetic_rows(root, skip={("pgdat", 2, "best", "aa")})
+    synthetic_rows(root, "cifar100", "resnet18", seeds=(0,))
+    return root
+
+
+def bench(argv, capsys) -> tuple[int, str, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    c = capsys.readouterr()
+    return code, c.out, c.err
+
+
+def expected(store) -> pd.DataFrame:
+    """The test's own aggregation: mean, sample std and count over seeds, in %."""
+    rows = pd.DataFrame(Store(store).read()[0])
+    g = rows.groupby(["dataset", "arch", "method", "checkpoint"])
+    return pd.concat({f"{a}{suffix}": g[a].agg(fn) for a in ATTACKS
+                      for suffix, fn in (("", lambda v: v.mean() * 100),
+                                         ("_std", lambda v: v.std(ddof=1) * 100),
+                                         ("_count", "count"))}, axis=1)
+
+
+def test_csv_numbers_are_the_pandas_aggregation_of_the_rows(store, capsys) -> None:
+    code, out, err = bench(["table", "--out", str(store), "--format", "csv"], capsys)
+    assert code == 0, err
+    got = pd.read_csv(io.StringIO(out)).set_index(["dataset", "arch", "method", "checkpoint"])
+    want = expected(store)
+    assert len(got) == len(want) == 2 * 3 * 2
+    for col in want.columns:
+        a, b = got[col].sort_index(), want[col].sort_index()
+        assert a.to_numpy() == pytest.approx(b.to_numpy(), nan_ok=True), col
+    assert got.loc[("cifar10", "resnet18", "pgdat", "best"), "aa_count"] == 2  # a missing AA
+    assert got.loc[("cifar10", "resnet18", "pgdat", "best"), "seeds"] == 3
+
+
+def _md_tables(text: str) -> list[list[list[str]]]:
+    tables, cur = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cur.append(line)
+        elif cur:
+            tables.append(cur)
+            cur = []
+    out = []
+    for t in tables:
+        assert all(line.endswith("|") for line in t)
+        rows = [[c.strip() for c in line[1:-1].split("|")] for line in t]
+        assert all(re.fullmatch(r"-{3,}", c) for c in rows[1]), rows[1]  # the separator
+        assert {len(r) for r in rows} == {len(rows[0])}  # every line as wide as the header
+        out.append([rows[0], *rows[2:]])
+    return out
+
+
+def test_markdown_is_a_valid_table_with_bold_best_and_the_margin(store, capsys) -> None:
+    code, out, err = bench(["table", "--out", str(store), "--format", "markdown", "--dataset",
+                            "cifar10"], capsys)
+    assert code == 0, err
+    [table] = _md_tables(out)
+    head, *lines = table
+    want = expected(store).loc[("cifar10", "resnet18")]
+    col = {a: next(i for i, h in enumerate(head) if h.startswith(name)) for a, name in
+           (("clean", "Clean"), ("pgd20", "PGD-20"), ("aa", "AutoAttack"))}
+    by = {(r[0].split(" (")[0], r[1]): r for r in lines}  # labels add "(300 ep)"
+    for (m, ck), w in want.iterrows():
+        for a, i in col.items():
+            text = by[(m, ck)][i]
+            assert f"{w[a]:.2f}" in text and f"± {w[f'{a}_std']:.2f}" in text, (m, ck, a, text)
+            best = want.xs(ck, level="checkpoint")[a].max()
+            assert text.startswith("**") == (abs(w[a] - best) < 1e-9), (m, ck, a, text)
+    margin = by[("margin: best method − best other", "best")]
+    for a, i in col.items():
+        b = want.xs("best", level="checkpoint")[a].sort_values()
+        assert margin[i] == f"{b.iloc[-1] - b.iloc[-2]:+.2f}", a
+
+
+def test_ours_margin_time_column_and_one_seed(store, capsys) -> None:
+    code, out, err = bench(["table", "--out", str(store), "--format", "markdown", "--ours",
+                            "pgdat", "--time"], capsys)
+    assert code == 0, err
+    c10, c100 = _md_tables(out)
+    want = expected(store).loc[("cifar10", "resnet18")].xs("best", level="checkpoint")
+    head, *lines = c10
+    i = head.index("PGD-20 (n=10000)")
+    margin = next(r for r in lines if r[0].startswith("margin: pgdat"))
+    lines = [r for r in lines if r is not margin]
+    assert margin[i] == f"{want.loc['pgdat', 'pgd20'] - want['pgd20'].drop('pgdat').max():+.2f}"
+    h = head.index("GPU-h/cell")
+    rows = pd.DataFrame(Store(store).read()[0])
+    hours = rows[(rows.dataset == "cifar10") & (rows.checkpoint == "best")].groupby(
+        "method")["train_seconds"].mean() / 3600
+    for r in lines:
+        if r[1] == "best":
+            assert float(r[h]) == pytest.approx(hours[r[0].split(" (")[0]], rel=1e-2)
+    assert {r[3] for r in c100[1:-1]} == {"1 (no std)"}  # one seed, shown as such
+    assert not any("±" in c for r in c100[1:] for c in r)
+
+
+def test_filters(store, capsys) -> None:
+    code, out, _ = bench(["table", "--out", str(store), "--format", "csv", "--dataset",
+                          "cifar10", "--methods", "rslad,pgdat", "--checkpoint", "last",
+                          "--arch", "resnet18"], capsys)
+    got = pd.read_csv(io.StringIO(out))
+    assert code == 0 and sorted(got["method"]) == ["pgdat", "rslad"]
+    assert set(got["checkpoint"]) == {"last"} and set(got["dataset"]) == {"cifar10"}
+    code, _, err = bench(["table", "--out", str(store), "--methods", "peeraidd"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "unknown method in the store 'peeraidd'; did you mean 'peeraid'?" in err
+
+
+def test_latex_compiles(store, capsys, tmp_path) -> None:
+    code, out, err = bench(["table", "--out", str(store), "--format", "latex"], capsys)
+    assert code == 0, err
+    assert out.count(r"\begin{tabular}") == 2 and r"\textbf{" in out and r"$\pm$" in out
+    engine = shutil.which("pdflatex") or shutil.which("lualatex")
+    if engine is None:
+        pytest.skip("no TeX engine (pdflatex / lualatex) on this machine")
+    doc = tmp_path / "t.tex"
+    doc.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
+                   "\\usepackage{textcomp}\\begin{document}\n" + out + "\n\\end{document}\n")
+    res = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", doc.name],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 1000
+
+
+def test_reported_view_puts_published_beside_reproduced(store, capsys) -> None:
+    code, out, err = bench(["table", "--out", str(store), "--reported", "--format", "csv"],
+                           capsys)
+    assert code == 0, err
+    cmp = pd.read_csv(io.StringIO(out))
+    want = expected(store)
+    # PeerAiD CIFAR-10 ResNet-18, published 85.01 clean / 54.36 PGD (S), checkpoint unstated:
+    # compared with the reproduced `best`
+    line = cmp[(cmp.method == "peeraid") & (cmp.dataset == "cifar10") & (cmp.metric == "clean")
+               & (cmp.published == 85.01)].iloc[0]
+    w = want.loc[("cifar10", "resnet18", "peeraid", "best")]
+    assert line.checkpoint == "best" and line.grade == "S"
+    assert line.reproduced == pytest.approx(w["clean"])
+    assert line.difference == pytest.approx(w["clean"] - 85.01)
+    assert line.flag == (abs(w["clean"] - 85.01) > max(1, 2 * w["clean_std"]))
+    assert "LISArD" in line.source
+    assert set(cmp["grade"]) <= {"P", "S", "T"} and cmp["flag"].any() and not cmp["flag"].all()
+    # RSLAD's own paper used its TRADES WRN-34-10 teacher, as bench's paper preset does
+    rs = cmp[(cmp.method == "rslad") & cmp.paper.str.startswith("RSLAD")
+             & (cmp.dataset == "cifar10")]
+    assert set(rs["checkpoint"]) == {"best", "last"} and len(rs) == 2 * 4  # clean fgsm pgd aa
+    assert set(rs["reproduced_teacher"]) == {"trades:wrn34_10"}
+    # a published figure of another teacher is not compared (AdaAD's LTD-teacher RSLAD)
+    assert not ((cmp.method == "rslad") & (cmp.published == 48.66)).any()
+
+
+def test_reported_view_never_shows_a_figure_without_its_grade(store, capsys) -> None:
+    code, out, err = bench(["table", "--out", str(store), "--reported", "--format",
+                            "markdown"], capsys)
+    assert code == 0, err
+    tables = _md_tables(out)
+    assert tables
+    for head, *lines in tables:
+        i = head.index("published")
+        for r in lines:
+            assert re.fullmatch(r"\d+\.\d\d \([PST]\)", r[i]), r[i]
+        assert any(r[i].endswith("(T)") for r in lines) or "cifar100" in out
+    assert "(T)" in out  # PGD-AT's PeerAiD Table 1 numbers are T: shown graded
+
+
+def test_reported_lists_what_is_known(capsys) -> None:
+    code, out, err = bench(["reported", "--json", "--grade", "T", "--dataset", "cifar10"],
+                           capsys)
+    assert code == 0, err
+    figs = json.loads(out)
+    assert figs and {f["grade"] for f in figs} == {"T"} and {f["dataset"] for f in figs} == {
+        "cifar10"}
+    code, out, err = bench(["reported"], capsys)
+    assert code == 0 and "P: primary" in out and "54.36 (S)" in out and "46.79 (T)" in out
+    code, _, err = bench(["reported", "--grade", "X"], capsys)
+    assert code == 1 and err.startswith("error: unknown grade") and err.count("\n") == 1
