@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -303,6 +304,188 @@ def reported_(as_json: bool, datasets: str, methods: str, grades: str) -> None:
                "value"]]
         click.echo(f"\n### {paper}: {table}\n\nsource: {g['source'].iloc[0]}\n\n"
                    f"{markdown(t)}")
+
+
+# --- analyses: measurements on stored runs (bench.runs, bench.analysis) --------------------
+
+_OUT = click.option("--out", type=click.Path(file_okay=False), default="results",
+                    show_default=True, help="Results folder (rows, runs, analyses).")
+_DEVICE = click.option("--device", default="auto", show_default=True,
+                       help="auto, cpu, cuda or cuda:N.")
+_DATA_ROOT = click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                          help="Folder holding torchvision data sets.")
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _test_set(config: dict[str, Any], data_root: str | None):
+    return data.as_tensors(data.load(config["dataset"], "test", root=data_root))
+
+
+def _write_json(path: str | None, obj: Any) -> None:
+    import json
+
+    if path is not None:
+        from bench.store import atomic_write_bytes
+
+        try:
+            atomic_write_bytes(Path(path), json.dumps(obj, indent=1).encode())
+        except OSError as exc:
+            raise BenchError(f"cannot write {path} ({exc.strerror})") from None
+
+
+HISTORY_COLUMNS = ("lr", "loss", "pgd10", "swa_pgd10", "tutor_clean", "tutor_on_student",
+                   "tutor_on_self", "clean_teacher_clean", "clean_teacher_on_student",
+                   "clean_teacher_on_self", "seconds")
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per epoch.")
+@_OUT
+def history(run: str, as_json: bool, out: str) -> None:
+    """A run's per-epoch log: loss, LR, selection and tutor accuracies (%), seconds.
+
+    RUN is a cell id or a unique prefix of one (the folders under OUT/runs/).
+    """
+    import json
+
+    from rich.table import Table
+
+    from bench import runs
+
+    r = runs.find(Path(out), run)
+    hist = r.history()
+    if as_json:
+        click.echo(json.dumps([{**h, "epoch": h["epoch"] + 1} for h in hist], indent=1))
+        return
+    cols = [c for c in HISTORY_COLUMNS if any(c in h for h in hist)]
+    t = Table(title=f"{r.id}: {len(hist)} epoch(s); accuracies in % (selection split, "
+                    f"PGD-10)")
+    for c in ("epoch", *cols):
+        t.add_column(c.replace("_", " "), justify="right")  # headers wrap at the spaces
+    for h in hist:
+        cells = []
+        for c in cols:
+            v = h.get(c)
+            cells.append("–" if v is None else f"{v:.4g}" if c in ("lr", "loss")
+                         else f"{v:.1f}" if c == "seconds" else _pct(v))
+        t.add_row(str(h["epoch"] + 1), *cells)
+    console.print(t)
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--attack", type=click.Choice(["pgd10", "pgd20", "fgsm"]), default="pgd20",
+              show_default=True, help="The attack crafted against each source model.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the rows {source, target, attack, accuracy, n} to FILE.")
+@_OUT
+@_DEVICE
+@_DATA_ROOT
+def transfer(models: tuple[str, ...], attack: str, json_file: str | None, out: str,
+             device: str, data_root: str | None) -> None:
+    """Transfer matrix: accuracy (%) of every MODEL (columns) on the attack crafted against
+    every MODEL (rows), on the test set at the data set's threat model.
+
+    MODEL is RUN:CHECKPOINT, CHECKPOINT one of best, last, swa_best, swa_last, peer,
+    teacher. The diagonal is each model's own white-box accuracy; the matrix is also stored
+    under OUT/analyses/ for `bench plot transfer`.
+    """
+    from rich.table import Table
+
+    from bench import analysis, runs
+    from bench.evaluate import Threat
+
+    picked = [(runs.find(Path(out), run), ck) for run, ck in map(runs.parse_model, models)]
+    datasets = {r.config["dataset"] for r, _ in picked}
+    if len(datasets) > 1:
+        raise BenchError(f"models of different data sets cannot attack each other: "
+                         f"{', '.join(sorted(datasets))}")
+    dev = _device(device)
+    nets = {f"{r.id}:{ck}": (runs.load(Path(out), r, ck), int(r.config["seed"]))
+            for r, ck in picked}
+    x, y = _test_set(picked[0][0].config, data_root)
+    eps = data.spec(datasets.pop()).eps
+    rows = analysis.transfer_matrix(nets, x, y, attack, Threat(eps), device=dev)
+    labels = {f"{r.id}:{ck}": f"{r.label}:{ck}" for r, ck in picked}
+    if len(set(labels.values())) < len(labels):
+        labels = {k: k for k in labels}
+    stored = analysis.save_transfer(Path(out), rows, eps, labels)
+    _write_json(json_file, rows)
+    t = Table(title=f"{attack} transfer (eps {eps:.4g}, n={len(y)}): accuracy (%) of the "
+                    f"column model on examples crafted against the row model")
+    t.add_column("source \\ target")
+    for k in nets:
+        t.add_column(labels[k], justify="right")
+    for src in nets:
+        t.add_row(labels[src], *(_pct(r["accuracy"]) for r in rows if r["source"] == src))
+    console.print(t)
+    console.print(f"stored {stored}", markup=False)
+
+
+@cli.command("eval")
+@click.argument("model")
+@click.option("--eps", "eps_text", required=True,
+              help="Comma-separated radii, as fractions or k/255 (e.g. 0,2/255,8/255).")
+@click.option("--steps", "steps_text", default="1,5,10,20", show_default=True,
+              help="Comma-separated PGD step counts (step size eps/4).")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the points {eps, steps, attack, accuracy, n} to FILE.")
+@_OUT
+@_DEVICE
+@_DATA_ROOT
+def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out: str,
+          device: str, data_root: str | None) -> None:
+    """Attack-strength curves of a stored model: accuracy (%) under PGD-k at every eps and k,
+    and FGSM at every eps; stored beside the run for `bench plot strength`.
+
+    MODEL is RUN[:CHECKPOINT] (default checkpoint: best). Signs of gradient masking (PGD
+    not improving with steps, FGSM beating PGD, AutoAttack's own flags) are printed.
+    """
+    from rich.table import Table
+
+    from bench import analysis, runs
+
+    run, ck = runs.parse_model(model, default="best")
+    eps_list, steps_list = analysis.parse_eps(eps_text), analysis.parse_steps(steps_text)
+    r = runs.find(Path(out), run)
+    net = runs.load(Path(out), r, ck)
+    x, y = _test_set(r.config, data_root)
+    points = analysis.strength(net, x, y, eps_list, steps_list, seed=int(r.config["seed"]),
+                               device=_device(device))
+    signs = analysis.masking_signs(points, _aa_flags(Path(out), r.id, ck))
+    stored = analysis.save_strength(r.dir, ck, points, signs)
+    _write_json(json_file, points)
+    t = Table(title=f"{r.id}:{ck}: accuracy (%) by radius and attack (n={len(y)})")
+    attacks = ["fgsm", *(f"pgd{k}" for k in steps_list)]
+    for c in ("eps", *attacks):
+        t.add_column(c, justify="right")
+    for e in eps_list:
+        by = {("fgsm" if p["attack"] == "fgsm" else f"pgd{p['steps']}"): p["accuracy"]
+              for p in points if p["eps"] == e}
+        t.add_row(f"{e:.4g}", *(_pct(by.get(a)) for a in attacks))
+    console.print(t)
+    for line in signs:
+        console.print(f"gradient-masking sign: {line}", markup=False)
+    if not signs:
+        console.print("no sign of gradient masking in these curves", markup=False)
+    console.print(f"stored {stored}", markup=False)
+
+
+def _aa_flags(out: Path, cell_id: str, ckpt: str) -> list[str]:
+    """AutoAttack's own flags from the run's stored row for `ckpt`, if it ran."""
+    from bench.store import Store
+
+    store = Store(out)
+    if not store.has(f"{cell_id}--{ckpt}"):
+        return []
+    import json
+
+    row = json.loads(store.path(f"{cell_id}--{ckpt}").read_text())
+    return list(row.get("aa_flags") or [])
 
 
 @cli.command("list")

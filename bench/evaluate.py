@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from bench.attacks import cw_margin, pgd
 
 ALL_ATTACKS = ("clean", "fgsm", "pgd20", "pgd20s", "cw", "aa")
+PER_CLASS = ("clean", "pgd20", "aa")  # attacks whose rows also get per-class accuracies
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,13 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat
     return hits.sum().item() / len(hits)
 
 
+def per_class(ok: Tensor, y: Tensor, num_classes: int) -> list[float | None]:
+    """Accuracy per class, in class order, from per-image correctness (None: no image)."""
+    y = y.cpu()
+    return [int(ok[y == c].sum()) / int((y == c).sum()) if (y == c).any() else None
+            for c in range(num_classes)]
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -94,7 +102,17 @@ class _Collect(logging.Handler):
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, batch_size: int = 500,
                device: str | torch.device = "cpu", state_path: Path | None = None,
                seed: int = 0) -> tuple[float, list[str]]:
-    """AutoAttack standard accuracy and its own warning flags (gradient-masking checks).
+    """AutoAttack standard accuracy and its own warning flags (gradient-masking checks)."""
+    robust, flags = autoattack_robust(model, x, y, eps, batch_size=batch_size, device=device,
+                                      state_path=state_path, seed=seed)
+    return robust.float().mean().item(), flags
+
+
+def autoattack_robust(model: nn.Module, x: Tensor, y: Tensor, eps: float, *,
+                      batch_size: int = 500, device: str | torch.device = "cpu",
+                      state_path: Path | None = None, seed: int = 0
+                      ) -> tuple[Tensor, list[str]]:
+    """Per-image AutoAttack robustness (bool, CPU) and AutoAttack's own warning flags.
 
     `state_path` is pyautoattack's resumable state file. Its own resume path leaves `y_adv`
     unbound (pyautoattack 0.2.0), so an interrupted evaluation is resumed here instead: the
@@ -133,7 +151,7 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, batch_size
         logger.removeHandler(collect)
     flags = collect.messages + [str(w.message) for w in caught
                                 if "pyautoattack" in (w.filename or "")]
-    return robust.float().mean().item(), sorted(set(flags))
+    return robust.bool(), sorted(set(flags))
 
 
 def subset(n: int, k: int | None, seed: int = 0) -> Tensor:
@@ -146,25 +164,37 @@ def subset(n: int, k: int | None, seed: int = 0) -> Tensor:
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, *,
              attacks: tuple[str, ...] = ALL_ATTACKS, aa_samples: int | None = None,
              device: str | torch.device = "cpu", batch_size: int = 256,
-             aa_batch_size: int = 500, aa_state: Path | None = None) -> dict[str, object]:
+             aa_batch_size: int = 500, aa_state: Path | None = None,
+             num_classes: int | None = None) -> dict[str, object]:
     """Run the suite; each metric `m` comes with `n_m`, the number of images it was measured
     on, and `attack_seconds[m]`, what it took. Always full precision: autocast is switched off here,
     so a model trained in bf16 is attacked in fp32 (a weaker low-precision attack would
-    flatter every method)."""
+    flatter every method).
+
+    For the attacks of PER_CLASS also `per_class[m]` (accuracy per class, in class order:
+    the fairness view) and `m_worst`, the worst class's accuracy.
+    """
     out: dict[str, object] = {}
     seconds: dict[str, float] = {}
+    classes = num_classes or int(y.max()) + 1
+    by_class: dict[str, list[float | None]] = {}
     with torch.autocast(torch.device(device).type, enabled=False):
         for a in attacks:
             t0 = time.perf_counter()
             if a == "aa":
                 idx = subset(len(y), aa_samples)
-                out["aa"], out["aa_flags"] = autoattack(
+                ok, out["aa_flags"] = autoattack_robust(
                     model, x[idx], y[idx], threat.eps, batch_size=aa_batch_size, device=device,
                     state_path=aa_state)
-                out["n_aa"] = len(idx)
+                labels = y[idx]
             else:
-                out[a] = accuracy(model, x, y, a, threat, batch_size, device)
-                out[f"n_{a}"] = len(y)
+                ok, labels = correct(model, x, y, a, threat, batch_size, device), y
+            out[a], out[f"n_{a}"] = ok.sum().item() / len(ok), len(ok)
+            if a in PER_CLASS:
+                by_class[a] = per_class(ok, labels, classes)
+                out[f"{a}_worst"] = min(v for v in by_class[a] if v is not None)
             seconds[a] = round(time.perf_counter() - t0, 2)
     out["attack_seconds"] = seconds
+    if by_class:
+        out["per_class"] = by_class
     return out

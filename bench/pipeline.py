@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import __version__, checkpoint, data, distributed
+from bench import __version__, analysis, checkpoint, data, distributed
 from bench.cells import Cell, Resolved, resolve
 from bench.compute import eval_batch_sizes
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
@@ -159,12 +159,14 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         metrics = evaluate(finals[name], x, y, Threat(r.spec.eps),
                            attacks=ev.attacks_for(name), aa_samples=n_aa, device=opts.device,
                            batch_size=batch, aa_batch_size=aa_batch,
-                           aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"))
+                           aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
+                           num_classes=r.spec.num_classes)
         row = {
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
             "selection": r.params.selection or "common",
             "eps": r.spec.eps, "train_eps": r.params.eps, **metrics,
+            **analysis.final_tutor(trainer.history),  # the last selection epoch's
             "train_seconds": round(trainer.train_seconds, 2),
             "wall_seconds": round(wall, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
             "config_hash": r.id.rsplit("-", 1)[1], "cell_id": r.id, "config": r.config,

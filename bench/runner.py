@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from bench import BenchError, checkpoint, data, distributed, registry, selection
+from bench import BenchError, analysis, checkpoint, data, distributed, registry, selection
 from bench.cells import Resolved
 from bench.distiller import Distiller
 from bench.evaluate import Threat, accuracy, correct
@@ -154,6 +154,9 @@ class Trainer:
         self.train_set = data.load(c.dataset, "train", root=root, augment=True, holdout=holdout)
         sel = data.load(c.dataset, c.select, root=root)
         self.sel_x, self.sel_y = data.as_tensors(sel)
+        self.tutor_log = analysis.TutorLog(self.method, self.sel_x, self.sel_y,
+                                           Threat(self.r.spec.eps), c.seed, SELECT_BATCH,
+                                           self.device)
 
     def _batches(self, epoch: int, shuffle: bool = True):
         """Global batches in an order fixed by (seed, epoch): the same on every rank."""
@@ -244,6 +247,7 @@ class Trainer:
             log["clean"] = accuracy(self.method.student, self.sel_x, self.sel_y, "clean", threat,
                                     SELECT_BATCH, self.device)
             self._keep(rule, "best_clean", log["clean"], self.method.student)
+        log.update(self.tutor_log())  # the tutor on the student's examples and on its own
 
     def _keep(self, rule: selection.Rule, name: str, score: float, net: nn.Module) -> None:
         """Save `net` as checkpoint `name` if the rule reports it and `score` is a new best."""
@@ -293,7 +297,8 @@ class Trainer:
         return self.finals()
 
     def _log_epoch(self, h: dict[str, Any]) -> None:
-        sel = "  ".join(f"{k} {h[k]:.3f}" for k in ("pgd10", "swa_pgd10") if k in h)
+        sel = "  ".join(f"{k} {h[k]:.3f}" for k in ("pgd10", "swa_pgd10", "tutor_on_student",
+                                                    "tutor_on_self") if k in h)
         self.opts.log(f"  [{self.r.cell.method}] epoch {h['epoch'] + 1}/{self.p.epochs}  "
                       f"lr {h['lr']:.4g}  loss {h['loss']:.4f}  {sel}  {h['seconds']:.1f}s")
 

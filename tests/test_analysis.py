@@ -1,0 +1,186 @@
+"""The analyses on the embedded default: tutor accuracy recomputed independently, transfer
+matrices, attack-strength curves, per-class accuracies, and their commands' bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench import data
+from bench.cells import Cell
+from bench.cli import main
+from bench.pipeline import EvalOptions, run_cell
+from bench.runner import RunOptions, Trainer
+from bench.store import Store
+
+EPOCHS = 5
+EPS = data.spec("digits").eps
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, monkeypatch_module) -> tuple[Path, dict, dict]:
+    """standard, pgdat (also RSLAD's teacher), rslad and peeraid, 3 epochs each; the student
+    and tutor of every epoch are snapshotted as the runner measures them."""
+    out = tmp_path_factory.mktemp("analyses")
+    snaps: dict[str, list[tuple[int, torch.nn.Module, torch.nn.Module]]] = {}
+    after = Trainer._after_epoch
+
+    def snapshot(self: Trainer, epoch: int, loss: float, seconds: float) -> None:
+        tutor = self.method.peer if self.method.peer is not None else self.method.teacher
+        if tutor is not None:
+            snaps.setdefault(self.r.cell.method, []).append(
+                (epoch, copy.deepcopy(self.method.student), copy.deepcopy(tutor)))
+        after(self, epoch, loss, seconds)
+
+    monkeypatch_module.setattr(Trainer, "_after_epoch", snapshot)
+    opts, store = RunOptions(out=out, log=lambda *_: None), Store(out)
+    for method in ("standard", "pgdat", "rslad", "peeraid"):
+        attacks = ("clean", "pgd20", "aa") if method == "pgdat" else ("clean", "pgd20")
+        run_cell(Cell(method, overrides=(("epochs", EPOCHS),)), opts,
+                 EvalOptions(attacks=attacks, aa_samples=24), store)
+    rows = {(r["method"], r["checkpoint"]): r for r in store.read()[0]}
+    return out, rows, snaps
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def _own_pgd10(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PGD-10, written out here: uniform start, step eps/4, sign steps, clip to the ball."""
+    x_adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
+    for _ in range(10):
+        x_adv.requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() + EPS / 4 * g.sign(), x - EPS), x + EPS)
+        x_adv = x_adv.clamp(0, 1)
+    return x_adv.detach()
+
+
+def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize("method", ["peeraid", "rslad"])
+def test_tutor_accuracy_recorded_every_epoch_and_recomputed(results, method: str) -> None:
+    out, rows, snaps = results
+    from bench import runs
+
+    hist = runs.find(out, f"{method}-").history()
+    assert [h["epoch"] for h in hist] == list(range(EPOCHS))
+    assert [e for e, *_ in snaps[method]] == list(range(EPOCHS))
+    x, y = data.as_tensors(data.load("digits", "test"))  # the selection split (--select test)
+    for h, (_, student, tutor) in zip(hist, snaps[method], strict=True):
+        student.eval(), tutor.eval()
+        torch.manual_seed(0)  # the measurement's seed: the cell's
+        on_student = _acc(tutor, _own_pgd10(student, x, y), y)
+        torch.manual_seed(0)
+        on_self = _acc(tutor, _own_pgd10(tutor, x, y), y)
+        one = 1 / len(y) + 1e-9
+        assert abs(h["tutor_on_student"] - on_student) <= one, h
+        assert abs(h["tutor_on_self"] - on_self) <= one, h
+        assert h["tutor_clean"] == pytest.approx(_acc(tutor, x, y))
+        assert h["tutor_on_self"] < h["tutor_clean"]  # the attack attacks
+    for ckpt in ("best", "last"):  # the final values are in the cell's rows
+        assert rows[(method, ckpt)]["tutor_on_student"] == hist[-1]["tutor_on_student"]
+    assert "tutor_clean" not in rows[("pgdat", "best")]
+
+
+def test_history_command_prints_each_epoch(results, capsys) -> None:
+    out, _, _ = results
+    main(["history", "peeraid-faithful", "--json", "--out", str(out)])
+    hist = json.loads(capsys.readouterr().out)
+    assert [h["epoch"] for h in hist] == list(range(1, EPOCHS + 1))
+    assert {"loss", "lr", "pgd10", "seconds", "tutor_on_self"} <= set(hist[0])
+    main(["history", "rslad", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "tutor" in text and "student" in text and "self" in text
+
+
+def test_transfer_diagonal_is_the_stored_white_box_accuracy(results, tmp_path) -> None:
+    out, rows, _ = results
+    models = ["standard:best", "pgdat:best", "rslad:best", "peeraid:peer", "rslad:teacher"]
+    main(["transfer", *models, "--json", str(tmp_path / "t.json"), "--out", str(out)])
+    got = json.loads((tmp_path / "t.json").read_text())
+    assert len(got) == 25 and {r["attack"] for r in got} == {"pgd20"}
+    acc = {(r["source"].split("-")[0] + ":" + r["source"].rsplit(":", 1)[1],
+            r["target"].split("-")[0] + ":" + r["target"].rsplit(":", 1)[1]): r["accuracy"]
+           for r in got}
+    for m in ("standard", "pgdat", "rslad"):  # same attack, same seed: exactly
+        assert acc[(f"{m}:best", f"{m}:best")] == rows[(m, "best")]["pgd20"]
+    # RSLAD's teacher is the pgdat cell (same config): the same weights, the same number
+    assert acc[("rslad:teacher", "rslad:teacher")] == rows[("pgdat", "best")]["pgd20"]
+    # a standard model's examples hurt a robust model far less than its own attack does
+    clean = rows[("pgdat", "best")]["clean"]
+    own, transferred = acc[("pgdat:best", "pgdat:best")], acc[("standard:best", "pgdat:best")]
+    assert clean - transferred < 0.5 * (clean - own), (clean, own, transferred)
+    assert acc[("standard:best", "standard:best")] < transferred - 0.3
+    assert list((out / "analyses").glob("transfer-pgd20-*.json"))
+
+
+def test_strength_curves_fall_with_eps_and_start_at_clean(results, tmp_path) -> None:
+    out, rows, _ = results
+    main(["eval", "pgdat", "--eps", "0,0.025,0.05,8/255,0.1,0.2", "--steps", "1,10",
+          "--json", str(tmp_path / "s.json"), "--out", str(out)])
+    points = json.loads((tmp_path / "s.json").read_text())
+    one = 1 / 360 + 1e-9
+    for attack, steps in (("fgsm", 1), ("pgd", 1), ("pgd", 10)):
+        curve = sorted((p["eps"], p["accuracy"]) for p in points
+                       if p["attack"] == attack and p["steps"] == steps)
+        assert [e for e, _ in curve] == pytest.approx([0, 0.025, 8 / 255, 0.05, 0.1, 0.2])
+        assert curve[0][1] == rows[("pgdat", "best")]["clean"]
+        assert all(b <= a + one for (_, a), (_, b) in zip(curve, curve[1:], strict=False))
+    for attack, steps in (("fgsm", 1), ("pgd", 10)):  # at 0.2 both attacks win
+        assert min(p["accuracy"] for p in points
+                   if p["attack"] == attack and p["steps"] == steps) < 0.5
+    # PGD-10 at the threat model is the suite's PGD-10 (the stored PGD-20 is a bit stronger)
+    pgd10 = next(p["accuracy"] for p in points if p["steps"] == 10 and p["eps"] == EPS)
+    assert rows[("pgdat", "best")]["pgd20"] <= pgd10 + 3 * one
+    stored = json.loads(next((out / "runs").glob("pgdat-*/strength.json")).read_text())
+    assert len(stored["points"]) == len(points) and "best" in stored["signs"]
+
+
+def test_per_class_accuracies_weighted_by_counts_are_the_overall(results) -> None:
+    _, rows, _ = results
+    from bench.evaluate import subset
+
+    _, y = data.as_tensors(data.load("digits", "test"))
+    for (method, ckpt), r in rows.items():
+        attacks = [a for a in ("clean", "pgd20", "aa") if a in r]  # AutoAttack: pgdat best
+        assert set(r["per_class"]) == set(attacks)
+        for a in attacks:
+            labels = y[subset(len(y), 24)] if a == "aa" else y
+            counts = torch.bincount(labels, minlength=10).tolist()
+            accs = r["per_class"][a]
+            assert len(accs) == 10
+            total = sum(acc * n for acc, n in zip(accs, counts, strict=True) if n)
+            assert total / len(labels) == pytest.approx(r[a], abs=1e-12), (method, ckpt, a)
+            assert r[f"{a}_worst"] == min(v for v in accs if v is not None) <= r[a]
+    assert "aa" in rows[("pgdat", "best")]["per_class"]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["history", "nosuchrun"], "unknown run 'nosuchrun'"),
+    (["history", "p"], "ambiguous"),
+    (["eval", "pgdat", "--eps", "8/0"], "k/255"),
+    (["eval", "pgdat:bestt", "--eps", "0.1"], "unknown checkpoint 'bestt'"),
+    (["eval", "pgdat", "--eps", "0.1", "--steps", "0"], "--steps"),
+    (["transfer", "rslad:peer"], "no 'peer' checkpoint"),
+    (["transfer", "pgdat:teacher"], "no 'teacher' checkpoint"),
+    (["transfer", "pgdat"], "RUN:CHECKPOINT"),
+])
+def test_bad_input_is_one_line(results, capsys, args: list[str], says: str) -> None:
+    out, _, _ = results
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--out", str(out)])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and says in err, err
