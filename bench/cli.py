@@ -298,6 +298,59 @@ def reported_(as_json: bool, datasets: str, methods: str, grades: str) -> None:
                    f"{markdown(t)}")
 
 
+class _PlotCommand(click.Command):
+    """`bench plot --help` lists every registered figure kind (plugins' and analyses' too)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from bench import figures
+
+        with formatter.section("Kinds"):
+            formatter.write_dl([(n, figures.get(n).doc) for n in figures.names()])
+        formatter.write("\n")
+
+
+@cli.command(cls=_PlotCommand, context_settings={"ignore_unknown_options": True,
+                                                 "allow_extra_args": True})
+@click.argument("kind", required=False)
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Results folder (rows, runs, analyses).")
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="Where the PNG and PDF files go [default: <out>/figures].")
+@click.pass_context
+def plot(ctx: click.Context, kind: str | None, out: str, dest: str | None) -> None:
+    """Draw one figure KIND from the stored results, as PNG and PDF. Other options
+    (--dataset, --arch, --methods, --checkpoint, --param, ...) go to the figure."""
+    import inspect
+
+    from bench import figures
+    from bench.suggest import unknown
+
+    if kind is None:
+        raise BenchError("bench plot needs a KIND (valid: " + ", ".join(figures.names()) + ")")
+    fig = figures.get(kind)
+    accepted = [p for p in inspect.signature(fig.fn).parameters][2:]
+    options: dict[str, str] = {}
+    args = list(ctx.args)
+    while args:
+        flag = args.pop(0)
+        name, eq, value = flag.removeprefix("--").partition("=")
+        name = name.replace("-", "_")
+        if not flag.startswith("--") or name not in accepted:
+            raise unknown(f"option of bench plot {kind}", flag, [f"--{a.replace('_', '-')}"
+                                                               for a in accepted])
+        if not eq:
+            if not args:
+                raise BenchError(f"{flag} needs a value")
+            value = args.pop(0)
+        options[name] = value
+    target = Path(dest) if dest else Path(out) / "figures"
+    paths = fig.fn(Path(out), _writable(target), **options)
+    if not paths:
+        raise BenchError(f"nothing to draw for {kind} from {out}")
+    for p in paths:
+        click.echo(str(p))
+
+
 # --- analyses: measurements on stored runs (bench.runs, bench.analysis) --------------------
 
 _OUT = click.option("--out", type=click.Path(file_okay=False), default="results",
