@@ -15,7 +15,7 @@ from typing import Any
 from bench import BenchError, runs
 from bench.figures import figure, method_colors
 from bench.plots import _plt, _save, _slug
-from bench.report import fmt_eps
+from bench.report import LABELS, fmt_eps
 
 
 def _runs(out: Path) -> list[runs.Run]:
@@ -222,37 +222,53 @@ def strength_figure(out: Path, dest: Path) -> list[Path]:
 ABLATION_METRICS = ("clean", "pgd20", "aa")
 
 
+def ablation_points(out: Path, param: str, checkpoint: str = "best"):
+    """The ablation's numbers: one line per (section, method line, value of `param`, metric)
+    with the mean and sample std (in %) over seeds, and the seed count. Only lines that
+    swept `param` over two values or more; a hyper-parameter nothing swept is an error."""
+    import pandas as pd
+
+    from bench.report import current
+    from bench.store import Store
+
+    df, _ = current(Store(out).frame())
+    configs = list(df["config"]) if "config" in df else []
+    values = [c.get("params", {}).get(param) if isinstance(c, dict) else None for c in configs]
+    df = df.assign(value=[tuple(v) if isinstance(v, list) else v for v in values]) \
+        if len(df) else df
+    if len(df):
+        df = df[df["value"].notna() & (df["checkpoint"] == checkpoint)]
+    if len(df):
+        df = df.assign(label=_line_labels(list(df["config"]), drop=param))
+        swept = df.groupby(["dataset", "arch", "label"])["value"].transform("nunique")
+        df = df[swept > 1]
+    if not len(df):
+        known = sorted({k for c in configs if isinstance(c, dict) for k in c.get("params", {})})
+        raise BenchError(f"no stored {checkpoint!r} rows sweep hyper-parameter {param!r} over "
+                         f"two values or more (hyper-parameters: {', '.join(known) or 'none'})")
+    lines = []
+    for m in [m for m in ABLATION_METRICS if m in df and df[m].notna().any()]:
+        for key, g in df.dropna(subset=[m]).groupby(["dataset", "arch", "label", "method",
+                                                     "value"], sort=True):
+            vals = 100 * g[m].astype(float)
+            lines.append(dict(zip(["dataset", "arch", "label", "method", "value"], key,
+                                  strict=True), metric=m, mean=vals.mean(),
+                              std=vals.std() if len(vals) > 1 else float("nan"),
+                              seeds=g["seed"].nunique()))
+    return pd.DataFrame(lines)
+
+
 @figure("ablation", "accuracy (%) against a swept hyper-parameter (--param P; --checkpoint, "
                     "default best), mean ± std over seeds, one line per method and setup")
 def ablation_figure(out: Path, dest: Path, param: str | None = None,
                     checkpoint: str = "best") -> list[Path]:
-    from bench.report import current
-    from bench.store import Store
-
     if not param:
         raise BenchError("bench plot ablation needs --param P (the swept hyper-parameter)")
-    df, _ = current(Store(out).frame())
-    if df.empty:
-        return []
-    values = [c.get("params", {}).get(param) if isinstance(c, dict) else None
-              for c in df.get("config", [None] * len(df))]
-    df = df.assign(value=values)
-    df = df[df["value"].notna() & (df["checkpoint"] == checkpoint)]
-    if not df.empty:  # only the lines that were swept: two values of `param` or more
-        df = df.assign(_line=_line_labels(list(df["config"]), drop=param))
-        swept = df.groupby(["dataset", "arch", "_line"])["value"].transform(
-            lambda v: v.map(repr).nunique())
-        df = df[swept > 1]
-    if df.empty:
-        known = sorted({k for c in Store(out).frame().get("config", []) if isinstance(c, dict)
-                        for k in c.get("params", {})})
-        raise BenchError(f"no stored {checkpoint!r} rows sweep hyper-parameter {param!r} over "
-                         f"two values or more (hyper-parameters: {', '.join(known) or 'none'})")
-    metrics = [m for m in ABLATION_METRICS if m in df and df[m].notna().any()]
+    pts = ablation_points(out, param, checkpoint)
     plt, _ = _plt()
     paths = []
-    for (dataset, arch), sec in df.groupby(["dataset", "arch"], sort=True):
-        sec = sec.assign(label=_line_labels(list(sec["config"]), drop=param))
+    for (dataset, arch), sec in pts.groupby(["dataset", "arch"], sort=True):
+        metrics = [m for m in ABLATION_METRICS if m in set(sec["metric"])]
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool)
                       for v in sec["value"])
         order = sorted(set(sec["value"]), key=lambda v: (v if numeric else str(v)))
@@ -260,25 +276,23 @@ def ablation_figure(out: Path, dest: Path, param: str | None = None,
         fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.5),
                                  squeeze=False)
         for ax, m in zip(axes[0], metrics, strict=True):
-            for label, g in sec.groupby("label", sort=True):
-                s = g.groupby("value")[m].agg(["mean", "std", "count"])
-                s = s.reindex([v for v in order if v in s.index])
-                x = list(s.index) if numeric else [order.index(v) for v in s.index]
-                ax.errorbar(x, 100 * s["mean"], yerr=100 * s["std"].fillna(0), capsize=3,
-                            marker="o", color=colors[g["method"].iloc[0]], label=label)
+            for label, g in sec[sec["metric"] == m].groupby("label", sort=True):
+                g = g.set_index("value").reindex([v for v in order if v in set(g["value"])])
+                x = list(g.index) if numeric else [order.index(v) for v in g.index]
+                ax.errorbar(x, g["mean"], yerr=g["std"].fillna(0), capsize=3, marker="o",
+                            color=colors[g["method"].iloc[0]], label=label)
             if numeric and min(order) > 0 and max(order) / min(order) >= 10:
                 ax.set_xscale("log")
             if not numeric:
                 ax.set_xticks(range(len(order)), [str(v) for v in order])
             ax.set_xlabel(param)
-            ax.set_ylabel(f"{m} accuracy (%)")
-            ax.set_title(f"{m} ({checkpoint} checkpoint)", fontsize=10)
-        seeds = sorted({int(s) for s in sec["seed"].dropna()})
-        counts = sec.groupby(["label", "value"])["seed"].nunique()
-        fig.suptitle(f"{dataset} / {arch}: ablation of {param}; error bars: std over seeds "
-                     f"({', '.join(map(str, seeds))}; {counts.min()}–{counts.max()} per point)"
-                     if len(seeds) > 1 else f"{dataset} / {arch}: ablation of {param} "
-                     f"(seed {seeds[0]}: no error bars)", fontsize=11)
+            ax.set_ylabel(f"{LABELS.get(m, m)} accuracy (%)")
+            ax.set_title(f"{LABELS.get(m, m)} ({checkpoint} checkpoint)", fontsize=10)
+        lo, hi = int(sec["seeds"].min()), int(sec["seeds"].max())
+        per = f"{lo}" if lo == hi else f"{lo}–{hi}"
+        fig.suptitle(f"{dataset} / {arch}: ablation of {param}; "
+                     + (f"error bars: std over {per} seeds per point" if hi > 1
+                        else "one seed per point: no error bars"), fontsize=11)
         axes[0][-1].legend(bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False)
         fig.tight_layout()
         paths += _save(fig, dest, _slug("ablation", param, dataset, arch))
