@@ -594,8 +594,10 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
     for kind, needed in (("teacher", r.cls.needs_teacher),
                          ("clean_teacher", r.cls.needs_clean_teacher)):
         arch = r.config[f"{kind}_arch"]
+        norm = r.config["teacher_normalize"] if kind == "teacher" else None
         if needed:
-            console.print(f"  {kind} = {r.config[kind]}" + (f" ({arch})" if arch else ""),
+            console.print(f"  {kind} = {r.config[kind]}" + (f" ({arch})" if arch else "")
+                          + (f", normalising with {norm} mean/std" if norm else ""),
                           markup=False)
 
 
