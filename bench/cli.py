@@ -56,6 +56,11 @@ def cli() -> None:
 @click.option("--teacher-method", default=None,
               help="Method that trains the teacher when none is given [default: the "
                    "preset's teacher, else pgdat].")
+@click.option("--clean-teacher", default=None,
+              help="Clean (non-robust) teacher of a multi-teacher method: file or "
+                   "robustbench:NAME [default: the preset's, else trained with standard].")
+@click.option("--clean-teacher-arch", default=None,
+              help="Clean teacher architecture [default: the preset's, else student's].")
 @click.option("--peer-arch", default=None, help="PeerAiD's peer architecture [default: student's].")
 @click.option("--select", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Split for best-checkpoint selection (PGD-10).")
@@ -97,7 +102,8 @@ def cli() -> None:
 def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...], teacher: str | None,
         teacher_normalize: str | None,
-        teacher_arch: str | None, teacher_method: str | None, peer_arch: str | None, select: str,
+        teacher_arch: str | None, teacher_method: str | None, clean_teacher: str | None,
+        clean_teacher_arch: str | None, peer_arch: str | None, select: str,
         select_every: int, attacks: str, aa_samples: int | None, aa_on: str, device: str,
         data_root: str | None, out: str, redo: bool, resume: bool, detect_anomaly: bool,
         num_workers: int, executor: str, slurm_partition: str | None, timeout_min: int,
@@ -123,7 +129,8 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
     cells = experiment.grid(
         methods, datasets, archs, seeds, preset, epochs, sets, sweep, peer_arch=peer_arch,
         teacher=teacher, teacher_arch=teacher_arch, teacher_method=teacher_method,
-        select=select, select_every=select_every, teacher_normalize=teacher_normalize).cells()
+        select=select, select_every=select_every, teacher_normalize=teacher_normalize,
+        clean_teacher=clean_teacher, clean_teacher_arch=clean_teacher_arch).cells()
     resolved = [resolve(c) for c in cells]  # every error (teachers' too) before any training
     _check_teacher_files(resolved)
     if threads is not None and threads < 1:
@@ -163,17 +170,18 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
 
 
 def _check_teacher_files(resolved: list[Resolved]) -> None:
-    """Load each --teacher file into its architecture now: a wrong file fails before any
-    training, not after the methods listed before the one that needs it have trained."""
+    """Load each --teacher / --clean-teacher file into its architecture now: a wrong file
+    fails before any training, not after the methods listed before the one that needs it."""
     from bench.runner import build
     from bench.teachers import load_weights
 
     done = set()
     for r in resolved:
-        arch = r.config["teacher_arch"]
-        if r.teacher_file is not None and (r.teacher_file, arch) not in done:
-            load_weights(build(r, "teacher", arch), r.teacher_file, "teacher checkpoint")
-            done.add((r.teacher_file, arch))
+        for kind, file in (("teacher", r.teacher_file), ("clean_teacher", r.clean_teacher_file)):
+            arch = r.config[f"{kind}_arch"]
+            if file is not None and (file, arch) not in done:
+                load_weights(build(r, kind, arch), file, f"{kind.replace('_', ' ')} checkpoint")
+                done.add((file, arch))
 
 
 def _plain(out: Console):
@@ -543,11 +551,13 @@ def list_() -> None:
         t.add_column(col)
     for name in registry.names():
         cls = registry.get(name)
-        extra = "teacher" if cls.needs_teacher else "peer" if cls.needs_peer else ""
+        extra = ", ".join(k for k, needed in (
+            ("trained teacher" if cls.trains_teacher else "teacher", cls.needs_teacher),
+            ("clean teacher", cls.needs_clean_teacher), ("peer", cls.needs_peer)) if needed)
         t.add_row(name, extra, ", ".join(cls.presets), cls.description())
     console.print(t)
     for name, why in registry.broken().items():
-        err_console.print(f"warning: plugin {name!r} failed to load: {why}")
+        err_console.print(f"warning: plugin {name!r} {why}")
     d = Table(title="datasets")
     for col in ("name", "classes", "shape", "default arch", "description"):
         d.add_column(col)
@@ -571,10 +581,12 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
                   f"{registry.get(method).presets[preset].doc}")
     for k, v in dataclasses.asdict(r.params).items():
         console.print(f"  {k} = {v!r}", markup=False)
-    if r.cls.needs_teacher:
-        arch = r.config["teacher_arch"]
-        console.print(f"  teacher = {r.config['teacher']}" + (f" ({arch})" if arch else ""),
-                      markup=False)
+    for kind, needed in (("teacher", r.cls.needs_teacher),
+                         ("clean_teacher", r.cls.needs_clean_teacher)):
+        arch = r.config[f"{kind}_arch"]
+        if needed:
+            console.print(f"  {kind} = {r.config[kind]}" + (f" ({arch})" if arch else ""),
+                          markup=False)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,

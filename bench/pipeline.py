@@ -1,4 +1,8 @@
-"""One cell end to end: resolve, get its teacher, train (or resume), evaluate, store rows."""
+"""One cell end to end: resolve, get its teachers, train (or resume), evaluate, store rows.
+
+A teacher the harness trains is a cell of its own, trained here once and cached under
+`<out>/teachers/`; the teachers module only loads weights into networks.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from bench import __version__, analysis, data, distributed
+from bench import __version__, analysis, checkpoint, data, distributed
 from bench.cells import Cell, Resolved, resolve
 from bench.compute import eval_batch_sizes
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
-from bench.runner import RunOptions, Trainer
+from bench.runner import RunOptions, Trainer, build
 from bench.store import Store
-from bench.teachers import teacher_for
+from bench.teachers import ZOO, load_weights, normalized, robustbench_model
 
 EMBEDDED_AA_SAMPLES = 100  # AutoAttack's Square attack dominates a CPU run; seeded subset
 
@@ -69,6 +74,37 @@ def _device_name(device: str) -> str:
     return f"{d.type} ({platform.processor() or platform.machine()})"
 
 
+def train_teacher(cell: Cell, opts: RunOptions) -> Path:
+    """The cached weights of the teacher `cell` (its best checkpoint), trained if missing."""
+    tr = resolve(cell)
+    cached = opts.out / "teachers" / f"{tr.id}.pt"
+    if not cached.exists():
+        opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
+        best = Trainer(tr, opts, None).train()["best"]
+        if distributed.is_main():
+            checkpoint.save_weights(cached, best, id=tr.id)
+        distributed.barrier()
+    return cached
+
+
+def teacher_for(r: Resolved, opts: RunOptions, kind: str = "teacher") -> nn.Module | None:
+    """The cell's fixed `kind` teacher ("teacher" or "clean_teacher"): a RobustBench model, a
+    file, or trained and cached here; None when the method needs none."""
+    source = r.config.get(kind)  # the cell's --teacher / --clean-teacher, or its preset's
+    if source is None:
+        return None
+    if source.startswith(ZOO):
+        root = opts.data_root or data.default_root()
+        return robustbench_model(source[len(ZOO):], r.cell.dataset, root / "robustbench")
+    file, cell = ((r.teacher_file, r.teacher_cell) if kind == "teacher"
+                  else (r.clean_teacher_file, r.clean_teacher_cell))
+    what = f"{kind.replace('_', ' ')} checkpoint"
+    if file is None:
+        file, what = train_teacher(cell, opts), f"cached {kind.replace('_', ' ')}"
+    model = load_weights(build(r, kind, r.config[f"{kind}_arch"]), file, what)
+    return normalized(model, r.cell.teacher_normalize) if kind == "teacher" else model
+
+
 def row_key(r: Resolved, checkpoint: str) -> str:
     return f"{r.id}--{checkpoint}"
 
@@ -100,8 +136,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     if stored(r, store) and not redo:
         opts.log(f"skip {r.id}: already in the store (use --redo to run it again)")
         return []
-    teacher = teacher_for(r, opts)
-    trainer = Trainer(r, opts, teacher)
+    trainer = Trainer(r, opts, teacher_for(r, opts), teacher_for(r, opts, "clean_teacher"))
     if redo or not resume:
         for f in [*trainer.dir.glob("*.pt"), *trainer.dir.glob("aa_state_*.json")]:
             f.unlink()

@@ -1,7 +1,8 @@
 """The runner: trains one resolved cell, checkpointing every epoch, resuming exactly.
 
 It owns loops, devices, optimizers, LR schedules, SWA, model selection, checkpoints and
-logging; a method only supplies `attack` and `loss`.
+logging; a method supplies `attack` and `loss` (and, if it has them, its state, hooks and a
+trained teacher's `teacher_loss`: see `bench.distiller.Distiller`).
 """
 
 from __future__ import annotations
@@ -60,11 +61,15 @@ def build(r: Resolved, name: str, arch: str) -> nn.Module:
 
 
 def train_step(method: Distiller, optims: Iterable[torch.optim.Optimizer], x: torch.Tensor,
-               y: torch.Tensor, loss_fn: Callable[..., torch.Tensor] | None = None) -> float:
-    """One batch for any method: attack, loss, zero_grad, backward, step of every optimizer.
+               y: torch.Tensor, loss_fn: Callable[..., torch.Tensor] | None = None,
+               teacher_optim: torch.optim.Optimizer | None = None,
+               teacher_weight: float = 1.0) -> float:
+    """One batch for any method: attack, loss, zero_grad, backward, step of every optimizer;
+    then a trained teacher's own objective and step (`teacher_optim`), then `after_step()`.
 
-    `loss_fn` replaces `method.loss` (the DDP-wrapped loss under torchrun).
-    Raises FloatingPointError (before any weight changes) when the loss is not finite.
+    `loss_fn` replaces `method.loss` (the DDP-wrapped loss under torchrun; `teacher_weight`
+    is this rank's share there). Raises FloatingPointError when a loss is not finite (before
+    the student's step; the teacher's loss is checked before the teacher's step).
     """
     x_adv = method.attack(x, y)
     loss = (loss_fn or method.loss)(x, x_adv, y)
@@ -76,37 +81,71 @@ def train_step(method: Distiller, optims: Iterable[torch.optim.Optimizer], x: to
     loss.backward()
     for o in optims:
         o.step()
+    if teacher_optim is not None:
+        _teacher_step(method, teacher_optim, x, x_adv, y, teacher_weight)
+    method.after_step()
     return value
+
+
+def _teacher_step(method: Distiller, optim: torch.optim.Optimizer, x: torch.Tensor,
+                  x_adv: torch.Tensor, y: torch.Tensor, weight: float) -> None:
+    """The trained teacher's step on `teacher_loss`, after the student's (gradients averaged
+    over ranks under torchrun, as DDP would)."""
+    t_loss = method.teacher_loss(x, x_adv, y)
+    if t_loss is None:
+        return
+    if not math.isfinite(t_loss.item()):
+        raise FloatingPointError(f"{t_loss.item()} (teacher)")
+    optim.zero_grad(set_to_none=True)
+    (t_loss * weight).backward()
+    distributed.average_grads(method.teacher)
+    optim.step()
 
 
 class Trainer:
     """One cell's training state: networks, optimizers, schedule, SWA, selection, RNG."""
 
-    def __init__(self, r: Resolved, opts: RunOptions, teacher: nn.Module | None) -> None:
+    def __init__(self, r: Resolved, opts: RunOptions, teacher: nn.Module | None,
+                 clean_teacher: nn.Module | None = None) -> None:
         self.r, self.opts, self.p = r, opts, r.params
         self.dir = opts.out / "runs" / r.id
         self.device = torch.device(opts.device)
         _seed_all(r.cell.seed)
         student = build(r, "student", r.arch)
         peer = build(r, "peer", r.config["peer_arch"]) if r.cls.needs_peer else None
-        if teacher is not None:
-            teacher = teacher.to(self.device)
+
+        def on_device(net: nn.Module | None) -> nn.Module | None:
+            return net.to(self.device) if net is not None else None
+
         self.method = registry.create(
-            r.cell.method, student=student.to(self.device), teacher=teacher,
-            peer=peer.to(self.device) if peer is not None else None, dataset=r.cell.dataset,
+            r.cell.method, student=on_device(student), teacher=on_device(teacher),
+            peer=on_device(peer), clean_teacher=on_device(clean_teacher), dataset=r.cell.dataset,
             preset=r.cell.preset, arch=r.arch, budget=r.spec.budget, **dict(r.cell.overrides))
-        self.nets = {"student": self.method.student}
-        if peer is not None:
-            self.nets["peer"] = self.method.peer
-        self.optims = {k: torch.optim.SGD(m.parameters(), lr=self.p.lr, momentum=self.p.momentum,
-                                          weight_decay=self.p.weight_decay)
-                       for k, m in self.nets.items()}
+        self.nets = self.method.networks()
+        self.optims = {k: self._sgd(k, m) for k, m in self.nets.items()}
         self.ddp = distributed.wrap(self.method, self.device)
         self.swa = AveragedModel(self.method.student) if self.p.swa else None
         self.epoch = 0
         self.best = {"best": -1.0, "swa_best": -1.0}
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
+
+    def _sgd(self, name: str, net: nn.Module) -> torch.optim.SGD:
+        """One SGD per network: the student's settings, or a trained teacher's own."""
+        p = self.p
+        if name == "teacher":
+            return torch.optim.SGD(net.parameters(), lr=p.teacher_lr, momentum=p.teacher_momentum,
+                                   weight_decay=p.teacher_weight_decay)
+        return torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum,
+                               weight_decay=p.weight_decay)
+
+    def _set_lr(self, epoch: int, step: int, steps_per_epoch: int) -> None:
+        """Every optimizer's LR for this batch, from its schedule (a function of epoch, step)."""
+        for name, o in self.optims.items():
+            at = self.p.teacher_lr_at if name == "teacher" else self.p.lr_at
+            lr = at(epoch, step, steps_per_epoch)
+            for g in o.param_groups:
+                g["lr"] = lr
 
     # -- data --------------------------------------------------------------------------
     def _data(self) -> None:
@@ -137,6 +176,7 @@ class Trainer:
             "models": {k: m.state_dict() for k, m in self.nets.items()},
             "optims": {k: o.state_dict() for k, o in self.optims.items()},
             "swa": self.swa.state_dict() if self.swa is not None else None,
+            "method": self.method.state_dict(),
             "best": dict(self.best), "history": list(self.history),
             "train_seconds": self.train_seconds, "rng": checkpoint.rng_state(),
         }
@@ -150,6 +190,7 @@ class Trainer:
             o.load_state_dict(s["optims"][k])
         if self.swa is not None and s["swa"] is not None:
             self.swa.load_state_dict(s["swa"])
+        self.method.load_state_dict(s.get("method", {}))
         self.epoch, self.best = s["epoch"], dict(s["best"])
         self.history, self.train_seconds = list(s["history"]), s["train_seconds"]
         checkpoint.set_rng_state(s["rng"])
@@ -161,18 +202,18 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> float:
-        lr = self.p.lr_at(epoch)
-        for o in self.optims.values():
-            for g in o.param_groups:
-                g["lr"] = lr
         self.method.epoch = epoch
         total, n = 0.0, 0
         per_epoch = -(-len(self.train_set) // self.p.batch_size)
+        others = [o for k, o in self.optims.items() if k != "teacher"]
         for i, batch in enumerate(self._batches(epoch)):
+            self.method.step = i
+            self._set_lr(epoch, i, per_epoch)
             x, y, weight = distributed.shard(*batch)
             loss_fn = partial(self.ddp, weight=weight) if self.ddp is not None else None
             try:
-                loss = train_step(self.method, self.optims.values(), x, y, loss_fn)
+                loss = train_step(self.method, others, x, y, loss_fn,
+                                  self.optims.get("teacher"), weight)
             except FloatingPointError as exc:
                 raise BenchError(f"loss is {exc} at epoch {epoch + 1} batch {i + 1} "
                                  f"(1-based, as logged): stopped; last good checkpoint kept "
@@ -181,6 +222,7 @@ class Trainer:
             if self.opts.progress is not None:
                 self.opts.progress(f"{self.r.cell.method} seed {self.r.cell.seed}",
                                    epoch * per_epoch + i + 1, self.p.epochs * per_epoch)
+        self.method.on_epoch_end(distributed.all_reduce_sums(self.method.pop_sums()))
         return total / max(n, 1)
 
     def _select(self, epoch: int, log: dict[str, Any]) -> None:
@@ -217,7 +259,11 @@ class Trainer:
     def _after_epoch(self, epoch: int, loss: float, seconds: float) -> None:
         p = self.p
         log: dict[str, Any] = {"epoch": epoch, "lr": p.lr_at(epoch), "loss": loss}
-        if self.swa is not None and epoch >= (p.milestones[0] if p.milestones else 0):
+        if "teacher" in self.optims:
+            log["teacher_lr"] = p.teacher_lr_at(epoch)
+        start = p.swa_start if p.swa_start is not None else (
+            p.milestones[0] if p.milestones else 0)
+        if self.swa is not None and epoch >= start:
             self.swa.update_parameters(self.method.student)
             recompute_bn(self.swa, self._batches(epoch, shuffle=False), p.swa_bn or "image")
         self._select(epoch, log)
