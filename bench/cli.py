@@ -33,7 +33,7 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--methods", default="peeraid,rslad", show_default=True,
-              help="Comma-separated method names (see `bench list`).")
+              help="Comma-separated method names (see `bench list`), or all.")
 @click.option("--datasets", "--dataset", "datasets", default="digits", show_default=True,
               help="Comma-separated data sets; the default is the embedded, offline digits "
                    "set.")
@@ -98,7 +98,7 @@ def cli() -> None:
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
-@experiment.config_option
+@experiment.config_option()
 def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...], teacher: str | None,
         teacher_normalize: str | None,

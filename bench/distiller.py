@@ -115,7 +115,7 @@ class Preset:
     teacher_normalize: dict[str, str] = field(default_factory=dict)  # per data set, see cells
 
 
-FAITHFUL = Preset("the authors' code, to the letter (../shared/methods.md)")
+FAITHFUL = Preset("the authors' code, to the letter (docs/methods.md)")
 PAPER = Preset("faithful math with the paper's full schedule, even on the embedded data",
                base="faithful", full_scale=True)
 
