@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from bench import BenchError, data, experiment, registry
+from bench import BenchError, data, experiment, registry, selection
 from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS
 from bench.models import model_names
@@ -33,7 +33,7 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--methods", default="peeraid,rslad", show_default=True,
-              help="Comma-separated method names (see `bench list`).")
+              help="Comma-separated method names (see `bench list`), or all.")
 @click.option("--datasets", "--dataset", "datasets", default="digits", show_default=True,
               help="Comma-separated data sets; the default is the embedded, offline digits "
                    "set.")
@@ -98,7 +98,7 @@ def cli() -> None:
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
-@experiment.config_option
+@experiment.config_option()
 def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...], teacher: str | None,
         teacher_normalize: str | None,
@@ -587,11 +587,14 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
                   f"{registry.get(method).presets[preset].doc}")
     for k, v in dataclasses.asdict(r.params).items():
         console.print(f"  {k} = {v!r}", markup=False)
+    console.print(f"  checkpoints: {selection.rule(r.params.selection).doc}", markup=False)
     for kind, needed in (("teacher", r.cls.needs_teacher),
                          ("clean_teacher", r.cls.needs_clean_teacher)):
         arch = r.config[f"{kind}_arch"]
+        norm = r.config["teacher_normalize"] if kind == "teacher" else None
         if needed:
-            console.print(f"  {kind} = {r.config[kind]}" + (f" ({arch})" if arch else ""),
+            console.print(f"  {kind} = {r.config[kind]}" + (f" ({arch})" if arch else "")
+                          + (f", normalising with {norm} mean/std" if norm else ""),
                           markup=False)
 
 

@@ -209,9 +209,10 @@ def image_counts(agg: pd.DataFrame, m: str) -> str:
 
 
 def best_means(agg: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], float]:
-    """The best mean of each (metric, checkpoint): what a paper table sets in bold."""
+    """The best mean of each (metric, checkpoint) that two or more lines measured: what a
+    paper table sets in bold (a line alone in its checkpoint is best of nothing)."""
     return {(m, ck): g[m].max() for m in metrics for ck, g in agg.groupby("checkpoint")
-            if g[m].notna().any()}
+            if g[m].notna().sum() > 1}
 
 
 def is_best(r: pd.Series, m: str, best: dict[tuple[str, str], float]) -> bool:
