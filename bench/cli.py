@@ -398,17 +398,12 @@ def _write_json(path: str | None, obj: Any) -> None:
             raise BenchError(f"cannot write {path} ({exc.strerror})") from None
 
 
-HISTORY_COLUMNS = ("lr", "loss", "pgd10", "swa_pgd10", "tutor_clean", "tutor_on_student",
-                   "tutor_on_self", "clean_teacher_clean", "clean_teacher_on_student",
-                   "clean_teacher_on_self", "seconds")
-
-
 @cli.command()
 @click.argument("run")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per epoch.")
 @_OUT
 def history(run: str, as_json: bool, out: str) -> None:
-    """A run's per-epoch log: loss, LR, selection and tutor accuracies (%), seconds.
+    """A run's per-epoch log: LR, loss, selection and tutor accuracies (%), seconds.
 
     RUN is a cell id or a unique prefix of one (the folders under OUT/runs/).
     """
@@ -423,7 +418,9 @@ def history(run: str, as_json: bool, out: str) -> None:
     if as_json:
         click.echo(json.dumps([{**h, "epoch": h["epoch"] + 1} for h in hist], indent=1))
         return
-    cols = [c for c in HISTORY_COLUMNS if any(c in h for h in hist)]
+    cols = [c for c in dict.fromkeys(k for h in hist for k in h) if c not in ("epoch", "seconds")]
+    cols = [c for c in cols if isinstance(next(h[c] for h in hist if c in h), int | float)]
+    cols.append("seconds")
     t = Table(title=f"{r.id}: {len(hist)} epoch(s); accuracies in % (selection split, "
                     f"PGD-10)")
     for c in ("epoch", *cols):
