@@ -76,17 +76,21 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
     """Every table and figure of the report from the rows stored under `out`."""
     import pandas as pd
 
-    from bench import plots
+    from bench import html, plots
     from bench.report import (
         aggregate,
         current,
         flat,
         how_measured,
+        labels,
         latex,
+        margins,
         markdown,
+        metrics_of,
         paper_table,
         sections,
     )
+    from bench.reported import compare, comparison_table
     from bench.store import Store
 
     rows, problems = Store(out).read()
@@ -106,6 +110,7 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
         put("results.md", f"# Results\n\nNo result rows in `{out / 'rows'}`.\n"
             + _problems_md(problems))
         put("results.tex", "% no results\n")
+        put("index.html", html.page("Results", f"No result rows in {out / 'rows'}.", [], ""))
         return written
 
     df, old = current(df)  # a cell re-run under a new id replaces the old one, not averaged
@@ -123,10 +128,14 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
     written += [p for ps in figures.values() for p in ps]
     _, missing_hist = plots.histories(df, out / "runs")
 
+    intro = (f"Generated {time.strftime('%Y-%m-%d %H:%M')} by run_all.py from the "
+             f"{len(df) + len(old)} rows in {out / 'rows'}. Accuracy (%) under attack; mean ± "
+             f"sample std over seeds; the best mean of each column and checkpoint in bold.")
     md = ["# Results: adversarial distillation benchmark\n",
-          f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `run_all.py` from the "
-          f"{len(df) + len(old)} rows in `{out / 'rows'}`. Accuracy (%) under attack; mean ± "
-          f"std over seeds. Every row, with its full configuration, is in `results.csv`.\n"]
+          intro.replace(str(out / "rows"), f"`{out / 'rows'}`")
+          + " Every row, with its full configuration, is in `results.csv`; `index.html` is "
+            "the same report as one self-contained, sortable page.\n"]
+    pages = []
     if len(old):
         md.append(f"{len(old)} row(s) of {old['cell_id'].nunique()} older cell(s) are left "
                   f"out: a newer cell has the same method, configuration and seed (typically "
@@ -138,11 +147,13 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
     for (dataset, arch), sec in sections(df):
         agg = aggregate(sec)
         md.append(f"## {dataset} / {arch}\n")
-        md.append(markdown(paper_table(agg)) + "\n")
-        md.append(how_measured(sec) + "\n")
+        md.append(markdown(paper_table(agg, bold=True)) + "\n")
+        how = how_measured(sec)
+        md.append(how + "\n")
         notes = _notes(sec, agg, missing_hist)
         if notes:
             md.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        pngs = []
         for kind, what in (("accuracy", "Accuracy under each attack"),
                            ("robustness", "Clean vs robust accuracy"),
                            ("training", "Training curves")):
@@ -150,14 +161,37 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
                    and p.stem.endswith(_suffix(dataset, arch))]
             for p in png:
                 md.append(f"![{what}, {dataset} / {arch}]({p.name})\n")
+                pngs.append((p, f"{what}, {dataset} / {arch}"))
+        metrics = metrics_of(agg)
+        pages.append({"title": f"{dataset} / {arch}", "how": how.replace("**", ""),
+                      "notes": notes, "figures": pngs,
+                      "table": html.section_table(agg, sec.assign(label=labels(sec)), metrics,
+                                                  margins(agg, metrics))})
         best = agg[agg["checkpoint"] == "best"]
         main = best if not best.empty else agg
         ckpt = "best" if not best.empty else "all checkpoints"
         tex.append(latex(main, f"{dataset} / {arch}, checkpoint: {ckpt}"))
         tex.append("")
+    cmp = compare(df)
+    md.append("## Reproduced vs published\n")
+    md.append("Published numbers come from `bench/reported.toml` (`bench reported` lists "
+              "them), each with its grade: P = the authors' own artifact, S = a faithful copy "
+              "of a paper table or a later paper's own table, T = third-party notes, "
+              "unchecked. Difference = reproduced − published (points); `!` marks one larger "
+              "than max(1 pp, 2 std over seeds).\n")
+    if cmp.empty:
+        md.append("No published figure matches the stored settings (data set, student, "
+                  "teacher where known, checkpoint).\n")
+    for (dataset, arch), g in cmp.groupby(["dataset", "arch"], sort=True):
+        md.append(f"### {dataset} / {arch}\n\n{markdown(comparison_table(g))}\n")
     md.append(_problems_md(problems))
     put("results.md", "\n".join(md))
     put("results.tex", "\n".join(tex))
+    reported = html.reported_table(cmp) if not cmp.empty else (
+        "<p>No published figure matches the stored settings (data set, student, teacher "
+        "where known, checkpoint).</p>")
+    put("index.html", html.page("Results: adversarial distillation benchmark", intro, pages,
+                                reported))
     return written
 
 
@@ -196,9 +230,14 @@ def _problems_md(problems: list[str]) -> str:
 
 # --- command line -------------------------------------------------------------------------
 
+# Options of `bench run` about how the cells run, not which: an experiment file may hold
+# them, and this script reads past them (one that decides the cells is an error here).
+RUN_ONLY_KEYS = frozenset({"executor", "slurm-partition", "timeout-min", "gpus-per-node",
+                           "redo", "resume", "restart", "detect-anomaly", "num-workers"})
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
-              help="Comma-separated methods of the grid.")
+              help="Comma-separated methods of the grid, or all.")
 @click.option("--datasets", "--dataset", "datasets", default="digits", show_default=True,
               help="Comma-separated data sets.")
 @click.option("--archs", "--arch", "archs", default=None,
@@ -210,12 +249,19 @@ def _problems_md(problems: list[str]) -> str:
               help="Override any hyper-parameter (repeatable).")
 @click.option("--sweep", "sweep", multiple=True, metavar="KEY=V1,V2",
               help="One cell per value (repeatable: one per combination).")
+@click.option("--teacher", default=None,
+              help="Teacher checkpoint file or robustbench:NAME [default: each preset's, "
+                   "else trained].")
+@click.option("--teacher-normalize", default=None,
+              help="The teacher normalises its [0,1] input with these mean/std inside.")
 @click.option("--teacher-method", default=None,
               help="Method that trains the teachers [default: each preset's, else pgdat].")
 @click.option("--teacher-arch", default=None, help="Teacher architecture.")
 @click.option("--peer-arch", default=None, help="PeerAiD's peer architecture.")
 @click.option("--select", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Split for best-checkpoint selection (PGD-10).")
+@click.option("--select-every", type=int, default=1, show_default=True,
+              help="Epochs between selection evaluations.")
 @click.option("--attacks", default=",".join(ALL_ATTACKS), show_default=True,
               help="Evaluation attacks.")
 @click.option("--aa-samples", type=int, default=None,
@@ -232,11 +278,12 @@ def _problems_md(problems: list[str]) -> str:
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
 @click.option("--no-train", is_flag=True, help="Train nothing: only rebuild the report.")
-@experiment.config_option
+@experiment.config_option(lambda: RUN_ONLY_KEYS)
 def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...],
-        teacher_method: str | None, teacher_arch: str | None, peer_arch: str | None,
-        select: str, attacks: str, aa_samples: int | None, device: str, data_root: str | None,
+        teacher: str | None, teacher_normalize: str | None, teacher_method: str | None,
+        teacher_arch: str | None, peer_arch: str | None, select: str, select_every: int,
+        attacks: str, aa_samples: int | None, device: str, data_root: str | None,
         out: str, report_dir: str | None, threads: int | None, no_train: bool) -> None:
     """Train what is missing of the grid, then write every table and figure of the report."""
     from bench.pipeline import EvalOptions
@@ -255,8 +302,10 @@ def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
 
         torch.set_num_threads(threads)
     cells = experiment.grid(methods, datasets, archs, seeds, preset, epochs, sets, sweep,
+                            teacher=teacher, teacher_normalize=teacher_normalize,
                             teacher_method=teacher_method, teacher_arch=teacher_arch,
-                            peer_arch=peer_arch, select=select).cells()
+                            peer_arch=peer_arch, select=select,
+                            select_every=select_every).cells()
     out_path = experiment.writable(Path(out))
     say(f"grid: {len(cells)} cell(s) on {datasets}, results in {out_path}")
     failures = train_grid(cells, out_path,

@@ -41,6 +41,8 @@ class Cell:
     select: str = "test"  # model selection split: "test" (as the papers) or "val"
     select_every: int = 1
     teacher_normalize: str | None = None  # the teacher normalises its input with these stats
+    clean_teacher: str | None = None  # the non-robust teacher: file, "robustbench:NAME", None
+    clean_teacher_arch: str | None = None  # None: the preset's, else the student's
     precision: str = "fp32"  # training precision (bench.compute); evaluation is always fp32
 
 
@@ -56,6 +58,8 @@ class Resolved:
     teacher_cell: Cell | None = None
     teacher_file: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    clean_teacher_cell: Cell | None = None  # a cell the harness trains (method `standard`)
+    clean_teacher_file: Path | None = None
 
     @property
     def id(self) -> str:
@@ -76,9 +80,9 @@ def _check_arch(name: str | None) -> None:
         raise unknown("arch", name, model_names())
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, kind: str = "teacher") -> str:
     if not path.is_file():
-        raise BenchError(f"teacher checkpoint {path} does not exist")
+        raise BenchError(f"{kind.replace('_', ' ')} checkpoint {path} does not exist")
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
@@ -140,11 +144,25 @@ def _check_params(p: Params) -> None:
     selection.check(p.selection, p.swa)
 
 
+@dataclass(frozen=True)
+class _Teacher:
+    """Where a fixed teacher comes from: its id in the config, and a file or a cell to train."""
+
+    id: str | None = None
+    arch: str | None = None
+    cell: Cell | None = None
+    file: Path | None = None
+    prescribed: bool = False  # the preset's own teacher (recipe or zoo model), unchanged
+
+
+_NO_TEACHER = _Teacher()
+
+
 def resolve(cell: Cell) -> Resolved:
     """Fix every hyper-parameter of `cell`, with a clear error for anything invalid."""
     cls = registry.get(cell.method)
     spec = data.spec(cell.dataset)
-    for a in (cell.arch, cell.peer_arch, cell.teacher_arch):
+    for a in (cell.arch, cell.peer_arch, cell.teacher_arch, cell.clean_teacher_arch):
         _check_arch(a)
     if cell.seed < 0:
         raise BenchError(f"seeds must be >= 0, got {cell.seed}")
@@ -160,37 +178,53 @@ def resolve(cell: Cell) -> Resolved:
     params = cls.resolve(cell.preset, cell.dataset, arch=arch, budget=spec.budget,
                          **dict(cell.overrides))
     _check_params(params)
-    teacher_cell = teacher_file = None
-    teacher_id = teacher_arch = None
+    teacher = clean = _NO_TEACHER
+    norm = cell.teacher_normalize
     if cls.needs_teacher:
-        # --teacher, else the preset's teacher (a zoo model only when no --teacher-method or
-        # --teacher-arch asks for a trained one), else PGD-AT with the student's arch.
-        source, prescribed = cell.teacher, None
-        if source is None:
-            prescribed = cls.preset_teacher(cell.preset, cell.dataset)
-            if isinstance(prescribed, str) and not (cell.teacher_method or cell.teacher_arch):
-                source = prescribed
-        trained = prescribed if isinstance(prescribed, tuple) else ("pgdat", arch)
-        if source and source.startswith(ZOO):
-            teacher_id = source
-        elif source:
-            teacher_file, teacher_arch = Path(source), cell.teacher_arch or arch
-            teacher_id = f"file:{_file_digest(teacher_file)}"
-        else:
-            teacher_arch = cell.teacher_arch or trained[1]
-            epochs = dict(cell.overrides).get("epochs")
-            teacher_cell = Cell(cell.teacher_method or trained[0], cell.dataset, teacher_arch,
-                                seed=0, overrides=(("epochs", epochs),) if epochs else (),
-                                precision=cell.precision)
-            teacher_id = resolve(teacher_cell).id
+        teacher = _teacher(cell, cls, arch, "teacher", cell.teacher, cell.teacher_arch,
+                           cell.teacher_method, "pgdat")
+        if norm is None and teacher.prescribed:
+            norm = cls.preset_teacher(cell.preset, cell.dataset, "teacher_normalize")
+    if cls.needs_clean_teacher:
+        clean = _teacher(cell, cls, arch, "clean_teacher", cell.clean_teacher,
+                         cell.clean_teacher_arch, None, "standard")
     config = {
         "method": cell.method, "preset": cell.preset, "dataset": cell.dataset, "arch": arch,
         "seed": cell.seed, "params": dataclasses.asdict(params),
         "peer_arch": (cell.peer_arch or arch) if cls.needs_peer else None,
-        "teacher": teacher_id, "teacher_arch": teacher_arch,
-        "teacher_normalize": cell.teacher_normalize if teacher_id else None,
+        "teacher": teacher.id, "teacher_arch": teacher.arch,
+        "teacher_normalize": norm if teacher.id else None,
+        "clean_teacher": clean.id, "clean_teacher_arch": clean.arch,
         "select": cell.select, "select_every": cell.select_every,
         # fp32 (the reference) is left out of the hash: existing cell ids stay as they were
         "precision": None if cell.precision == "fp32" else cell.precision,
     }
-    return Resolved(cell, cls, spec, arch, params, teacher_cell, teacher_file, config)
+    return Resolved(cell, cls, spec, arch, params, teacher.cell, teacher.file, config,
+                    clean.cell, clean.file)
+
+
+def _teacher(cell: Cell, cls: type[Distiller], arch: str, kind: str, source: str | None,
+             t_arch: str | None, t_method: str | None, default_method: str) -> _Teacher:
+    """`source` (--teacher / --clean-teacher), else the preset's teacher of this `kind` (a zoo
+    model only when no --teacher-method or arch asks for a trained one), else one trained
+    with `default_method` (PGD-AT for the robust teacher, standard for the clean one) and
+    the student's arch."""
+    prescribed = None
+    if source is None:
+        prescribed = cls.preset_teacher(cell.preset, cell.dataset, kind)
+        if isinstance(prescribed, str) and not (t_method or t_arch):
+            source = prescribed
+    trained = prescribed if isinstance(prescribed, tuple) else (default_method, arch)
+    if source and source.startswith(ZOO):
+        return _Teacher(source, prescribed=source == prescribed)
+    if source:
+        path = Path(source)
+        return _Teacher(f"file:{_file_digest(path, kind)}", t_arch or arch, file=path)
+    t_arch = t_arch or trained[1]
+    epochs = dict(cell.overrides).get("epochs")
+    recipe = trained[2] if len(trained) > 2 and not t_method else "faithful"
+    t_cell = Cell(t_method or trained[0], cell.dataset, t_arch, seed=0, preset=recipe,
+                  overrides=(("epochs", epochs),) if epochs else (), precision=cell.precision)
+    return _Teacher(resolve(t_cell).id, t_arch, t_cell,
+                    prescribed=isinstance(prescribed, tuple) and not t_method and
+                    t_arch == prescribed[1])

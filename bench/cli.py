@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from bench import BenchError, data, experiment, registry
+from bench import BenchError, data, experiment, registry, selection
 from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS
 from bench.models import model_names
@@ -33,7 +33,7 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--methods", default="peeraid,rslad", show_default=True,
-              help="Comma-separated method names (see `bench list`).")
+              help="Comma-separated method names (see `bench list`), or all.")
 @click.option("--datasets", "--dataset", "datasets", default="digits", show_default=True,
               help="Comma-separated data sets; the default is the embedded, offline digits "
                    "set.")
@@ -56,6 +56,11 @@ def cli() -> None:
 @click.option("--teacher-method", default=None,
               help="Method that trains the teacher when none is given [default: the "
                    "preset's teacher, else pgdat].")
+@click.option("--clean-teacher", default=None,
+              help="Clean (non-robust) teacher of a multi-teacher method: file or "
+                   "robustbench:NAME [default: the preset's, else trained with standard].")
+@click.option("--clean-teacher-arch", default=None,
+              help="Clean teacher architecture [default: the preset's, else student's].")
 @click.option("--peer-arch", default=None, help="PeerAiD's peer architecture [default: student's].")
 @click.option("--select", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Split for best-checkpoint selection (PGD-10).")
@@ -106,11 +111,12 @@ def cli() -> None:
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
-@experiment.config_option
+@experiment.config_option()
 def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...], teacher: str | None,
         teacher_normalize: str | None,
-        teacher_arch: str | None, teacher_method: str | None, peer_arch: str | None, select: str,
+        teacher_arch: str | None, teacher_method: str | None, clean_teacher: str | None,
+        clean_teacher_arch: str | None, peer_arch: str | None, select: str,
         select_every: int, attacks: str, aa_samples: int | None, aa_on: str, device: str,
         precision: str, data_path: str, channels_last: str, compile_: str,
         data_root: str | None, out: str, redo: bool, resume: bool, detect_anomaly: bool,
@@ -145,6 +151,7 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         methods, datasets, archs, seeds, preset, epochs, sets, sweep, peer_arch=peer_arch,
         teacher=teacher, teacher_arch=teacher_arch, teacher_method=teacher_method,
         select=select, select_every=select_every, teacher_normalize=teacher_normalize,
+        clean_teacher=clean_teacher, clean_teacher_arch=clean_teacher_arch,
         precision=precision).cells()
     resolved = [resolve(c) for c in cells]  # every error (teachers' too) before any training
     _check_teacher_files(resolved)
@@ -186,17 +193,18 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
 
 
 def _check_teacher_files(resolved: list[Resolved]) -> None:
-    """Load each --teacher file into its architecture now: a wrong file fails before any
-    training, not after the methods listed before the one that needs it have trained."""
+    """Load each --teacher / --clean-teacher file into its architecture now: a wrong file
+    fails before any training, not after the methods listed before the one that needs it."""
     from bench.runner import build
     from bench.teachers import load_weights
 
     done = set()
     for r in resolved:
-        arch = r.config["teacher_arch"]
-        if r.teacher_file is not None and (r.teacher_file, arch) not in done:
-            load_weights(build(r, "teacher", arch), r.teacher_file, "teacher checkpoint")
-            done.add((r.teacher_file, arch))
+        for kind, file in (("teacher", r.teacher_file), ("clean_teacher", r.clean_teacher_file)):
+            arch = r.config[f"{kind}_arch"]
+            if file is not None and (file, arch) not in done:
+                load_weights(build(r, kind, arch), file, f"{kind.replace('_', ' ')} checkpoint")
+                done.add((file, arch))
 
 
 def _plain(out: Console):
@@ -271,8 +279,10 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
                    "[default: each column's best].")
 @click.option("--reported", is_flag=True,
               help="Reproduced mean ± std beside the published figures of the same setting.")
+@click.option("--worst", is_flag=True,
+              help="Add the worst class's accuracy beside clean, PGD-20 and AutoAttack.")
 def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoints: str,
-          hours: bool, ours: str | None, reported: bool) -> None:
+          hours: bool, ours: str | None, reported: bool, worst: bool) -> None:
     """The stored results as paper tables: mean ± std over seeds (with the seed count), the
     best per column in bold, the margin of the best method over the best other."""
     from bench.store import Store
@@ -280,8 +290,15 @@ def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoin
 
     opts = TableOptions(datasets=tuple(_csv(datasets)), archs=tuple(_csv(archs)),
                         methods=tuple(_csv(methods)), checkpoints=tuple(_csv(checkpoints)),
-                        hours=hours, ours=ours)
+                        hours=hours, ours=ours, metrics=_with_worst() if worst else None)
     _print_table(Store(out), None, fmt, opts, reported)
+
+
+def _with_worst() -> tuple[str, ...]:
+    """Every attack column, each worst-class column right after its attack's."""
+    from bench.report import WORST
+
+    return tuple(c for a in ALL_ATTACKS for c in (a, f"{a}_worst") if c in (a, *WORST))
 
 
 @cli.command("reported")
@@ -321,6 +338,59 @@ def reported_(as_json: bool, datasets: str, methods: str, grades: str) -> None:
                    f"{markdown(t)}")
 
 
+class _PlotCommand(click.Command):
+    """`bench plot --help` lists every registered figure kind (plugins' and analyses' too)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from bench import figures
+
+        with formatter.section("Kinds"):
+            formatter.write_dl([(n, figures.get(n).doc) for n in figures.names()])
+        formatter.write("\n")
+
+
+@cli.command(cls=_PlotCommand, context_settings={"ignore_unknown_options": True,
+                                                 "allow_extra_args": True})
+@click.argument("kind", required=False)
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Results folder (rows, runs, analyses).")
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="Where the PNG and PDF files go [default: <out>/figures].")
+@click.pass_context
+def plot(ctx: click.Context, kind: str | None, out: str, dest: str | None) -> None:
+    """Draw one figure KIND from the stored results, as PNG and PDF. Other options
+    (--dataset, --arch, --methods, --checkpoint, --param, ...) go to the figure."""
+    import inspect
+
+    from bench import figures
+    from bench.suggest import unknown
+
+    if kind is None:
+        raise BenchError("bench plot needs a KIND (valid: " + ", ".join(figures.names()) + ")")
+    fig = figures.get(kind)
+    accepted = [p for p in inspect.signature(fig.fn).parameters][2:]
+    options: dict[str, str] = {}
+    args = list(ctx.args)
+    while args:
+        flag = args.pop(0)
+        name, eq, value = flag.removeprefix("--").partition("=")
+        name = name.replace("-", "_")
+        if not flag.startswith("--") or name not in accepted:
+            raise unknown(f"option of bench plot {kind}", flag, [f"--{a.replace('_', '-')}"
+                                                               for a in accepted])
+        if not eq:
+            if not args:
+                raise BenchError(f"{flag} needs a value")
+            value = args.pop(0)
+        options[name] = value
+    target = Path(dest) if dest else Path(out) / "figures"
+    paths = fig.fn(Path(out), _writable(target), **options)
+    if not paths:
+        raise BenchError(f"nothing to draw for {kind} from {out}")
+    for p in paths:
+        click.echo(str(p))
+
+
 # --- analyses: measurements on stored runs (bench.runs, bench.analysis) --------------------
 
 _OUT = click.option("--out", type=click.Path(file_okay=False), default="results",
@@ -351,17 +421,12 @@ def _write_json(path: str | None, obj: Any) -> None:
             raise BenchError(f"cannot write {path} ({exc.strerror})") from None
 
 
-HISTORY_COLUMNS = ("lr", "loss", "pgd10", "swa_pgd10", "tutor_clean", "tutor_on_student",
-                   "tutor_on_self", "clean_teacher_clean", "clean_teacher_on_student",
-                   "clean_teacher_on_self", "seconds")
-
-
 @cli.command()
 @click.argument("run")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per epoch.")
 @_OUT
 def history(run: str, as_json: bool, out: str) -> None:
-    """A run's per-epoch log: loss, LR, selection and tutor accuracies (%), seconds.
+    """A run's per-epoch log: LR, loss, selection and tutor accuracies (%), seconds.
 
     RUN is a cell id or a unique prefix of one (the folders under OUT/runs/).
     """
@@ -376,7 +441,9 @@ def history(run: str, as_json: bool, out: str) -> None:
     if as_json:
         click.echo(json.dumps([{**h, "epoch": h["epoch"] + 1} for h in hist], indent=1))
         return
-    cols = [c for c in HISTORY_COLUMNS if any(c in h for h in hist)]
+    cols = [c for c in dict.fromkeys(k for h in hist for k in h) if c not in ("epoch", "seconds")]
+    cols = [c for c in cols if isinstance(next(h[c] for h in hist if c in h), int | float)]
+    cols.append("seconds")
     t = Table(title=f"{r.id}: {len(hist)} epoch(s); accuracies in % (selection split, "
                     f"PGD-10)")
     for c in ("epoch", *cols):
@@ -513,11 +580,13 @@ def list_() -> None:
         t.add_column(col)
     for name in registry.names():
         cls = registry.get(name)
-        extra = "teacher" if cls.needs_teacher else "peer" if cls.needs_peer else ""
+        extra = ", ".join(k for k, needed in (
+            ("trained teacher" if cls.trains_teacher else "teacher", cls.needs_teacher),
+            ("clean teacher", cls.needs_clean_teacher), ("peer", cls.needs_peer)) if needed)
         t.add_row(name, extra, ", ".join(cls.presets), cls.description())
     console.print(t)
     for name, why in registry.broken().items():
-        err_console.print(f"warning: plugin {name!r} failed to load: {why}")
+        err_console.print(f"warning: plugin {name!r} {why}")
     d = Table(title="datasets")
     for col in ("name", "classes", "shape", "default arch", "description"):
         d.add_column(col)
@@ -541,10 +610,15 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
                   f"{registry.get(method).presets[preset].doc}")
     for k, v in dataclasses.asdict(r.params).items():
         console.print(f"  {k} = {v!r}", markup=False)
-    if r.cls.needs_teacher:
-        arch = r.config["teacher_arch"]
-        console.print(f"  teacher = {r.config['teacher']}" + (f" ({arch})" if arch else ""),
-                      markup=False)
+    console.print(f"  checkpoints: {selection.rule(r.params.selection).doc}", markup=False)
+    for kind, needed in (("teacher", r.cls.needs_teacher),
+                         ("clean_teacher", r.cls.needs_clean_teacher)):
+        arch = r.config[f"{kind}_arch"]
+        norm = r.config["teacher_normalize"] if kind == "teacher" else None
+        if needed:
+            console.print(f"  {kind} = {r.config[kind]}" + (f" ({arch})" if arch else "")
+                          + (f", normalising with {norm} mean/std" if norm else ""),
+                          markup=False)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,

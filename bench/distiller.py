@@ -7,6 +7,7 @@ hyper-parameters as a dataclass with named presets. The runner owns everything e
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -17,14 +18,37 @@ from torch import Tensor, nn
 from bench import BenchError
 from bench.suggest import unknown
 
+Schedule = Literal["multistep", "ard", "cosine-exp", "off-cosine-exp"]
+
+
+def scheduled_lr(kind: Schedule, base: float, milestones: tuple[int, ...], decay: float,
+                 epochs: int, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+    """The LR of batch `step` of 0-based `epoch` under schedule `kind` (one mechanism for all).
+
+    "multistep": base * decay ** #{m <= epoch}. "ard": the factor applied to the INITIAL LR
+    at each milestone (ARD's script: it stays base * decay after the first). "cosine-exp"
+    (CIARD): base until milestones[0] = s, then base * (1/2 + 1/2 cos(pi u)) * exp(-0.01 u^2)
+    with u = (epoch - s) / (epochs - 1 - s), so the last epoch runs at LR 0; "off-cosine-exp"
+    is 0 before s (CIARD's teacher). The cosine ones change per epoch, as the authors' code
+    sets them (every step, from the integer epoch); `step` is there for per-step schedules.
+    """
+    if kind in ("multistep", "ard"):
+        passed = sum(epoch >= m for m in milestones)
+        return base * decay ** (min(passed, 1) if kind == "ard" else passed)
+    start = milestones[0] if milestones else 0
+    if epoch < start:
+        return base if kind == "cosine-exp" else 0.0
+    u = (epoch - start) / max(epochs - 1 - start, 1)
+    return base * (0.5 + 0.5 * math.cos(math.pi * u)) * math.exp(-0.01 * u * u)
+
 
 @dataclass(frozen=True)
 class Params:
     """Training budget shared by every method (CIFAR-10 scale defaults).
 
     Milestones are 0-based epoch indices at which the LR is multiplied by `lr_decay`
-    (epoch e runs at lr * lr_decay ** #{m <= e}). `lr_schedule="ard"` reproduces ARD's
-    official script, which applies the factor to the INITIAL LR at every milestone.
+    (epoch e runs at lr * lr_decay ** #{m <= e}); `lr_schedule` names the rule
+    (`scheduled_lr`): "ard" reproduces ARD's official script, the cosine ones CIARD's.
     """
 
     eps: float = 8 / 255
@@ -37,19 +61,35 @@ class Params:
     weight_decay: float = 2e-4
     milestones: tuple[int, ...] = (100, 150)
     lr_decay: float = 0.1
-    lr_schedule: Literal["multistep", "ard"] = "multistep"
-    swa: bool = False  # equal-weight SWA of the student from the first milestone on
+    lr_schedule: Schedule = "multistep"
+    swa: bool = False  # equal-weight SWA of the student, at the end of every epoch from ...
+    swa_start: int | None = None  # ... this 0-based epoch (None: the first milestone)
     swa_bn: Literal["batch"] | None = None  # SWA's BN recompute: None weighs each image
     # equally (PeerAiD's code), "batch" each batch (torch's update_bn, SAAD's code)
     selection: str | None = None  # a rule of bench.selection (None: the common protocol)
     seed: int | None = None  # the seed the authors' code fixes, if any (documentation only)
 
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate of 0-based `epoch` under this schedule."""
-        passed = sum(epoch >= m for m in self.milestones)
-        if self.lr_schedule == "ard":
-            passed = min(passed, 1)
-        return self.lr * self.lr_decay**passed
+    def lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        """Learning rate of the student (and peer) at batch `step` of 0-based `epoch`."""
+        return scheduled_lr(self.lr_schedule, self.lr, self.milestones, self.lr_decay,
+                            self.epochs, epoch, step, steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class TeacherTraining(Params):
+    """Params of a method whose teacher keeps training (`trains_teacher`): the teacher's own
+    SGD settings and LR schedule (`scheduled_lr` with the teacher_* values)."""
+
+    teacher_lr: float = 1e-4
+    teacher_momentum: float = 0.9
+    teacher_weight_decay: float = 2e-4
+    teacher_lr_schedule: Schedule = "multistep"
+    teacher_milestones: tuple[int, ...] = ()
+    teacher_lr_decay: float = 0.1
+
+    def teacher_lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        return scheduled_lr(self.teacher_lr_schedule, self.teacher_lr, self.teacher_milestones,
+                            self.teacher_lr_decay, self.epochs, epoch, step, steps_per_epoch)
 
 
 @dataclass(frozen=True)
@@ -59,7 +99,10 @@ class Preset:
     Keys of `per_dataset` are data set names or "dataset:arch" for arch-specific schedules.
     A `full_scale` preset ignores the embedded data set's scaled-down budget. `teachers` names
     the teacher a distillation preset uses per data set: "robustbench:NAME", or a
-    (method, arch) pair that the harness trains and caches.
+    (method, arch) pair, or (method, arch, preset), that the harness trains and caches; with
+    `teacher_normalize[dataset]` the prescribed teacher normalises its input with those
+    statistics (overriding a RobustBench model's own); `clean_teachers` likewise names
+    the non-robust teacher (e.g. ("standard", "resnet56")) of a multi-teacher method.
     """
 
     doc: str
@@ -67,18 +110,23 @@ class Preset:
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     base: str | None = None
     full_scale: bool = False
-    teachers: dict[str, str | tuple[str, str]] = field(default_factory=dict)
+    teachers: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    clean_teachers: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    teacher_normalize: dict[str, str] = field(default_factory=dict)  # per data set, see cells
 
 
-FAITHFUL = Preset("the authors' code, to the letter (../shared/methods.md)")
+FAITHFUL = Preset("the authors' code, to the letter (docs/methods.md)")
 PAPER = Preset("faithful math with the paper's full schedule, even on the embedded data",
                base="faithful", full_scale=True)
 
 
-def paper(selection: str | None = None, **teachers: str | tuple[str, ...]) -> Preset:
-    """The `paper` preset of a method: its paper's teacher per data set, and the rule by which
-    the paper picked the checkpoints it reported (`bench.selection`)."""
-    return dataclasses.replace(PAPER, teachers=teachers,
+def paper(selection: str | None = None, clean: dict[str, str | tuple[str, ...]] | None = None,
+          normalize: dict[str, str] | None = None, **teachers: str | tuple[str, ...]) -> Preset:
+    """The `paper` preset of a method: its paper's teacher per data set (and clean teacher per
+    data set, `clean`; the statistics a teacher normalises with, `normalize`), and the rule by
+    which the paper picked the checkpoints it reported (`bench.selection`)."""
+    return dataclasses.replace(PAPER, teachers=teachers, clean_teachers=clean or {},
+                               teacher_normalize=normalize or {},
                                common=dict(selection=selection) if selection else {})
 
 
@@ -129,10 +177,13 @@ class Distiller(ABC):
         return out
 
     @classmethod
-    def preset_teacher(cls, preset: str, dataset: str) -> str | tuple[str, str] | None:
-        """The teacher `preset` prescribes on `dataset`, if any."""
-        return next((p.teachers[dataset] for p in cls.chain(preset) if dataset in p.teachers),
-                    None)
+    def preset_teacher(cls, preset: str, dataset: str,
+                       kind: str = "teacher") -> str | tuple[str, ...] | None:
+        """The teacher (`kind` "teacher" or "clean_teacher") `preset` prescribes on `dataset`,
+        or with `kind` "teacher_normalize" the statistics that teacher normalises with."""
+        field_ = {"teacher": "teachers", "clean_teacher": "clean_teachers"}.get(kind, kind)
+        return next((getattr(p, field_)[dataset] for p in cls.chain(preset)
+                     if dataset in getattr(p, field_)), None)
 
     @classmethod
     def resolve(cls, preset: str = "faithful", dataset: str = "cifar10", arch: str | None = None,
@@ -162,12 +213,23 @@ class Distiller(ABC):
         """The scalar training objective; puts each network in the mode its spec says."""
 
     def trainable(self) -> list[nn.Module]:
-        """The modules the runner's optimizers train (one SGD per module)."""
+        """The modules `loss()` trains (one SGD per module, stepped together)."""
         return [self.student] if self.peer is None else [self.student, self.peer]
 
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network the runner trains and checkpoints, by name: student, peer, and a
+        teacher that keeps training (its own optimizer, schedule and `teacher_loss`)."""
+        nets = {"student": self.student}
+        if self.peer is not None:
+            nets["peer"] = self.peer
+        if self.trains_teacher and self.teacher is not None:
+            nets["teacher"] = self.teacher
+        return nets
+
     # -- state and hooks: no-ops by default, so a first-wave method stays its math alone ------
-    def teacher_loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
-        """The training objective of a teacher that keeps training (`trains_teacher`)."""
+    def teacher_loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor | None:
+        """The objective of a teacher that keeps training (`trains_teacher`), which the runner
+        steps AFTER the student's step; None: no teacher step for this batch."""
         raise NotImplementedError(f"method {self.name!r} does not train its teacher")
 
     def state_dict(self) -> dict[str, Any]:
@@ -180,7 +242,8 @@ class Distiller(ABC):
         return None
 
     def after_step(self) -> None:
-        """Called by the runner after every optimizer step of a batch."""
+        """Called by the runner after the optimizer steps of every batch (student, peer and
+        trained teacher), with `self.epoch` and `self.step` still those of the batch."""
         return None
 
     def accumulate(self, name: str, values: Tensor, y: Tensor, num_classes: int) -> None:

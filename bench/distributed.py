@@ -77,3 +77,22 @@ def shard(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
     if n == 1:
         return x, y, 1.0
     return x[r::n], y[r::n], len(y[r::n]) * n / len(y)
+
+
+def average_grads(module: nn.Module) -> None:
+    """Average `module`'s gradients over ranks, as DDP does (for a network trained outside
+    the DDP-wrapped loss: a teacher that keeps training)."""
+    if world_size() == 1:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size()
+
+
+def all_reduce_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per-class sums gathered on each rank (`Distiller.accumulate`), summed over ranks."""
+    if world_size() > 1:
+        for key in sorted(sums):  # the same order on every rank
+            dist.all_reduce(sums[key])
+    return sums

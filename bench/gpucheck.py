@@ -102,7 +102,7 @@ def check_fp32(root: Path, arch: str, device: str, batch: int) -> dict[str, Any]
         fast = _method(name, arch, c)
         fast.attack = lambda *a, seen=seen: seen["x"]
         optims = [c.optimizer(n.parameters(), 0.1, 0.9, 0.0) for n in fast.trainable()]
-        got = c.step(fast, optims, c.input(x), y).item()
+        got = c.step(fast, optims, c.input(x), y)[0].item()
         g_ref, g = _grads(ref), _grads(fast)
         out[name] = {"loss_rel": abs(got - want) / abs(want),
                      "grad_rel": ((g - g_ref).norm() / g_ref.norm()).item()}

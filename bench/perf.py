@@ -99,7 +99,7 @@ def bench_config(method: str, preset: str, arch: str, shape: str, compute: Compu
         tally = Tally(compute.device)
         for i in range(k):
             x, y = next(batches)
-            tally.add(compute.step(m, optims, compute.input(x), y), len(y), i)
+            tally.add(compute.step(m, optims, compute.input(x), y)[0], len(y), i)
         tally.read()
 
     return Config(method, preset, "bench", run, compute, note)

@@ -1,4 +1,8 @@
-"""One cell end to end: resolve, get its teacher, train (or resume), evaluate, store rows."""
+"""One cell end to end: resolve, get its teachers, train (or resume), evaluate, store rows.
+
+A teacher the harness trains is a cell of its own, trained here once and cached under
+`<out>/teachers/`; the teachers module only loads weights into networks.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from bench import __version__, analysis, data, devicedata, distributed
+from bench import __version__, analysis, checkpoint, data, devicedata, distributed, selection
 from bench.cells import Cell, Resolved, resolve
 from bench.compute import eval_batch_sizes
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
-from bench.runner import RunOptions, Trainer
+from bench.runner import RunOptions, Trainer, build
 from bench.store import Store
-from bench.teachers import teacher_for
+from bench.teachers import ZOO, load_weights, normalized, renormalized, robustbench_model
 
 EMBEDDED_AA_SAMPLES = 100  # AutoAttack's Square attack dominates a CPU run; seeded subset
 
 
 AA_ON = ("best", "all", "none")
-REPORTED = ("best", "swa_best")  # the checkpoints the papers report (swa_best: PeerAiD's)
+REPORTED = selection.COMMON.reported  # the common protocol's: best (and swa_best)
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,11 @@ class EvalOptions:
     aa_samples: int | None = None  # None: the data set's default (all images for real sets)
     aa_on: str = "best"  # "best": the reported checkpoints only; "all"; "none"
 
-    def attacks_for(self, checkpoint: str) -> tuple[str, ...]:
-        """AutoAttack, the costly one, only where `aa_on` asks for it."""
-        aa = self.aa_on == "all" or (self.aa_on == "best" and checkpoint in REPORTED)
+    def attacks_for(self, checkpoint: str, reported: tuple[str, ...] = REPORTED
+                    ) -> tuple[str, ...]:
+        """AutoAttack, the costly one, only where `aa_on` asks for it (`reported`: the
+        checkpoints the cell's selection rule reports)."""
+        aa = self.aa_on == "all" or (self.aa_on == "best" and checkpoint in reported)
         return tuple(a for a in self.attacks if a != "aa" or aa)
 
 
@@ -67,6 +74,39 @@ def _device_name(device: str) -> str:
     if d.type == "cuda":
         return torch.cuda.get_device_name(d)
     return f"{d.type} ({platform.processor() or platform.machine()})"
+
+
+def train_teacher(cell: Cell, opts: RunOptions) -> Path:
+    """The cached weights of the teacher `cell` (its best checkpoint), trained if missing."""
+    tr = resolve(cell)
+    cached = opts.out / "teachers" / f"{tr.id}.pt"
+    if not cached.exists():
+        opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
+        best = Trainer(tr, opts, None).train()["best"]
+        if distributed.is_main():
+            checkpoint.save_weights(cached, best, id=tr.id)
+        distributed.barrier()
+    return cached
+
+
+def teacher_for(r: Resolved, opts: RunOptions, kind: str = "teacher") -> nn.Module | None:
+    """The cell's fixed `kind` teacher ("teacher" or "clean_teacher"): a RobustBench model, a
+    file, or trained and cached here; None when the method needs none."""
+    source = r.config.get(kind)  # the cell's --teacher / --clean-teacher, or its preset's
+    if source is None:
+        return None
+    norm = r.config["teacher_normalize"] if kind == "teacher" else None
+    if source.startswith(ZOO):
+        root = opts.data_root or data.default_root()
+        model = robustbench_model(source[len(ZOO):], r.cell.dataset, root / "robustbench")
+        return renormalized(model, norm, source[len(ZOO):]) if norm else model
+    file, cell = ((r.teacher_file, r.teacher_cell) if kind == "teacher"
+                  else (r.clean_teacher_file, r.clean_teacher_cell))
+    what = f"{kind.replace('_', ' ')} checkpoint"
+    if file is None:
+        file, what = train_teacher(cell, opts), f"cached {kind.replace('_', ' ')}"
+    model = load_weights(build(r, kind, r.config[f"{kind}_arch"]), file, what)
+    return normalized(model, norm)
 
 
 def row_key(r: Resolved, checkpoint: str) -> str:
@@ -100,8 +140,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     if stored(r, store) and not redo:
         opts.log(f"skip {r.id}: already in the store (use --redo to run it again)")
         return []
-    teacher = teacher_for(r, opts)
-    trainer = Trainer(r, opts, teacher)
+    trainer = Trainer(r, opts, teacher_for(r, opts), teacher_for(r, opts, "clean_teacher"))
     if redo or not resume:
         for f in [*trainer.dir.glob("*.pt"), *trainer.dir.glob("aa_state_*.json")]:
             f.unlink()
@@ -119,6 +158,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         EMBEDDED_AA_SAMPLES if r.spec.embedded else None)
     rows = []
     # `last` goes last: its presence marks the whole cell as stored.
+    rule = selection.rule(r.params.selection)
     for name in sorted(finals, key=lambda n: n == "last"):
         t1 = time.perf_counter()
         # Random starts drawn afresh per checkpoint: a row depends on its weights only, not on
@@ -126,14 +166,15 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         torch.manual_seed(cell.seed)
         batch, aa_batch = eval_batch_sizes(opts.device)
         metrics = evaluate(finals[name], x, y, Threat(r.spec.eps),
-                           attacks=ev.attacks_for(name), aa_samples=n_aa, device=opts.device,
+                           attacks=ev.attacks_for(name, rule.reported), aa_samples=n_aa,
+                           device=opts.device,
                            batch_size=batch, aa_batch_size=aa_batch,
                            aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
                            num_classes=r.spec.num_classes)
         row = {
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
-            "selection": r.params.selection or "common",
+            "selection": r.params.selection or "common", "reported": name in rule.reported,
             "eps": r.spec.eps, "train_eps": r.params.eps, **metrics,
             **analysis.final_tutor(trainer.history),  # the last selection epoch's
             "train_seconds": round(trainer.train_seconds, 2),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.figures import figure, method_colors
 from bench.report import (
     CHECKPOINT_ORDER,
     LABELS,
@@ -60,11 +61,20 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _colors(names: list[str]) -> dict[str, Any]:
-    import seaborn as sns
+def label_colors(labels: list[str], methods: list[str]) -> dict[str, Any]:
+    """A colour per line label: its method's colour from `method_colors` (the same in every
+    figure); a second or third setup of one method gets a lighter shade of it."""
+    from matplotlib.colors import to_rgb
 
-    return dict(zip(names, sns.color_palette("tab10" if len(names) <= 10 else "husl",
-                                             len(names)), strict=True))
+    base = method_colors(list(dict.fromkeys(methods)))
+    seen: dict[str, int] = {}
+    out = {}
+    for label, method in dict(zip(labels, methods, strict=True)).items():
+        k = seen.get(method, 0)
+        seen[method] = k + 1
+        mix = min(0.6, 0.3 * k)  # towards white
+        out[label] = tuple(c + (1 - c) * mix for c in to_rgb(base[method]))
+    return out
 
 
 def _eps_text(agg: pd.DataFrame) -> str:
@@ -102,7 +112,7 @@ def accuracy_bars(df: pd.DataFrame, out_dir: str | Path, checkpoint: str = "best
         if agg.empty or not metrics:
             continue
         methods = list(agg["label"])
-        colors = _colors(methods)
+        colors = label_colors(methods, list(agg["method"]))
         n_m, n_g = len(methods), len(metrics)
         width = 0.8 / n_m
         fig, ax = plt.subplots(figsize=(min(16, max(8, 1.6 + 0.22 * n_m * n_g)), 4.8))
@@ -152,7 +162,7 @@ def robustness_scatter(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
             continue
         has_aa = agg["aa"].notna() if "aa" in agg else pd.Series(False, index=agg.index)
         methods = list(dict.fromkeys(agg["label"]))
-        colors = _colors(methods)
+        colors = label_colors(list(agg["label"]), list(agg["method"]))
         fig, ax = plt.subplots(figsize=(7.5, 5.5))
         for i, r in agg.iterrows():
             y_m = "aa" if has_aa[i] else "pgd20"
@@ -229,11 +239,12 @@ def histories(df: pd.DataFrame, runs_dir: str | Path) -> tuple[pd.DataFrame, lis
             continue
         for h in hist:
             lines.append({"dataset": r["dataset"], "arch": r["arch"], "label": r["label"],
+                          "method": r["method"],
                           "seed": r["seed"], "cell_id": cell_id, "epoch": int(h["epoch"]) + 1,
                           "loss": h.get("loss"), "pgd10": h.get("pgd10"),
                           "swa_pgd10": h.get("swa_pgd10")})
-    out = pd.DataFrame(lines, columns=["dataset", "arch", "label", "seed", "cell_id", "epoch",
-                                       "loss", "pgd10", "swa_pgd10"])
+    out = pd.DataFrame(lines, columns=["dataset", "arch", "label", "method", "seed", "cell_id",
+                                       "epoch", "loss", "pgd10", "swa_pgd10"])
     for c in ("loss", "pgd10", "swa_pgd10"):
         out[c] = pd.to_numeric(out[c], errors="coerce")
     return out, missing
@@ -271,7 +282,8 @@ def training_curves(df: pd.DataFrame, runs_dir: str | Path, out_dir: str | Path
         if h.empty:
             continue
         methods = list(dict.fromkeys(sorted(h["label"])))
-        colors = _colors(methods)
+        pairs = h.drop_duplicates("label").set_index("label")["method"]
+        colors = label_colors(methods, [pairs[m] for m in methods])
         fig, (ax_a, ax_l) = plt.subplots(1, 2, figsize=(13, 4.8))
         for m in methods:
             g = h[h["label"] == m]
@@ -316,3 +328,44 @@ def training_curves(df: pd.DataFrame, runs_dir: str | Path, out_dir: str | Path
         fig.tight_layout()
         paths += _save(fig, out_dir, _slug("training", dataset, arch))
     return paths
+
+
+# --- the figure kinds of `bench plot` --------------------------------------------------------
+
+def rows(out: str | Path, dataset: str | None = None, arch: str | None = None,
+         methods: str | None = None) -> pd.DataFrame:
+    """The current stored rows under `out`, filtered; a one-line error when none are left."""
+    import pandas as pd
+
+    from bench import BenchError
+    from bench.experiment import csv
+    from bench.report import current
+    from bench.store import Store
+
+    df, _ = current(pd.DataFrame(Store(out).read()[0]))
+    for col, want in (("dataset", dataset), ("arch", arch), ("method", methods)):
+        if want:
+            df = df[df[col].isin(csv(want))]
+    if df.empty:
+        raise BenchError(f"no stored rows under {Path(out) / 'rows'} match")
+    return df
+
+
+@figure("accuracy", "grouped bars: accuracy (%) of each method under each attack, "
+                    "one checkpoint (--checkpoint, default best)")
+def accuracy_figure(out: Path, dest: Path, dataset: str | None = None, arch: str | None = None,
+                    methods: str | None = None, checkpoint: str = "best") -> list[Path]:
+    return accuracy_bars(rows(out, dataset, arch, methods), dest, checkpoint)
+
+
+@figure("robustness", "clean vs AutoAttack (else PGD-20) accuracy (%) per method and "
+                      "checkpoint")
+def robustness_figure(out: Path, dest: Path, dataset: str | None = None,
+                      arch: str | None = None, methods: str | None = None) -> list[Path]:
+    return robustness_scatter(rows(out, dataset, arch, methods), dest)
+
+
+@figure("training", "PGD-10 selection accuracy (%) and training loss per epoch, per method")
+def training_figure(out: Path, dest: Path, dataset: str | None = None, arch: str | None = None,
+                    methods: str | None = None) -> list[Path]:
+    return training_curves(rows(out, dataset, arch, methods), Path(out) / "runs", dest)

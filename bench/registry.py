@@ -3,6 +3,11 @@
 A plugin package declares, in its own pyproject:
     [project.entry-points."bench.methods"]
     mymethod = "my_package.my_module:MyDistiller"
+
+A name belongs to one class: a second `@register` of a name is an error naming both classes
+(as torchvision's model registry does), and a plugin that wants a name already taken (by a
+built-in method or an earlier plugin) is refused, the first owner kept, with one line in
+`bench list` (`broken()`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from bench.distiller import Distiller
 from bench.suggest import unknown
 
 _METHODS: dict[str, type[Distiller]] = {}
-_BROKEN: dict[str, str] = {}  # plugin name -> why it failed to load
+_BROKEN: dict[str, str] = {}  # plugin name -> why it was not loaded ("failed to load: ...")
 _loaded = False
 
 
@@ -29,11 +34,20 @@ def register(name: str):
     def deco(cls: type[Distiller]) -> type[Distiller]:
         if not (isinstance(cls, type) and issubclass(cls, Distiller)):
             raise TypeError(f"{cls!r} is not a Distiller subclass")
+        old = _METHODS.get(name)
+        if old is not None and _source(old) != _source(cls):
+            raise BenchError(f"method name {name!r} is taken twice: by {_source(old)} and by "
+                             f"{_source(cls)}")
         cls.name = name
         _METHODS[name] = cls
         return cls
 
     return deco
+
+
+def _source(cls: type) -> str:
+    """Where a class comes from, as a clash message names it: module.QualName."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _load() -> None:
@@ -47,12 +61,16 @@ def _load() -> None:
     for mod in pkgutil.iter_modules(methods.__path__):
         importlib.import_module(f"methods.{mod.name}")
     for ep in entry_points(group="bench.methods"):
+        if ep.name in _METHODS:  # refused before loading: the plugin's code never runs
+            taken = _source(_METHODS[ep.name])
+            if taken != ep.value.replace(":", "."):
+                _BROKEN[ep.name] = (f"refused: {ep.value.replace(':', '.')} wants the name of "
+                                    f"{taken}, which is kept")
+            continue
         try:
-            cls = ep.load()
-            if ep.name not in _METHODS or _METHODS[ep.name] is not cls:
-                register(ep.name)(cls)
+            register(ep.name)(ep.load())
         except Exception as exc:  # a broken plugin must not take the others down
-            _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            _BROKEN[ep.name] = f"failed to load: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def names() -> list[str]:
@@ -62,7 +80,7 @@ def names() -> list[str]:
 
 
 def broken() -> dict[str, str]:
-    """Plugins whose entry point failed to load, with the reason."""
+    """Plugins not loaded, with the reason: "failed to load: ..." or "refused: ..."."""
     _load()
     return dict(_BROKEN)
 
@@ -72,7 +90,7 @@ def get(name: str) -> type[Distiller]:
     _load()
     if name not in _METHODS:
         if name in _BROKEN:
-            raise BenchError(f"method plugin {name!r} failed to load: {_BROKEN[name]}")
+            raise BenchError(f"method plugin {name!r} {_BROKEN[name]}")
         raise unknown("method", name, _METHODS)
     return _METHODS[name]
 

@@ -1,7 +1,8 @@
 """The runner: trains one resolved cell, checkpointing every epoch, resuming exactly.
 
 It owns loops, devices, optimizers, LR schedules, SWA, model selection, checkpoints and
-logging; a method only supplies `attack` and `loss`.
+logging; a method supplies `attack` and `loss` (and, if it has them, its state, hooks and a
+trained teacher's `teacher_loss`: see `bench.distiller.Distiller`).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def compute_for(r: Resolved, opts: RunOptions) -> Compute:
 class Trainer:
     """One cell's training state: networks, optimizers, schedule, SWA, selection, RNG."""
 
-    def __init__(self, r: Resolved, opts: RunOptions, teacher: nn.Module | None) -> None:
+    def __init__(self, r: Resolved, opts: RunOptions, teacher: nn.Module | None,
+                 clean_teacher: nn.Module | None = None) -> None:
         self.r, self.opts, self.p = r, opts, r.params
         self.dir = opts.out / "runs" / r.id
         self.device = torch.device(opts.device)
@@ -88,21 +90,34 @@ class Trainer:
         student = build(r, "student", r.arch)
         peer = build(r, "peer", r.config["peer_arch"]) if r.cls.needs_peer else None
         self.method = registry.create(
-            r.cell.method, student=c.prepare(student),
-            teacher=c.prepare(teacher) if teacher is not None else None,
-            peer=c.prepare(peer) if peer is not None else None, dataset=r.cell.dataset,
-            preset=r.cell.preset, arch=r.arch, budget=r.spec.budget, **dict(r.cell.overrides))
-        self.nets = {"student": self.method.student}
-        if peer is not None:
-            self.nets["peer"] = self.method.peer
-        self.optims = {k: c.optimizer(m.parameters(), self.p.lr, self.p.momentum,
-                                      self.p.weight_decay) for k, m in self.nets.items()}
+            r.cell.method, student=c.prepare(student), teacher=c.prepare(teacher),
+            peer=c.prepare(peer), clean_teacher=c.prepare(clean_teacher),
+            dataset=r.cell.dataset, preset=r.cell.preset, arch=r.arch, budget=r.spec.budget,
+            **dict(r.cell.overrides))
+        self.nets = self.method.networks()
+        self.optims = {k: self._sgd(k, m) for k, m in self.nets.items()}
         self.ddp = distributed.wrap(self.method, self.device)
         self.swa = AveragedModel(self.method.student) if self.p.swa else None
         self.epoch = 0
         self.best = {"best": -1.0, "swa_best": -1.0}
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
+
+    def _sgd(self, name: str, net: nn.Module) -> torch.optim.SGD:
+        """One SGD per network: the student's settings, or a trained teacher's own."""
+        p, c = self.p, self.compute
+        if name == "teacher":
+            return c.optimizer(net.parameters(), p.teacher_lr, p.teacher_momentum,
+                               p.teacher_weight_decay)
+        return c.optimizer(net.parameters(), p.lr, p.momentum, p.weight_decay)
+
+    def _set_lr(self, epoch: int, step: int, steps_per_epoch: int) -> None:
+        """Every optimizer's LR for this batch, from its schedule (a function of epoch, step)."""
+        for name, o in self.optims.items():
+            at = self.p.teacher_lr_at if name == "teacher" else self.p.lr_at
+            lr = at(epoch, step, steps_per_epoch)
+            for g in o.param_groups:
+                g["lr"] = lr
 
     # -- data --------------------------------------------------------------------------
     def _data(self) -> None:
@@ -143,6 +158,7 @@ class Trainer:
             "models": {k: m.state_dict() for k, m in self.nets.items()},
             "optims": {k: o.state_dict() for k, o in self.optims.items()},
             "swa": self.swa.state_dict() if self.swa is not None else None,
+            "method": self.method.state_dict(),
             "best": dict(self.best), "history": list(self.history),
             "train_seconds": self.train_seconds, "rng": checkpoint.rng_state(),
         }
@@ -156,6 +172,7 @@ class Trainer:
             o.load_state_dict(s["optims"][k])
         if self.swa is not None and s["swa"] is not None:
             self.swa.load_state_dict(s["swa"])
+        self.method.load_state_dict(s.get("method", {}))
         self.epoch, self.best = s["epoch"], dict(s["best"])
         self.history, self.train_seconds = list(s["history"]), s["train_seconds"]
         checkpoint.set_rng_state(s["rng"])
@@ -167,29 +184,31 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> float:
-        lr = self.p.lr_at(epoch)
-        for o in self.optims.values():
-            for g in o.param_groups:
-                g["lr"] = lr
         self.method.epoch = epoch
         tally = Tally(self.device)  # no host-device sync inside the epoch: read at its end
         per_epoch = -(-len(self.train_set) // self.p.batch_size)
+        others = [o for k, o in self.optims.items() if k != "teacher"]
         try:
             for i, batch in enumerate(self._batches(epoch)):
+                self.method.step = i
+                self._set_lr(epoch, i, per_epoch)
                 x, y, weight = distributed.shard(*batch)
                 loss_fn = partial(self.ddp, weight=weight) if self.ddp is not None else None
-                loss = self.compute.step(self.method, self.optims.values(), x, y, loss_fn)
-                tally.add(loss, len(y), i)
+                loss, t_loss = self.compute.step(self.method, others, x, y, loss_fn,
+                                                 self.optims.get("teacher"), weight)
+                tally.add(loss, len(y), i, t_loss)
                 if self.compute.read_every and (i + 1) % self.compute.read_every == 0:
                     tally.read()
                 if self.opts.progress is not None:
                     self.opts.progress(f"{self.r.cell.method} seed {self.r.cell.seed}",
                                        epoch * per_epoch + i + 1, self.p.epochs * per_epoch)
-            return tally.read()
+            loss = tally.read()
         except NonFiniteLoss as exc:  # the epoch is discarded: its checkpoint is never written
-            raise BenchError(f"loss is {exc.value} at epoch {epoch + 1} batch {exc.step + 1} "
-                             f"(1-based, as logged): stopped; last good checkpoint kept "
-                             f"at {self.ckpt_path}") from None
+            raise BenchError(f"loss is {exc.value}{' (teacher)' if exc.teacher else ''} at epoch "
+                             f"{epoch + 1} batch {exc.step + 1} (1-based, as logged): stopped; "
+                             f"last good checkpoint kept at {self.ckpt_path}") from None
+        self.method.on_epoch_end(distributed.all_reduce_sums(self.method.pop_sums()))
+        return loss
 
     def _select(self, epoch: int, log: dict[str, Any]) -> None:
         """Evaluate the student (and the SWA model) as the preset's selection rule says, on the
@@ -206,13 +225,16 @@ class Trainer:
             hits = correct(net, self.sel_x, self.sel_y, rule.attack, threat, SELECT_BATCH,
                            self.device)
             log[prefix + rule.attack] = hits.sum().item() / len(hits)
+            clean = None
+            if rule.score == "clean+adv" or (rule.best_clean and not prefix):
+                clean = accuracy(net, self.sel_x, self.sel_y, "clean", threat, SELECT_BATCH,
+                                 self.device)
+                log[prefix + "clean"] = clean
             if rule.score == "acc+worst":
                 log[prefix + "worst_class"] = selection.worst_class(hits, self.sel_y)
-            self._keep(rule, prefix + "best", selection.score(rule, hits, self.sel_y), net)
-        if rule.best_clean:
-            log["clean"] = accuracy(self.method.student, self.sel_x, self.sel_y, "clean", threat,
-                                    SELECT_BATCH, self.device)
-            self._keep(rule, "best_clean", log["clean"], self.method.student)
+            self._keep(rule, prefix + "best", selection.score(rule, hits, self.sel_y, clean), net)
+            if rule.best_clean and not prefix:
+                self._keep(rule, "best_clean", clean, net)
         log.update(self.tutor_log())  # the tutor on the student's examples and on its own
 
     def _keep(self, rule: selection.Rule, name: str, score: float, net: nn.Module) -> None:
@@ -225,7 +247,11 @@ class Trainer:
     def _after_epoch(self, epoch: int, loss: float, seconds: float) -> None:
         p = self.p
         log: dict[str, Any] = {"epoch": epoch, "lr": p.lr_at(epoch), "loss": loss}
-        if self.swa is not None and epoch >= (p.milestones[0] if p.milestones else 0):
+        if "teacher" in self.optims:
+            log["teacher_lr"] = p.teacher_lr_at(epoch)
+        start = p.swa_start if p.swa_start is not None else (
+            p.milestones[0] if p.milestones else 0)
+        if self.swa is not None and epoch >= start:
             self.swa.update_parameters(self.method.student)
             recompute_bn(self.swa, self._batches(epoch, shuffle=False), p.swa_bn or "image")
         self._select(epoch, log)

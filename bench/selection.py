@@ -24,11 +24,13 @@ class Rule:
 
     doc: str
     attack: str = "pgd10"  # the selection attack (an attack of bench.evaluate, eval mode)
-    score: Literal["acc", "acc+worst"] = "acc"  # acc+worst: + the worst class's accuracy
+    # acc+worst: + the worst class's accuracy; clean+adv: (clean acc + attack acc) / 2
+    score: Literal["acc", "acc+worst", "clean+adv"] = "acc"
     every: int | None = None  # evaluate at 1-based epochs every, 2 every, ...; None: the cell's
     dense_from: int | None = None  # ... and at every 1-based epoch from this one on
     keep: tuple[str, ...] = ("best", "last", "swa_best", "swa_last")  # the swa_* where SWA runs
     best_clean: bool = False  # also keep the best clean-accuracy network (`best_clean`)
+    reported: tuple[str, ...] = ("best", "swa_best")  # the networks the paper's tables show
 
     def due(self, epoch: int, epochs: int, select_every: int) -> bool:
         """Whether 0-based `epoch` is evaluated (the last one always is)."""
@@ -43,11 +45,16 @@ class Rule:
         return any(k.endswith("best") for k in self.keep) or self.best_clean
 
 
-def score(rule: Rule, correct: Tensor, y: Tensor) -> float:
-    """The rule's score of one network from its per-image correctness on the selection split."""
+def score(rule: Rule, correct: Tensor, y: Tensor, clean: float | None = None) -> float:
+    """The rule's score of one network from its per-image correctness under the rule's attack
+    on the selection split (and its clean accuracy, for "clean+adv")."""
     acc = correct.sum().item() / len(correct)
     if rule.score == "acc":
         return acc
+    if rule.score == "clean+adv":
+        if clean is None:
+            raise ValueError("the clean+adv score needs the clean accuracy")
+        return (clean + acc) / 2
     return acc + worst_class(correct, y)
 
 
@@ -62,18 +69,21 @@ RULES: dict[str, Rule] = {
     "common": COMMON,
     "rslad": Rule("RSLAD: PGD-20 with step 0.003 at 1-based epochs 20, 40, ... before 215 and "
                   "every epoch from 215; best and last", attack="pgd20s", every=20,
-                  dense_from=215, keep=("best", "last")),
-    "ard": Rule("ARD: no selection, the last epoch", keep=("last",)),
+                  dense_from=215, keep=("best", "last"), reported=("best", "last")),
+    "ard": Rule("ARD: no selection, the last epoch", keep=("last",), reported=("last",)),
     "adaad": Rule("AdaAD: best PGD-10 every epoch, also the best clean accuracy; and last",
                   every=1, keep=("best", "last"), best_clean=True),
     "peeraid": Rule("PeerAiD: best PGD-10 every epoch, of the student and of the SWA model",
                     every=1, keep=("best", "swa_best", "last")),
-    "igdm": Rule("IGDM: the last epoch", keep=("last",)),
-    "saad": Rule("SAAD: the final SWA model", keep=("swa_last", "last")),
+    "igdm": Rule("IGDM: the last epoch", keep=("last",), reported=("last",)),
+    "saad": Rule("SAAD: the final SWA model", keep=("swa_last", "last"), reported=("swa_last",)),
     "absld": Rule("ABSLD: best (PGD-20 acc + worst-class PGD-20 acc), PGD-20 with step 0.003, "
                   "at 1-based epochs 10, 20, ... before 215 and every epoch from 215; and last",
                   attack="pgd20s", score="acc+worst", every=10, dense_from=215,
                   keep=("best", "last")),
+    "mtard": Rule("MTARD: no selection, the last epoch", keep=("last",), reported=("last",)),
+    "bmtard": Rule("B-MTARD / CIARD: best (clean + PGD-20 accuracy) / 2 every epoch; and last",
+                   attack="pgd20", score="clean+adv", every=1, keep=("best", "last")),
 }
 
 

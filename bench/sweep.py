@@ -12,10 +12,9 @@ from pathlib import Path
 
 from bench import BenchError
 from bench.cells import Cell, resolve
-from bench.pipeline import EvalOptions, run_cell
+from bench.pipeline import EvalOptions, run_cell, train_teacher
 from bench.runner import RunOptions
 from bench.store import Store
-from bench.teachers import teacher_for
 
 
 @dataclass(frozen=True)
@@ -35,10 +34,8 @@ def _opts(out: Path, device: str, data_root: Path | None) -> RunOptions:
 
 
 def _train_teacher(cell: Cell, out: Path, device: str, data_root: Path | None) -> str:
-    """Job: train (or find cached) the teacher `cell` needs; returns the teacher's id."""
-    r = resolve(cell)
-    teacher_for(r, _opts(out, device, data_root))
-    return r.config["teacher"]
+    """Job: train (or find cached) the teacher cell `cell`; returns the cached file."""
+    return str(train_teacher(cell, _opts(out, device, data_root)))
 
 
 def _run(cell: Cell, out: Path, device: str, data_root: Path | None, ev: EvalOptions,
@@ -81,8 +78,9 @@ def sweep(cells: list[Cell], out: Path, device: str, data_root: Path | None,
     teachers: dict[str, Cell] = {}
     for c in cells:
         r = resolve(c)
-        if r.teacher_cell is not None:
-            teachers.setdefault(r.config["teacher"], c)
+        for kind, t in (("teacher", r.teacher_cell), ("clean_teacher", r.clean_teacher_cell)):
+            if t is not None:
+                teachers.setdefault(r.config[kind], t)
     if teachers:
         log(f"submitting {len(teachers)} teacher job(s) to {so.executor}")
         n = len(teachers)

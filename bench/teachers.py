@@ -1,7 +1,8 @@
-"""Fixed teachers for distillation: a checkpoint file, a RobustBench model, or one trained here.
+"""Teachers' weights: a checkpoint file or a RobustBench model, loaded into a network.
 
 Files are read with `torch.load(weights_only=True)` only; a teacher of the wrong architecture
-or class count is a one-line error, never a silent partial load.
+or class count is a one-line error, never a silent partial load. Training a teacher the
+harness caches is the pipeline's job: this module only loads weights.
 """
 
 from __future__ import annotations
@@ -9,17 +10,12 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from bench import BenchError, checkpoint, distributed
+from bench import BenchError, checkpoint
 from bench.suggest import unknown
-
-if TYPE_CHECKING:
-    from bench.cells import Resolved
-    from bench.runner import RunOptions
 
 ZOO = "robustbench:"
 # Per-channel statistics a teacher may normalise with INSIDE its forward (methods.md, RSLAD:
@@ -105,30 +101,21 @@ def robustbench_model(name: str, dataset: str, model_dir: Path) -> nn.Module:
                          f"put its checkpoint at {target}") from None
 
 
-def teacher_for(r: Resolved, opts: RunOptions) -> nn.Module | None:
-    """The fixed teacher of a distillation cell: zoo model, file, or trained and cached here."""
-    from bench import data
-    from bench.cells import resolve
-    from bench.runner import Trainer, build
+def renormalized(model: nn.Module, norm: str, name: str) -> nn.Module:
+    """A RobustBench `model` whose OWN input normalisation is replaced by `norm`'s statistics
+    (RSLAD wraps RobustBench's CIFAR-100 WRN-70-16 weights with CIFAR-10's). A model without
+    one of its own is refused: RobustBench models take [0, 1] pixels, and normalising on top
+    of an unseen normalisation would be silently wrong."""
+    mean, std = getattr(model, "mean", None), getattr(model, "std", None)
+    if not (isinstance(mean, Tensor) and isinstance(std, Tensor)):
+        raise BenchError(f"--teacher-normalize {norm}: RobustBench model {name} has no input "
+                         f"normalisation of its own (mean/std) to override")
+    with torch.no_grad():
+        mean.copy_(torch.tensor(NORMALIZATIONS[norm][0]).view_as(mean))
+        std.copy_(torch.tensor(NORMALIZATIONS[norm][1]).view_as(std))
+    return model
 
-    if not r.cls.needs_teacher:
-        return None
-    source = r.config["teacher"]  # the cell's --teacher, or its preset's
-    if source.startswith(ZOO):
-        root = opts.data_root or data.default_root()
-        return robustbench_model(source[len(ZOO):], r.cell.dataset, root / "robustbench")
-    model = build(r, "teacher", r.config["teacher_arch"])
-    if r.teacher_file is not None:
-        model = load_weights(model, r.teacher_file, "teacher checkpoint")
-    else:
-        tr = resolve(r.teacher_cell)
-        cached = opts.out / "teachers" / f"{tr.id}.pt"
-        if not cached.exists():
-            opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
-            best = Trainer(tr, opts, None).train()["best"]
-            if distributed.is_main():
-                checkpoint.save_weights(cached, best, id=tr.id)
-            distributed.barrier()
-        model = load_weights(model, cached, "cached teacher")
-    norm = r.cell.teacher_normalize
+
+def normalized(model: nn.Module, norm: str | None) -> nn.Module:
+    """`model` normalising its input with the `norm` data set's statistics (None: as is)."""
     return Normalized(model, *NORMALIZATIONS[norm]) if norm else model

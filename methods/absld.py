@@ -9,7 +9,9 @@ for tau_adv, CE(S(x), y) for tau_nat, from the training forwards), gap = E - mea
 r = 0.1, multiplied by 0.1 with the LR, at the end of the epoch BEFORE that epoch's update.
 The code divides through `.detach()` aliases of ONE tensor, in place: the attack and both
 terms all see z_T / tau_adv[y] / tau_nat[y] (kept in `faithful`); `fixed` gives tau_adv to
-the attack and the adversarial term, tau_nat to the natural one.
+the attack and the adversarial term, tau_nat to the natural one. (The code writes
+log(softmax(s)) where RSLAD's CIFAR-10 helper, reused here, has log_softmax(s): equal unless
+a probability underflows.)
 Authors' code: github.com/zhaoshiji123/ABSLD, resnet18_absld_cifar10.py, absld_loss.py.
 """
 
@@ -91,9 +93,9 @@ class ABSLD(Distiller):
 
     def on_epoch_end(self, sums: dict[str, Tensor]) -> None:
         r, q = self.rate(self.epoch), self.p
-        for key in ("adv", "nat"):
-            tau = getattr(self, f"tau_{key}")
-            gap = sums[key].to(tau.device) - sums[key].to(tau.device).mean()
+        for key in ("adv", "nat"):  # on the training device, also after a resume from CPU
+            tau = getattr(self, f"tau_{key}").to(sums[key].device)
+            gap = sums[key] - sums[key].mean()
             setattr(self, f"tau_{key}",
                     (tau - r * gap / gap.abs().max()).clamp(q.tau_min, q.tau_max))
 

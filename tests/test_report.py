@@ -107,7 +107,7 @@ def report(store: Path) -> tuple[Path, str, str]:
 
 def test_every_file_written(report) -> None:
     rep, out, _ = report
-    expected = ["results.md", "results.csv", "results.tex"]
+    expected = ["results.md", "results.csv", "results.tex", "index.html"]
     for kind in ("accuracy", "robustness", "training"):
         expected += [f"{kind}_digits_small_cnn.png", f"{kind}_digits_small_cnn.pdf"]
     for name in expected:
@@ -130,6 +130,8 @@ def test_pngs_are_images(report) -> None:
 
 def test_markdown_numbers(report) -> None:
     md = (report[0] / "results.md").read_text()
+    assert "**" in md  # the best of each column in bold; compared without it below
+    md = md.replace("**", "")
     assert "## digits / small_cnn" in md and "How measured" in md
     for m in METHODS:
         assert f"| {m} |" in md
@@ -226,3 +228,61 @@ def test_setups_split_and_stale_cells_dropped() -> None:
     assert sorted(agg.index) == ["rslad {t=1}", "rslad {t=4}"]
     assert agg.loc["rslad {t=1}", "pgd20"] == pytest.approx(60.0)
     assert agg.loc["rslad {t=1}", "seeds"] == 2 and agg.loc["rslad {t=4}", "seeds"] == 1
+
+
+def test_every_figure_kind_is_a_real_image_naming_every_method(store: Path, tmp_path: Path,
+                                                               monkeypatch, capsys) -> None:
+    """`bench plot KIND` for each report figure: PNG + PDF, every method in the legend, the
+    same colour for a method in every figure, labelled axes."""
+    import matplotlib.image
+
+    import bench.plots
+    from bench.cli import main
+    from bench.figures import method_colors
+
+    seen: dict[str, list] = {}
+    save = bench.plots._save
+
+    def spy(fig, out_dir, stem):
+        seen[stem] = fig
+        for ax in fig.axes:
+            assert ax.get_xlabel() and ax.get_ylabel(), (stem, ax.get_title())
+        legend = {t.get_text(): h for ax in fig.axes if ax.get_legend()
+                  for t, h in zip(ax.get_legend().get_texts(),
+                                  ax.get_legend().legend_handles, strict=True)}
+        for m, color in method_colors(list(METHODS)).items():
+            assert m in legend, (stem, sorted(legend))
+            h = legend[m]
+            got = h.get_facecolor() if hasattr(h, "get_facecolor") else h.get_color()
+            got = got[0] if hasattr(got, "ndim") and got.ndim == 2 else got
+            assert tuple(got)[:3] == pytest.approx(tuple(color)[:3], abs=1e-6), (stem, m)
+        return save(fig, out_dir, stem)
+
+    monkeypatch.setattr(bench.plots, "_save", spy)
+    for kind in ("accuracy", "robustness", "training"):
+        main(["plot", kind, "--out", str(store), "--dest", str(tmp_path), "--dataset", "digits"])
+        printed = capsys.readouterr().out.split()
+        assert sorted(Path(p).name for p in printed) == [f"{kind}_digits_small_cnn.pdf",
+                                                        f"{kind}_digits_small_cnn.png"]
+        png = tmp_path / f"{kind}_digits_small_cnn.png"
+        img = matplotlib.image.imread(png)
+        assert img.ndim == 3 and img.shape[0] > 200 and img[..., :3].std() > 0.01
+        assert (tmp_path / f"{kind}_digits_small_cnn.pdf").read_bytes()[:5] == b"%PDF-"
+    assert len(seen) == 3
+
+
+def test_plot_lists_kinds_and_rejects_bad_ones(store: Path, capsys) -> None:
+    from bench.cli import main
+
+    main(["plot", "--help"])
+    out = capsys.readouterr().out
+    for kind in ("accuracy", "robustness", "training"):
+        assert f"  {kind} " in out
+    for argv, needle in ((["plot", "acuracy"], "unknown figure 'acuracy'; did you mean"),
+                         (["plot", "accuracy", "--datset", "x"], "did you mean '--dataset'"),
+                         (["plot", "accuracy", "--dataset", "cifar10"], "no stored rows"),
+                         (["plot"], "bench plot needs a KIND (valid: ")):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--out", str(store)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 1 and err.count("\n") == 1 and needle in err, err

@@ -1,0 +1,174 @@
+"""index.html in a real headless Chromium: loads offline without console errors, one line
+per (method, checkpoint) of each (data set, arch) section with the right mean ± std, and a
+click on a column header sorts it."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cells import Cell, resolve
+from bench.pipeline import row_key
+from bench.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage"]
+GRID = {("cifar10", "resnet18"): (("peeraid", "rslad", "pgdat"), (0, 1, 2)),
+        ("digits", "small_cnn"): (("standard", "pgdat"), (0, 1))}
+
+
+def _value(method: str, dataset: str, seed: int, ckpt: str, attack: str) -> float:
+    base = {"clean": 0.85, "pgd20": 0.54, "aa": 0.51}[attack]
+    return round(base - 0.021 * len(method) + 0.031 * (seed % 2) + 0.004 * seed
+                 - 0.01 * (ckpt == "last") + 0.05 * (dataset == "digits"), 4)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    root = tmp_path_factory.mktemp("html")
+    st = Store(root)
+    for (dataset, arch), (methods, seeds) in GRID.items():
+        preset = "paper" if dataset == "cifar10" else "faithful"
+        for m in methods:
+            for s in seeds:
+                r = resolve(Cell(m, dataset, arch, s, preset))
+                for ck in ("best", "last"):
+                    row = {"method": m, "preset": preset, "dataset": dataset, "arch": arch,
+                           "seed": s, "epochs": r.params.epochs, "checkpoint": ck,
+                           "eps": r.spec.eps, "train_seconds": 100.0 + s, "cell_id": r.id,
+                           "config": r.config, "device": "cpu", "created": "2026-01-01"}
+                    for a in ("clean", "pgd20", "aa"):
+                        row[a] = _value(m, dataset, s, ck, a)
+                        row[f"n_{a}"] = 500
+                    st.put(row_key(r, ck), row)
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run_all.main(["--no-train", "--out", str(root)]) == 0
+    return root / "report" / "index.html", pd.DataFrame(st.read()[0])
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("no chromium + chromedriver on this machine (Debian: apt-get install "
+                    "chromium chromium-driver; .ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed "
+                                    "(it is in the dev extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for f in FLAGS:
+        opts.add_argument(f)
+    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    yield drv
+    drv.quit()
+
+
+def _errors(browser) -> list[dict]:
+    return [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_console_errors_are_seen(browser, tmp_path) -> None:
+    """The control: a page with a broken script does show up as a console error."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>no_such_function()</script></body></html>")
+    browser.get(bad.as_uri())
+    assert any("no_such_function" in e["message"] for e in _errors(browser))
+
+
+def test_page_loads_offline_without_console_errors(report, browser) -> None:
+    index, _ = report
+    text = index.read_text()
+    assert "http://" not in text and "https://" not in text  # no CDN, nothing fetched
+    browser.get(index.as_uri())
+    assert _errors(browser) == []
+    imgs = browser.find_elements("css selector", "img")
+    assert imgs and all(i.get_attribute("src").startswith("data:image/png;base64,")
+                        for i in imgs)
+    assert all(browser.execute_script("return arguments[0].naturalWidth", i) > 100
+               for i in imgs)
+
+
+def test_one_line_per_method_and_checkpoint_with_the_right_numbers(report, browser) -> None:
+    index, rows = report
+    browser.get(index.as_uri())
+    sections = browser.find_elements("css selector", "section.results")
+    assert [s.find_element("tag name", "h2").text for s in sections] == [
+        "cifar10 / resnet18", "digits / small_cnn"]
+    for sec in sections:
+        dataset, arch = sec.find_element("tag name", "h2").text.split(" / ")
+        table = sec.find_element("css selector", "table.sortable")
+        heads = [h.text for h in table.find_elements("css selector", "thead th")]
+        col = next(i for i, h in enumerate(heads) if h.startswith("Clean"))
+        lines = table.find_elements("css selector", "tbody tr")
+        g = rows[(rows.dataset == dataset) & (rows.arch == arch)]
+        want = g.groupby(["method", "checkpoint"])["clean"].agg(["mean", "std", "count"])
+        assert len(lines) == len(want)
+        seen = set()
+        for tr in lines:
+            cells = tr.find_elements("tag name", "td")
+            key = (cells[0].text.split(" (")[0], cells[1].text)  # labels add "(300 ep)"
+            w = want.loc[key]
+            assert cells[col].text == f"{w['mean'] * 100:.2f} ± {w['std'] * 100:.2f}", key
+            assert cells[3].text == str(int(w["count"]))
+            seen.add(key)
+        assert seen == set(want.index)
+
+
+def test_click_on_a_header_sorts_the_column(report, browser) -> None:
+    index, _ = report
+    browser.get(index.as_uri())
+    table = browser.find_element("css selector", "section.results table.sortable")
+    heads = table.find_elements("css selector", "thead th")
+    col = next(i for i, h in enumerate(heads) if h.text.startswith("PGD-20"))
+
+    def column() -> list[float]:
+        return [float(tr.find_elements("tag name", "td")[col].get_attribute("data-sort"))
+                for tr in table.find_elements("css selector", "tbody tr")]
+
+    before = column()
+    assert before != sorted(before)  # the test would notice a sort
+    heads[col].click()
+    assert column() == sorted(before) and heads[col].get_attribute("aria-sort") == "ascending"
+    heads[col].click()
+    assert column() == sorted(before, reverse=True)
+    heads[0].click()  # a text column sorts as text
+    names = [tr.find_element("tag name", "td").text
+             for tr in table.find_elements("css selector", "tbody tr")]
+    assert names == sorted(names)
+    assert _errors(browser) == []
+
+
+def test_configuration_on_demand_and_the_reported_view(report, browser) -> None:
+    index, rows = report
+    browser.get(index.as_uri())
+    tr = browser.find_element("css selector", "section.results table.sortable tbody tr")
+    pre = tr.find_element("css selector", "details pre")
+    assert not pre.is_displayed()
+    tr.find_element("css selector", "details summary").click()
+    assert pre.is_displayed()
+    method = tr.find_element("tag name", "td").text.split(" (")[0]
+    ids = set(rows[(rows.method == method) & (rows.dataset == "cifar10")]["cell_id"])
+    assert any(i in pre.text for i in ids) and '"params"' in pre.text
+    rep = browser.find_element("css selector", "#reported table.sortable")
+    heads = [h.text for h in rep.find_elements("css selector", "thead th")]
+    pub = heads.index("published")
+    cells = [tr.find_elements("tag name", "td")
+             for tr in rep.find_elements("css selector", "tbody tr")]
+    assert cells and all(c[pub].text[-3:] in ("(P)", "(S)", "(T)") for c in cells)
+    assert any(c[pub].text == "54.36 (S)" for c in cells)  # PeerAiD's CIFAR-10 PGD-20
