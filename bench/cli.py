@@ -626,9 +626,15 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
 @click.pass_context
 def perf(ctx: click.Context) -> None:
     """Training throughput of methods/presets side by side (see `bench perf --help`)."""
+    args = list(ctx.args)
+    if args[:2] == ["--suite", "gpu"] or "--suite=gpu" in args[:1]:
+        from bench import gpucheck  # the GPU check: its own options (--device, --tiny, ...)
+
+        gpucheck.main(args[1 if "=" in args[0] else 2:])
+        return
     from bench import perf as perf_mod
 
-    perf_mod.main(list(ctx.args))
+    perf_mod.main(args)
 
 
 def main(argv: list[str] | None = None) -> None:

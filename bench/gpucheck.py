@@ -1,4 +1,5 @@
-"""The GPU check: `bench perf --suite gpu` (or scripts/gpu_check.sh), torch and bench only.
+"""The GPU check: `bench perf --suite gpu` (or scripts/gpu_check.sh, `python -m
+bench.gpucheck`), torch and bench only.
 
 On one CUDA GPU in under 8 minutes, with no network: (1) the fp32 fast path (device data,
 channels_last, fused SGD) computes the reference loop's loss and gradients on a fixed batch;
@@ -209,12 +210,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     a = ap.parse_args(argv)
     tiny = a.tiny
     arch, batch = ("small_cnn", 16) if tiny else ("resnet18", 128)
-    steps, rounds, warmup = (1, 2, 1) if tiny else (5, 3, 3)
+    steps, rounds, warmup = (1, 1, 0) if tiny else (5, 3, 3)
     work = a.work or Path(tempfile.mkdtemp(prefix="bench-gpucheck-"))
     t_start = time.perf_counter()
     print(f"bench GPU check: torch {torch.__version__}, device {_device_name(a.device)}",
           flush=True)
-    root = fake_cifar(work / "data", *((400, 100) if tiny else (50_000, 10_000)))
+    root = fake_cifar(work / "data", *((160, 40) if tiny else (50_000, 10_000)))
     report: dict[str, Any] = {"device": _device_name(a.device), "torch": torch.__version__}
     report["fp32"] = check_fp32(root, arch, a.device, 32)
     print("fp32 fast path = reference:", _brief(report["fp32"]), flush=True)
@@ -271,3 +272,7 @@ def _summary(r: dict[str, Any]) -> None:
     print(f"bench run, 1 PeerAiD epoch on CIFAR-10-shaped files: train {e['train_s']} s, "
           f"evaluation {e['eval_s']} s, whole cell {e['wall_s']} s")
     print(f"profile (top operators of a PeerAiD step): see above\n{line}")
+
+
+if __name__ == "__main__":
+    main()

@@ -304,19 +304,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--workers", type=int, default=2, help="the reference DataLoader's")
     ap.add_argument("--suite", choices=["gpu"], default=None,
-                    help="gpu: the whole GPU check (see scripts/gpu_check.sh)")
+                    help="gpu: the whole GPU check, bench.gpucheck (`bench perf` only)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     return ap
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    suite = argparse.ArgumentParser(add_help=False)
-    suite.add_argument("--suite", choices=["gpu"], default=None)
-    first, rest = suite.parse_known_args(argv)
-    if first.suite == "gpu":  # its own options: see `bench perf --suite gpu --help`
-        from bench import gpucheck
-
-        return gpucheck.main(rest)
     a = parser().parse_args(argv)
     compute = Compute.for_run(a.device, a.precision, channels_last=_flag(a.channels_last),
                               compile=_flag(a.compile))
