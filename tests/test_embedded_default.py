@@ -9,7 +9,7 @@ from bench.pipeline import EvalOptions, run_cell
 from bench.runner import RunOptions
 from bench.store import Store
 
-ROBUST = ["pgdat", "trades", "peeraid", "rslad", "ard", "adaad", "iad"]
+ROBUST = ["pgdat", "trades", "peeraid", "rslad", "ard", "adaad", "iad", "mtard", "bmtard", "ciard"]
 
 
 @pytest.fixture(scope="module")
