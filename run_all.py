@@ -230,9 +230,14 @@ def _problems_md(problems: list[str]) -> str:
 
 # --- command line -------------------------------------------------------------------------
 
+# Options of `bench run` about how the cells run, not which: an experiment file may hold
+# them, and this script reads past them (one that decides the cells is an error here).
+RUN_ONLY_KEYS = frozenset({"executor", "slurm-partition", "timeout-min", "gpus-per-node",
+                           "redo", "resume", "restart", "detect-anomaly", "num-workers"})
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
-              help="Comma-separated methods of the grid.")
+              help="Comma-separated methods of the grid, or all.")
 @click.option("--datasets", "--dataset", "datasets", default="digits", show_default=True,
               help="Comma-separated data sets.")
 @click.option("--archs", "--arch", "archs", default=None,
@@ -244,12 +249,19 @@ def _problems_md(problems: list[str]) -> str:
               help="Override any hyper-parameter (repeatable).")
 @click.option("--sweep", "sweep", multiple=True, metavar="KEY=V1,V2",
               help="One cell per value (repeatable: one per combination).")
+@click.option("--teacher", default=None,
+              help="Teacher checkpoint file or robustbench:NAME [default: each preset's, "
+                   "else trained].")
+@click.option("--teacher-normalize", default=None,
+              help="The teacher normalises its [0,1] input with these mean/std inside.")
 @click.option("--teacher-method", default=None,
               help="Method that trains the teachers [default: each preset's, else pgdat].")
 @click.option("--teacher-arch", default=None, help="Teacher architecture.")
 @click.option("--peer-arch", default=None, help="PeerAiD's peer architecture.")
 @click.option("--select", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Split for best-checkpoint selection (PGD-10).")
+@click.option("--select-every", type=int, default=1, show_default=True,
+              help="Epochs between selection evaluations.")
 @click.option("--attacks", default=",".join(ALL_ATTACKS), show_default=True,
               help="Evaluation attacks.")
 @click.option("--aa-samples", type=int, default=None,
@@ -266,11 +278,12 @@ def _problems_md(problems: list[str]) -> str:
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
 @click.option("--no-train", is_flag=True, help="Train nothing: only rebuild the report.")
-@experiment.config_option
+@experiment.config_option(lambda: RUN_ONLY_KEYS)
 def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...],
-        teacher_method: str | None, teacher_arch: str | None, peer_arch: str | None,
-        select: str, attacks: str, aa_samples: int | None, device: str, data_root: str | None,
+        teacher: str | None, teacher_normalize: str | None, teacher_method: str | None,
+        teacher_arch: str | None, peer_arch: str | None, select: str, select_every: int,
+        attacks: str, aa_samples: int | None, device: str, data_root: str | None,
         out: str, report_dir: str | None, threads: int | None, no_train: bool) -> None:
     """Train what is missing of the grid, then write every table and figure of the report."""
     from bench.pipeline import EvalOptions
@@ -289,8 +302,10 @@ def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
 
         torch.set_num_threads(threads)
     cells = experiment.grid(methods, datasets, archs, seeds, preset, epochs, sets, sweep,
+                            teacher=teacher, teacher_normalize=teacher_normalize,
                             teacher_method=teacher_method, teacher_arch=teacher_arch,
-                            peer_arch=peer_arch, select=select).cells()
+                            peer_arch=peer_arch, select=select,
+                            select_every=select_every).cells()
     out_path = experiment.writable(Path(out))
     say(f"grid: {len(cells)} cell(s) on {datasets}, results in {out_path}")
     failures = train_grid(cells, out_path,

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from bench import BenchError, data, experiment, registry
+from bench import BenchError, data, experiment, registry, selection
 from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS
 from bench.models import model_names
@@ -33,7 +33,7 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--methods", default="peeraid,rslad", show_default=True,
-              help="Comma-separated method names (see `bench list`).")
+              help="Comma-separated method names (see `bench list`), or all.")
 @click.option("--datasets", "--dataset", "datasets", default="digits", show_default=True,
               help="Comma-separated data sets; the default is the embedded, offline digits "
                    "set.")
@@ -98,7 +98,7 @@ def cli() -> None:
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
-@experiment.config_option
+@experiment.config_option()
 def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...], teacher: str | None,
         teacher_normalize: str | None,
@@ -256,8 +256,10 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
                    "[default: each column's best].")
 @click.option("--reported", is_flag=True,
               help="Reproduced mean ± std beside the published figures of the same setting.")
+@click.option("--worst", is_flag=True,
+              help="Add the worst class's accuracy beside clean, PGD-20 and AutoAttack.")
 def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoints: str,
-          hours: bool, ours: str | None, reported: bool) -> None:
+          hours: bool, ours: str | None, reported: bool, worst: bool) -> None:
     """The stored results as paper tables: mean ± std over seeds (with the seed count), the
     best per column in bold, the margin of the best method over the best other."""
     from bench.store import Store
@@ -265,8 +267,15 @@ def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoin
 
     opts = TableOptions(datasets=tuple(_csv(datasets)), archs=tuple(_csv(archs)),
                         methods=tuple(_csv(methods)), checkpoints=tuple(_csv(checkpoints)),
-                        hours=hours, ours=ours)
+                        hours=hours, ours=ours, metrics=_with_worst() if worst else None)
     _print_table(Store(out), None, fmt, opts, reported)
+
+
+def _with_worst() -> tuple[str, ...]:
+    """Every attack column, each worst-class column right after its attack's."""
+    from bench.report import WORST
+
+    return tuple(c for a in ALL_ATTACKS for c in (a, f"{a}_worst") if c in (a, *WORST))
 
 
 @cli.command("reported")
@@ -581,6 +590,7 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
                   f"{registry.get(method).presets[preset].doc}")
     for k, v in dataclasses.asdict(r.params).items():
         console.print(f"  {k} = {v!r}", markup=False)
+    console.print(f"  checkpoints: {selection.rule(r.params.selection).doc}", markup=False)
     for kind, needed in (("teacher", r.cls.needs_teacher),
                          ("clean_teacher", r.cls.needs_clean_teacher)):
         arch = r.config[f"{kind}_arch"]

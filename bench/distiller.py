@@ -112,7 +112,7 @@ class Preset:
     clean_teachers: dict[str, str | tuple[str, str]] = field(default_factory=dict)
 
 
-FAITHFUL = Preset("the authors' code, to the letter (../shared/methods.md)")
+FAITHFUL = Preset("the authors' code, to the letter (docs/methods.md)")
 PAPER = Preset("faithful math with the paper's full schedule, even on the embedded data",
                base="faithful", full_scale=True)
 

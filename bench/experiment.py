@@ -149,7 +149,12 @@ def grid(methods: str, datasets: str, archs: str | None, seeds_: str, preset: st
         raise BenchError("--archs names no architecture")
     if epochs is not None:
         over["epochs"] = epochs
-    return Grid(methods=csv(methods), datasets=csv(datasets),
+    names = csv(methods)
+    if names == ["all"]:  # every registered method, plugins included
+        from bench import registry
+
+        names = registry.names()
+    return Grid(methods=names, datasets=csv(datasets),
                 archs=csv(archs) if archs else [None], seeds=seeds(seeds_),
                 preset=preset, overrides=over, sweep=sweeps(sweep), cell_fields=cell_fields)
 
@@ -223,9 +228,16 @@ def _as_cli(param: click.Parameter, key: str, value: Any, where: str) -> Any:
     raise bad("text or a list")
 
 
-def load(path: str | Path, command: click.Command) -> dict[str, Any]:
+# Keys of the report script (run_all.py) that `bench run` reads past, so one experiment file
+# serves both; run_all.py reads past the keys of `bench run` it has no option for.
+REPORT_KEYS = frozenset({"report-dir", "no-train"})
+
+
+def load(path: str | Path, command: click.Command,
+         ignored: frozenset[str] = frozenset()) -> dict[str, Any]:
     """An experiment file as `command`'s default_map (parameter name -> value), each key and
-    value checked against the command's options: one clear line for anything wrong."""
+    value checked against the command's options: one clear line for anything wrong. Keys in
+    `ignored` (another command's options) are read past."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
@@ -248,6 +260,8 @@ def load(path: str | Path, command: click.Command) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         p = params.get(key) or params.get(key.replace("_", "-"))
+        if p is None and (key in ignored or key.replace("_", "-") in ignored):
+            continue
         if p is None:
             raise unknown(f"key in {where}", key, {_key(q) for q in params.values()})
         if p.name in out:
@@ -256,16 +270,19 @@ def load(path: str | Path, command: click.Command) -> dict[str, Any]:
     return out
 
 
-def config_option(fn: Callable) -> Callable:
+def config_option(ignored: Callable[[], frozenset[str]] = lambda: REPORT_KEYS
+                  ) -> Callable[[Callable], Callable]:
     """`--config FILE.toml`: the file's values become the command's defaults (eager, so
-    every flag given on the command line still wins)."""
+    every flag given on the command line still wins); `ignored()` names keys to read past."""
 
     def apply(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
         if value is not None:
-            ctx.default_map = {**(ctx.default_map or {}), **load(value, ctx.command)}
+            ctx.default_map = {**(ctx.default_map or {}),
+                               **load(value, ctx.command, ignored())}
         return value
 
     return click.option("--config", type=click.Path(dir_okay=False), default=None,
                         is_eager=True, expose_value=False, callback=apply,
                         help="Experiment file (TOML): keys are these long option names, "
-                             "lists where a comma list is taken; flags override it.")(fn)
+                             "lists where a comma list is taken; flags override it.")
+

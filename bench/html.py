@@ -19,7 +19,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em a
 max-width:1300px;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}
-th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right;vertical-align:top}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right;vertical-align:top;
+white-space:nowrap}
 th{background:#f3f3f3;cursor:pointer;user-select:none;white-space:nowrap}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 td.text,th.text{text-align:left}tfoot td{font-style:italic;background:#fafafa}

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import __version__, analysis, checkpoint, data, distributed
+from bench import __version__, analysis, checkpoint, data, distributed, selection
 from bench.cells import Cell, Resolved, resolve
 from bench.compute import eval_batch_sizes
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
@@ -30,7 +30,7 @@ EMBEDDED_AA_SAMPLES = 100  # AutoAttack's Square attack dominates a CPU run; see
 
 
 AA_ON = ("best", "all", "none")
-REPORTED = ("best", "swa_best")  # the checkpoints the papers report (swa_best: PeerAiD's)
+REPORTED = selection.COMMON.reported  # the common protocol's: best (and swa_best)
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,11 @@ class EvalOptions:
     aa_samples: int | None = None  # None: the data set's default (all images for real sets)
     aa_on: str = "best"  # "best": the reported checkpoints only; "all"; "none"
 
-    def attacks_for(self, checkpoint: str) -> tuple[str, ...]:
-        """AutoAttack, the costly one, only where `aa_on` asks for it."""
-        aa = self.aa_on == "all" or (self.aa_on == "best" and checkpoint in REPORTED)
+    def attacks_for(self, checkpoint: str, reported: tuple[str, ...] = REPORTED
+                    ) -> tuple[str, ...]:
+        """AutoAttack, the costly one, only where `aa_on` asks for it (`reported`: the
+        checkpoints the cell's selection rule reports)."""
+        aa = self.aa_on == "all" or (self.aa_on == "best" and checkpoint in reported)
         return tuple(a for a in self.attacks if a != "aa" or aa)
 
 
@@ -150,6 +152,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         EMBEDDED_AA_SAMPLES if r.spec.embedded else None)
     rows = []
     # `last` goes last: its presence marks the whole cell as stored.
+    rule = selection.rule(r.params.selection)
     for name in sorted(finals, key=lambda n: n == "last"):
         t1 = time.perf_counter()
         # Random starts drawn afresh per checkpoint: a row depends on its weights only, not on
@@ -157,14 +160,15 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         torch.manual_seed(cell.seed)
         batch, aa_batch = eval_batch_sizes(opts.device)
         metrics = evaluate(finals[name], x, y, Threat(r.spec.eps),
-                           attacks=ev.attacks_for(name), aa_samples=n_aa, device=opts.device,
+                           attacks=ev.attacks_for(name, rule.reported), aa_samples=n_aa,
+                           device=opts.device,
                            batch_size=batch, aa_batch_size=aa_batch,
                            aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
                            num_classes=r.spec.num_classes)
         row = {
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
-            "selection": r.params.selection or "common",
+            "selection": r.params.selection or "common", "reported": name in rule.reported,
             "eps": r.spec.eps, "train_eps": r.params.eps, **metrics,
             **analysis.final_tutor(trainer.history),  # the last selection epoch's
             "train_seconds": round(trainer.train_seconds, 2),

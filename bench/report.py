@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from bench.evaluate import ALL_ATTACKS
+from bench.evaluate import ALL_ATTACKS, PER_CLASS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,6 +17,10 @@ TEXT_COLUMNS = ("method", "preset", "dataset", "arch", "checkpoint")
 LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd20s": "PGD-20 (0.003)",
           "cw": "CW-inf", "aa": "AutoAttack"}
 CHECKPOINT_ORDER = {"best": 0, "last": 1, "swa_best": 2, "swa_last": 3}
+# The worst class's accuracy under an attack (`bench table --worst`); its image count is the
+# attack's.
+WORST = tuple(f"{a}_worst" for a in PER_CLASS)
+LABELS.update({f"{a}_worst": f"{LABELS[a]} worst class" for a in PER_CLASS})
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -60,7 +64,7 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
             df[k] = pd.NA
     for k in ("method", "preset", "dataset", "arch", "checkpoint", "cell_id"):
         df[k] = df[k].astype("object").where(df[k].notna(), "?").astype(str)
-    for k in ("epochs", "seed", "eps", "train_seconds", "eval_seconds", *ALL_ATTACKS,
+    for k in ("epochs", "seed", "eps", "train_seconds", "eval_seconds", *ALL_ATTACKS, *WORST,
               *(f"n_{m}" for m in ALL_ATTACKS)):
         if k in df:
             df[k] = pd.to_numeric(df[k], errors="coerce")
@@ -148,7 +152,7 @@ def aggregate(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame()
     df = df.assign(label=labels(df))
-    metrics = [m for m in ALL_ATTACKS if m in df and df[m].notna().any()]
+    metrics = [m for m in (*ALL_ATTACKS, *WORST) if m in df and df[m].notna().any()]
     rows = []
     for key, g in df.groupby([*keys, "label"], sort=False, dropna=False):
         row = dict(zip([*keys, "label"], key, strict=True))
@@ -165,7 +169,8 @@ def aggregate(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
             row[m] = vals.mean() if len(vals) else float("nan")
             row[f"{m}_std"] = vals.std() if len(vals) > 1 else float("nan")
             row[f"{m}_count"] = len(vals)
-            n = g.loc[g[m].notna(), f"n_{m}"].dropna() if f"n_{m}" in g else pd.Series([])
+            nk = f"n_{m.removesuffix('_worst')}"
+            n = g.loc[g[m].notna(), nk].dropna() if nk in g else pd.Series([])
             row[f"n_{m}"] = int(n.min()) if len(n) else pd.NA
             row[f"n_{m}_max"] = int(n.max()) if len(n) else pd.NA
         rows.append(row)
@@ -204,9 +209,10 @@ def image_counts(agg: pd.DataFrame, m: str) -> str:
 
 
 def best_means(agg: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], float]:
-    """The best mean of each (metric, checkpoint): what a paper table sets in bold."""
+    """The best mean of each (metric, checkpoint) that two or more lines measured: what a
+    paper table sets in bold (a line alone in its checkpoint is best of nothing)."""
     return {(m, ck): g[m].max() for m in metrics for ck, g in agg.groupby("checkpoint")
-            if g[m].notna().any()}
+            if g[m].notna().sum() > 1}
 
 
 def is_best(r: pd.Series, m: str, best: dict[tuple[str, str], float]) -> bool:

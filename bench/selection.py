@@ -29,6 +29,7 @@ class Rule:
     dense_from: int | None = None  # ... and at every 1-based epoch from this one on
     keep: tuple[str, ...] = ("best", "last", "swa_best", "swa_last")  # the swa_* where SWA runs
     best_clean: bool = False  # also keep the best clean-accuracy network (`best_clean`)
+    reported: tuple[str, ...] = ("best", "swa_best")  # the networks the paper's tables show
 
     def due(self, epoch: int, epochs: int, select_every: int) -> bool:
         """Whether 0-based `epoch` is evaluated (the last one always is)."""
@@ -62,14 +63,14 @@ RULES: dict[str, Rule] = {
     "common": COMMON,
     "rslad": Rule("RSLAD: PGD-20 with step 0.003 at 1-based epochs 20, 40, ... before 215 and "
                   "every epoch from 215; best and last", attack="pgd20s", every=20,
-                  dense_from=215, keep=("best", "last")),
-    "ard": Rule("ARD: no selection, the last epoch", keep=("last",)),
+                  dense_from=215, keep=("best", "last"), reported=("best", "last")),
+    "ard": Rule("ARD: no selection, the last epoch", keep=("last",), reported=("last",)),
     "adaad": Rule("AdaAD: best PGD-10 every epoch, also the best clean accuracy; and last",
                   every=1, keep=("best", "last"), best_clean=True),
     "peeraid": Rule("PeerAiD: best PGD-10 every epoch, of the student and of the SWA model",
                     every=1, keep=("best", "swa_best", "last")),
-    "igdm": Rule("IGDM: the last epoch", keep=("last",)),
-    "saad": Rule("SAAD: the final SWA model", keep=("swa_last", "last")),
+    "igdm": Rule("IGDM: the last epoch", keep=("last",), reported=("last",)),
+    "saad": Rule("SAAD: the final SWA model", keep=("swa_last", "last"), reported=("swa_last",)),
     "absld": Rule("ABSLD: best (PGD-20 acc + worst-class PGD-20 acc), PGD-20 with step 0.003, "
                   "at 1-based epochs 10, 20, ... before 215 and every epoch from 215; and last",
                   attack="pgd20s", score="acc+worst", every=10, dense_from=215,

@@ -91,9 +91,9 @@ class ABSLD(Distiller):
 
     def on_epoch_end(self, sums: dict[str, Tensor]) -> None:
         r, q = self.rate(self.epoch), self.p
-        for key in ("adv", "nat"):
-            tau = getattr(self, f"tau_{key}")
-            gap = sums[key].to(tau.device) - sums[key].to(tau.device).mean()
+        for key in ("adv", "nat"):  # on the training device, also after a resume from CPU
+            tau = getattr(self, f"tau_{key}").to(sums[key].device)
+            gap = sums[key] - sums[key].mean()
             setattr(self, f"tau_{key}",
                     (tau - r * gap / gap.abs().max()).clamp(q.tau_min, q.tau_max))
 

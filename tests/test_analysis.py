@@ -184,3 +184,68 @@ def test_bad_input_is_one_line(results, capsys, args: list[str], says: str) -> N
     assert exc.value.code != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1 and says in err, err
+
+
+def test_worst_class_columns_in_tables(results, capsys) -> None:
+    out, rows, _ = results
+    import csv
+    import io
+
+    main(["table", "--worst", "--format", "csv", "--methods", "pgdat", "--out", str(out)])
+    lines = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    best = next(r for r in lines if r["checkpoint"] == "best")
+    for a in ("clean", "pgd20", "aa"):
+        stored = rows[("pgdat", "best")]
+        assert float(best[f"{a}_worst"]) == pytest.approx(100 * min(stored["per_class"][a]))
+    main(["table", "--format", "csv", "--out", str(out)])
+    assert "clean_worst" not in capsys.readouterr().out  # only when asked for
+
+
+def test_figures_of_the_analyses(results, tmp_path, capsys) -> None:
+    out, _, _ = results
+    main(["transfer", "standard:best", "pgdat:best", "--attack", "fgsm", "--out", str(out)])
+    main(["eval", "rslad:best", "--eps", "0,0.05,0.1", "--steps", "1,10", "--out", str(out)])
+    capsys.readouterr()
+    for kind in ("tutor", "transfer", "strength"):
+        main(["plot", kind, "--out", str(out), "--dest", str(tmp_path)])
+        written = [Path(p) for p in capsys.readouterr().out.split()]
+        pngs = [p for p in written if p.suffix == ".png"]
+        assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs), kind
+    side = (tmp_path / "strength_digits_small_cnn.txt").read_text()
+    assert "gradient-masking" in side
+
+
+def test_masking_signs_fire_on_masked_curves_only() -> None:
+    from bench.analysis import masking_signs
+
+    def pts(fgsm: float, by_steps: dict[int, float]) -> list[dict]:
+        return [{"eps": 0.1, "steps": 1, "attack": "fgsm", "accuracy": fgsm, "n": 100},
+                *({"eps": 0.1, "steps": k, "attack": "pgd", "accuracy": a, "n": 100}
+                  for k, a in by_steps.items())]
+
+    assert masking_signs(pts(0.6, {1: 0.7, 10: 0.5, 20: 0.45})) == []
+    flat = masking_signs(pts(0.6, {1: 0.7, 10: 0.7, 20: 0.7}))
+    assert len(flat) == 2 and "no stronger" in flat[0] and "FGSM beats" in flat[1]
+    assert masking_signs([], ["flag: suspicious"]) == ["AutoAttack flagged: flag: suspicious"]
+
+
+def test_ablation_points_are_seed_means_of_the_swept_rows(tmp_path, capsys) -> None:
+    from bench.analysis_plots import ablation_points
+
+    main(["run", "--methods", "standard", "--sweep", "lr=0.01,0.1", "--seeds", "0,1",
+          "--epochs", "1", "--attacks", "clean,pgd20", "--threads", "1", "--out", str(tmp_path)])
+    rows = [r for r in Store(tmp_path).read()[0] if r["checkpoint"] == "best"]
+    pts = ablation_points(tmp_path, "lr")
+    assert len(pts) == 4 and set(pts["seeds"]) == {2}
+    for lr in (0.01, 0.1):
+        accs = torch.tensor([100 * r["clean"] for r in rows if r["config"]["params"]["lr"] == lr],
+                            dtype=torch.float64)
+        p = pts[(pts["value"] == lr) & (pts["metric"] == "clean")].iloc[0]
+        assert p["mean"] == pytest.approx(accs.mean().item())
+        assert p["std"] == pytest.approx(accs.std().item())
+    capsys.readouterr()
+    main(["plot", "ablation", "--param", "lr", "--out", str(tmp_path)])
+    assert "ablation_lr_digits_small_cnn.png" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["plot", "ablation", "--param", "momentum", "--out", str(tmp_path)])
+    assert "no stored 'best' rows sweep hyper-parameter 'momentum'" in capsys.readouterr().err

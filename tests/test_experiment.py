@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import experiment
+from bench import BenchError, experiment
 from bench.cells import resolve
 from bench.cli import main, run
 from bench.store import Store
@@ -176,6 +176,17 @@ def test_bad_experiment_file_is_one_line(text, needle, tmp_path: Path, capsys) -
     assert not (tmp_path / "o").exists()
 
 
+def test_all_methods_and_report_keys(tmp_path: Path, capsys) -> None:
+    from bench import registry
+
+    assert experiment.grid("all", "digits", None, "0").methods == registry.names()
+    f = tmp_path / "exp.toml"
+    f.write_text('methods = "pgdat"\nreport-dir = "rep"\nexecutor = "local"\n')
+    assert experiment.load(f, run, experiment.REPORT_KEYS)["executor"] == "local"
+    with pytest.raises(BenchError, match="unknown key in .* 'report-dir'"):
+        experiment.load(f, run)
+
+
 def test_missing_experiment_file(tmp_path: Path, capsys) -> None:
     code, _, err = _bench(["run", "--config", str(tmp_path / "nope.toml")], capsys)
     assert code not in (0, None) and "nope.toml" in err and len(err.strip().splitlines()) == 1
@@ -200,7 +211,7 @@ def test_file_set_and_sweep_tables_become_cell_overrides(tmp_path: Path) -> None
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")),
                          ids=lambda p: p.stem)
 def test_shipped_experiments_resolve(path: Path) -> None:
-    dm = experiment.load(path, run)
+    dm = experiment.load(path, run, experiment.REPORT_KEYS)
     cells = experiment.grid(dm["methods"], dm.get("datasets", "digits"), dm.get("archs"),
                             dm.get("seeds", "0"), dm.get("preset", "faithful")).cells()
     ids = {resolve(c).id for c in cells}

@@ -1,4 +1,4 @@
-"""Every method against ../shared/methods.md, written out independently of the method files.
+"""Every method against docs/methods.md, written out independently of the method files.
 
 For each method and each data set's `faithful` preset: the loss value, its gradients (detach
 points), the BatchNorm running statistics it leaves (order and count of train-mode forwards),

@@ -421,7 +421,8 @@ def test_selection_rules_in_a_run(tmp_path):
     assert best["adaad"]["best_clean"] == max(e["clean"] for e in h)
     assert got["adaad"]["best_clean"]["clean"] == pytest.approx(
         max(e["clean"] for e in h), abs=1e-9)  # same split (test) in selection and evaluation
-    assert set(got["ard"]) == {"last"}
+    assert set(got["ard"]) == {"last"} and got["ard"]["last"]["reported"]
+    assert got[None]["best"]["reported"] and not got[None]["last"]["reported"]
     h = hist["absld"]
     assert [("pgd20s" in e, "worst_class" in e) for e in h] == [(False, False), (True, True)]
     assert best["absld"]["best"] == pytest.approx(h[1]["pgd20s"] + h[1]["worst_class"])
@@ -437,3 +438,66 @@ def test_unknown_or_impossible_selection_is_one_line():
         resolve(Cell("standard", overrides=(("selection", "rsald"),)))
     with pytest.raises(BenchError, match="keeps an SWA model, but swa is off"):
         resolve(Cell("standard", overrides=(("selection", "saad"),)))
+
+
+def test_autoattack_runs_on_the_checkpoints_the_rule_reports():
+    from bench.pipeline import EvalOptions
+    from bench.selection import RULES
+
+    ev = EvalOptions(attacks=("clean", "aa"))
+    assert ev.attacks_for("best") == ("clean", "aa") and ev.attacks_for("last") == ("clean",)
+    assert ev.attacks_for("last", RULES["ard"].reported) == ("clean", "aa")
+    assert ev.attacks_for("swa_last", RULES["saad"].reported) == ("clean", "aa")
+    assert ev.attacks_for("best", RULES["saad"].reported) == ("clean",)
+
+
+# --- ABSLD end to end: temperatures move, and a run interrupted mid-epoch resumes exactly ------
+
+class _Killed(Exception):
+    pass
+
+
+def _absld_run(out, monkeypatch, kill_at: tuple[int, int] | None):
+    """ABSLD for 3 epochs on digits; `kill_at` = (epoch, batch) stops it there once (before
+    that batch's step: the epoch's sums and temperatures are lost with the process)."""
+    from bench.cells import Cell
+    from bench.pipeline import EvalOptions, run_cell
+    from bench.runner import RunOptions
+    from bench.store import Store
+    from methods.absld import ABSLD
+
+    cell = Cell("absld", overrides=(("epochs", 3), ("milestones", (1,))))
+    opts, ev = RunOptions(out=out, log=lambda *_: None), EvalOptions(attacks=("clean", "pgd20"))
+    if kill_at is not None:
+        loss = ABSLD.loss
+
+        def dying(self, x, x_adv, y):
+            if (self.epoch, self.step) == kill_at:
+                raise _Killed
+            return loss(self, x, x_adv, y)
+
+        monkeypatch.setattr(ABSLD, "loss", dying)
+        with pytest.raises(_Killed):
+            run_cell(cell, opts, ev, Store(out))
+        monkeypatch.setattr(ABSLD, "loss", loss)
+    return {r["checkpoint"]: r for r in run_cell(cell, opts, ev, Store(out))}
+
+
+def test_absld_resumes_bit_identically_with_its_temperatures(tmp_path, monkeypatch):
+    from bench.checkpoint import load_file
+
+    ref = _absld_run(tmp_path / "ref", monkeypatch, None)
+    got = _absld_run(tmp_path / "got", monkeypatch, (1, 5))
+    d = {k: next((tmp_path / k / "runs").glob("absld-*")) for k in ("ref", "got")}
+    a, b = load_file(d["ref"] / "ckpt.pt"), load_file(d["got"] / "ckpt.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for k, v in a["models"]["student"].items():
+        assert torch.equal(b["models"]["student"][k], v), k
+    for key in ("tau_adv", "tau_nat"):
+        tau = a["method"][key]
+        assert torch.equal(b["method"][key], tau), key
+        assert (tau - 1).abs().max() > 1e-3 and tau.min() >= 0.5 and tau.max() <= 5  # moved
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in b["history"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in a["history"]]
+    for name, row in ref.items():
+        assert got[name]["pgd20"] == row["pgd20"] and got[name]["clean"] == row["clean"]
