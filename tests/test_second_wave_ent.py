@@ -388,6 +388,7 @@ def test_selection_rules_schedules_and_scores():
     assert score(RULES["absld"], hits, y) == pytest.approx(5 / 8 + 0.5)
     assert score(RULES["rslad"], hits, y) == pytest.approx(5 / 8)
     assert (RULES["rslad"].attack, RULES["absld"].attack) == ("pgd20s", "pgd20s")
+    assert score(RULES["bmtard"], hits, y, clean=0.875) == pytest.approx((0.875 + 5 / 8) / 2)
 
 
 def test_paper_presets_name_their_papers_rules_and_faithful_keeps_the_common_one():
@@ -410,7 +411,7 @@ def test_selection_rules_in_a_run(tmp_path):
     opts, store = RunOptions(out=tmp_path, log=lambda *_: None), Store(tmp_path)
     ev = EvalOptions(attacks=("clean",))
     got, hist, best = {}, {}, {}
-    for rule in ("adaad", "ard", "absld", None):
+    for rule in ("adaad", "ard", "absld", "bmtard", None):
         over = (("epochs", 2),) + ((("selection", rule),) if rule else ())
         rows = run_cell(Cell("standard", overrides=over), opts, ev, store)
         got[rule] = {r["checkpoint"]: r for r in rows}
@@ -427,6 +428,9 @@ def test_selection_rules_in_a_run(tmp_path):
     h = hist["absld"]
     assert [("pgd20s" in e, "worst_class" in e) for e in h] == [(False, False), (True, True)]
     assert best["absld"]["best"] == pytest.approx(h[1]["pgd20s"] + h[1]["worst_class"])
+    h = hist["bmtard"]
+    assert all("clean" in e and "pgd20" in e for e in h) and set(got["bmtard"]) == {"best", "last"}
+    assert best["bmtard"]["best"] == pytest.approx(max((e["clean"] + e["pgd20"]) / 2 for e in h))
     assert set(got[None]) == {"best", "last"}
     assert all("pgd10" in e for e in hist[None])
 
