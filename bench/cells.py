@@ -150,6 +150,7 @@ class _Teacher:
     arch: str | None = None
     cell: Cell | None = None
     file: Path | None = None
+    prescribed: bool = False  # the preset's own teacher (recipe or zoo model), unchanged
 
 
 _NO_TEACHER = _Teacher()
@@ -175,9 +176,12 @@ def resolve(cell: Cell) -> Resolved:
                          **dict(cell.overrides))
     _check_params(params)
     teacher = clean = _NO_TEACHER
+    norm = cell.teacher_normalize
     if cls.needs_teacher:
         teacher = _teacher(cell, cls, arch, "teacher", cell.teacher, cell.teacher_arch,
                            cell.teacher_method, "pgdat")
+        if norm is None and teacher.prescribed:
+            norm = cls.preset_teacher(cell.preset, cell.dataset, "teacher_normalize")
     if cls.needs_clean_teacher:
         clean = _teacher(cell, cls, arch, "clean_teacher", cell.clean_teacher,
                          cell.clean_teacher_arch, None, "standard")
@@ -186,7 +190,7 @@ def resolve(cell: Cell) -> Resolved:
         "seed": cell.seed, "params": dataclasses.asdict(params),
         "peer_arch": (cell.peer_arch or arch) if cls.needs_peer else None,
         "teacher": teacher.id, "teacher_arch": teacher.arch,
-        "teacher_normalize": cell.teacher_normalize if teacher.id else None,
+        "teacher_normalize": norm if teacher.id else None,
         "clean_teacher": clean.id, "clean_teacher_arch": clean.arch,
         "select": cell.select, "select_every": cell.select_every,
     }
@@ -207,12 +211,15 @@ def _teacher(cell: Cell, cls: type[Distiller], arch: str, kind: str, source: str
             source = prescribed
     trained = prescribed if isinstance(prescribed, tuple) else (default_method, arch)
     if source and source.startswith(ZOO):
-        return _Teacher(source)
+        return _Teacher(source, prescribed=source == prescribed)
     if source:
         path = Path(source)
         return _Teacher(f"file:{_file_digest(path, kind)}", t_arch or arch, file=path)
     t_arch = t_arch or trained[1]
     epochs = dict(cell.overrides).get("epochs")
-    t_cell = Cell(t_method or trained[0], cell.dataset, t_arch, seed=0,
+    recipe = trained[2] if len(trained) > 2 and not t_method else "faithful"
+    t_cell = Cell(t_method or trained[0], cell.dataset, t_arch, seed=0, preset=recipe,
                   overrides=(("epochs", epochs),) if epochs else ())
-    return _Teacher(resolve(t_cell).id, t_arch, t_cell)
+    return _Teacher(resolve(t_cell).id, t_arch, t_cell,
+                    prescribed=isinstance(prescribed, tuple) and not t_method and
+                    t_arch == prescribed[1])

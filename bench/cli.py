@@ -398,17 +398,12 @@ def _write_json(path: str | None, obj: Any) -> None:
             raise BenchError(f"cannot write {path} ({exc.strerror})") from None
 
 
-HISTORY_COLUMNS = ("lr", "loss", "pgd10", "swa_pgd10", "tutor_clean", "tutor_on_student",
-                   "tutor_on_self", "clean_teacher_clean", "clean_teacher_on_student",
-                   "clean_teacher_on_self", "seconds")
-
-
 @cli.command()
 @click.argument("run")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per epoch.")
 @_OUT
 def history(run: str, as_json: bool, out: str) -> None:
-    """A run's per-epoch log: loss, LR, selection and tutor accuracies (%), seconds.
+    """A run's per-epoch log: LR, loss, selection and tutor accuracies (%), seconds.
 
     RUN is a cell id or a unique prefix of one (the folders under OUT/runs/).
     """
@@ -423,7 +418,9 @@ def history(run: str, as_json: bool, out: str) -> None:
     if as_json:
         click.echo(json.dumps([{**h, "epoch": h["epoch"] + 1} for h in hist], indent=1))
         return
-    cols = [c for c in HISTORY_COLUMNS if any(c in h for h in hist)]
+    cols = [c for c in dict.fromkeys(k for h in hist for k in h) if c not in ("epoch", "seconds")]
+    cols = [c for c in cols if isinstance(next(h[c] for h in hist if c in h), int | float)]
+    cols.append("seconds")
     t = Table(title=f"{r.id}: {len(hist)} epoch(s); accuracies in % (selection split, "
                     f"PGD-10)")
     for c in ("epoch", *cols):
@@ -510,6 +507,7 @@ def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out
     from rich.table import Table
 
     from bench import analysis, runs
+    from bench.report import fmt_eps
 
     run, ck = runs.parse_model(model, default="best")
     eps_list, steps_list = analysis.parse_eps(eps_text), analysis.parse_steps(steps_text)
@@ -518,8 +516,7 @@ def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out
     x, y = _test_set(r.config, data_root)
     points = analysis.strength(net, x, y, eps_list, steps_list, seed=int(r.config["seed"]),
                                device=_device(device))
-    signs = analysis.masking_signs(points, _aa_flags(Path(out), r.id, ck))
-    stored = analysis.save_strength(r.dir, ck, points, signs)
+    stored, signs = analysis.save_strength(r.dir, ck, points, _aa_flags(Path(out), r.id, ck))
     _write_json(json_file, points)
     t = Table(title=f"{r.id}:{ck}: accuracy (%) by radius and attack (n={len(y)})")
     attacks = ["fgsm", *(f"pgd{k}" for k in steps_list)]
@@ -528,12 +525,12 @@ def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out
     for e in eps_list:
         by = {("fgsm" if p["attack"] == "fgsm" else f"pgd{p['steps']}"): p["accuracy"]
               for p in points if p["eps"] == e}
-        t.add_row(f"{e:.4g}", *(_pct(by.get(a)) for a in attacks))
+        t.add_row(fmt_eps(e), *(_pct(by.get(a)) for a in attacks))
     console.print(t)
     for line in signs:
         console.print(f"gradient-masking sign: {line}", markup=False)
     if not signs:
-        console.print("no sign of gradient masking in these curves", markup=False)
+        console.print("no sign of gradient masking in this model's stored curves", markup=False)
     console.print(f"stored {stored}", markup=False)
 
 
@@ -594,8 +591,10 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
     for kind, needed in (("teacher", r.cls.needs_teacher),
                          ("clean_teacher", r.cls.needs_clean_teacher)):
         arch = r.config[f"{kind}_arch"]
+        norm = r.config["teacher_normalize"] if kind == "teacher" else None
         if needed:
-            console.print(f"  {kind} = {r.config[kind]}" + (f" ({arch})" if arch else ""),
+            console.print(f"  {kind} = {r.config[kind]}" + (f" ({arch})" if arch else "")
+                          + (f", normalising with {norm} mean/std" if norm else ""),
                           markup=False)
 
 

@@ -99,7 +99,9 @@ class Preset:
     Keys of `per_dataset` are data set names or "dataset:arch" for arch-specific schedules.
     A `full_scale` preset ignores the embedded data set's scaled-down budget. `teachers` names
     the teacher a distillation preset uses per data set: "robustbench:NAME", or a
-    (method, arch) pair that the harness trains and caches; `clean_teachers` likewise names
+    (method, arch) pair, or (method, arch, preset), that the harness trains and caches; with
+    `teacher_normalize[dataset]` the prescribed teacher normalises its input with those
+    statistics (overriding a RobustBench model's own); `clean_teachers` likewise names
     the non-robust teacher (e.g. ("standard", "resnet56")) of a multi-teacher method.
     """
 
@@ -108,8 +110,9 @@ class Preset:
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     base: str | None = None
     full_scale: bool = False
-    teachers: dict[str, str | tuple[str, str]] = field(default_factory=dict)
-    clean_teachers: dict[str, str | tuple[str, str]] = field(default_factory=dict)
+    teachers: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    clean_teachers: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    teacher_normalize: dict[str, str] = field(default_factory=dict)  # per data set, see cells
 
 
 FAITHFUL = Preset("the authors' code, to the letter (docs/methods.md)")
@@ -118,11 +121,12 @@ PAPER = Preset("faithful math with the paper's full schedule, even on the embedd
 
 
 def paper(selection: str | None = None, clean: dict[str, str | tuple[str, ...]] | None = None,
-          **teachers: str | tuple[str, ...]) -> Preset:
+          normalize: dict[str, str] | None = None, **teachers: str | tuple[str, ...]) -> Preset:
     """The `paper` preset of a method: its paper's teacher per data set (and clean teacher per
-    data set, `clean`), and the rule by which the paper picked the checkpoints it reported
-    (`bench.selection`)."""
+    data set, `clean`; the statistics a teacher normalises with, `normalize`), and the rule by
+    which the paper picked the checkpoints it reported (`bench.selection`)."""
     return dataclasses.replace(PAPER, teachers=teachers, clean_teachers=clean or {},
+                               teacher_normalize=normalize or {},
                                common=dict(selection=selection) if selection else {})
 
 
@@ -174,9 +178,10 @@ class Distiller(ABC):
 
     @classmethod
     def preset_teacher(cls, preset: str, dataset: str,
-                       kind: str = "teacher") -> str | tuple[str, str] | None:
-        """The teacher (`kind` "teacher" or "clean_teacher") `preset` prescribes on `dataset`."""
-        field_ = "teachers" if kind == "teacher" else "clean_teachers"
+                       kind: str = "teacher") -> str | tuple[str, ...] | None:
+        """The teacher (`kind` "teacher" or "clean_teacher") `preset` prescribes on `dataset`,
+        or with `kind` "teacher_normalize" the statistics that teacher normalises with."""
+        field_ = {"teacher": "teachers", "clean_teacher": "clean_teachers"}.get(kind, kind)
         return next((getattr(p, field_)[dataset] for p in cls.chain(preset)
                      if dataset in getattr(p, field_)), None)
 

@@ -24,7 +24,7 @@ from bench.compute import eval_batch_sizes
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
 from bench.runner import RunOptions, Trainer, build
 from bench.store import Store
-from bench.teachers import ZOO, load_weights, normalized, robustbench_model
+from bench.teachers import ZOO, load_weights, normalized, renormalized, robustbench_model
 
 EMBEDDED_AA_SAMPLES = 100  # AutoAttack's Square attack dominates a CPU run; seeded subset
 
@@ -95,16 +95,18 @@ def teacher_for(r: Resolved, opts: RunOptions, kind: str = "teacher") -> nn.Modu
     source = r.config.get(kind)  # the cell's --teacher / --clean-teacher, or its preset's
     if source is None:
         return None
+    norm = r.config["teacher_normalize"] if kind == "teacher" else None
     if source.startswith(ZOO):
         root = opts.data_root or data.default_root()
-        return robustbench_model(source[len(ZOO):], r.cell.dataset, root / "robustbench")
+        model = robustbench_model(source[len(ZOO):], r.cell.dataset, root / "robustbench")
+        return renormalized(model, norm, source[len(ZOO):]) if norm else model
     file, cell = ((r.teacher_file, r.teacher_cell) if kind == "teacher"
                   else (r.clean_teacher_file, r.clean_teacher_cell))
     what = f"{kind.replace('_', ' ')} checkpoint"
     if file is None:
         file, what = train_teacher(cell, opts), f"cached {kind.replace('_', ' ')}"
     model = load_weights(build(r, kind, r.config[f"{kind}_arch"]), file, what)
-    return normalized(model, r.cell.teacher_normalize) if kind == "teacher" else model
+    return normalized(model, norm)
 
 
 def row_key(r: Resolved, checkpoint: str) -> str:

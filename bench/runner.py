@@ -240,13 +240,16 @@ class Trainer:
             hits = correct(net, self.sel_x, self.sel_y, rule.attack, threat, SELECT_BATCH,
                            self.device)
             log[prefix + rule.attack] = hits.sum().item() / len(hits)
+            clean = None
+            if rule.score == "clean+adv" or (rule.best_clean and not prefix):
+                clean = accuracy(net, self.sel_x, self.sel_y, "clean", threat, SELECT_BATCH,
+                                 self.device)
+                log[prefix + "clean"] = clean
             if rule.score == "acc+worst":
                 log[prefix + "worst_class"] = selection.worst_class(hits, self.sel_y)
-            self._keep(rule, prefix + "best", selection.score(rule, hits, self.sel_y), net)
-        if rule.best_clean:
-            log["clean"] = accuracy(self.method.student, self.sel_x, self.sel_y, "clean", threat,
-                                    SELECT_BATCH, self.device)
-            self._keep(rule, "best_clean", log["clean"], self.method.student)
+            self._keep(rule, prefix + "best", selection.score(rule, hits, self.sel_y, clean), net)
+            if rule.best_clean and not prefix:
+                self._keep(rule, "best_clean", clean, net)
         log.update(self.tutor_log())  # the tutor on the student's examples and on its own
 
     def _keep(self, rule: selection.Rule, name: str, score: float, net: nn.Module) -> None:

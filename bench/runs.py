@@ -7,6 +7,7 @@ trained network, SWA, history) and `best.pt` / `swa_best.pt` (the selected stude
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from bench import BenchError, checkpoint, data
 from bench.models import create_model
 from bench.suggest import unknown
 
-CHECKPOINTS = ("best", "last", "swa_best", "swa_last", "best_clean", "peer", "teacher")
+CHECKPOINTS = ("best", "last", "swa_best", "swa_last", "best_clean", "peer", "teacher",
+               "clean_teacher")
 STUDENT_FILES = ("best", "swa_best", "best_clean")  # selected students, one file each
 
 
@@ -68,6 +70,10 @@ def find(out: Path, run: str) -> Run:
     if len(hits) > 1:
         shown = ", ".join(hits[:4]) + (f" and {len(hits) - 4} more" if len(hits) > 4 else "")
         raise BenchError(f"run prefix {run!r} is ambiguous: it matches {shown}")
+    if not hits and len(names) > 8:  # a long store: name the closest, not every run
+        close = difflib.get_close_matches(run, names, n=1, cutoff=0.3)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise BenchError(f"unknown run {run!r}{hint} ({len(names)} runs in {root})")
     if not hits:
         raise unknown("run", run, names)
     try:
@@ -105,8 +111,8 @@ def _missing(run: Run, ckpt: str, why: str) -> BenchError:
 def load(out: Path, run: Run, ckpt: str) -> nn.Module:
     """Network `ckpt` of `run` (CHECKPOINTS), on the CPU in eval mode.
 
-    `last`, `swa_last` and `peer` come from the latest epoch checkpoint; `teacher` from it
-    when the teacher trains, else from the harness's teacher cache or RobustBench.
+    `last`, `swa_last` and `peer` come from the latest epoch checkpoint; `teacher` and
+    `clean_teacher` from it when they train, else from the harness's cache or RobustBench.
     """
     from bench.teachers import load_weights
 
@@ -119,8 +125,8 @@ def load(out: Path, run: Run, ckpt: str) -> nn.Module:
             raise _missing(run, ckpt, "not kept by this method's selection rule, or no "
                            "selection epoch finished yet")
         return load_weights(_net(run, c["arch"]), path, f"{ckpt} checkpoint").eval()
-    if ckpt == "teacher":
-        return _teacher(out, run).eval()
+    if ckpt in ("teacher", "clean_teacher"):
+        return _teacher(out, run, ckpt).eval()
     state = run.state()
     if ckpt == "swa_last":
         swa = state.get("swa")
@@ -138,25 +144,26 @@ def load(out: Path, run: Run, ckpt: str) -> nn.Module:
     return model.eval()
 
 
-def _teacher(out: Path, run: Run) -> nn.Module:
-    from bench.teachers import NORMALIZATIONS, ZOO, Normalized, load_weights, robustbench_model
+def _teacher(out: Path, run: Run, kind: str) -> nn.Module:
+    """The run's `kind` teacher: its latest weights if it trains, else the harness's cache
+    or RobustBench (a teacher from a user's file is that file: bench keeps no copy)."""
+    from bench.teachers import ZOO, load_weights, normalized, robustbench_model
 
     c = run.config
-    source = c.get("teacher")
+    source = c.get(kind)
     if not source:
-        raise _missing(run, "teacher", "the method has no teacher")
+        raise _missing(run, kind, f"the method has no {kind.replace('_', ' ')}")
     state = checkpoint.load_latest(run.dir / "ckpt.pt")
-    if state is not None and "teacher" in state.get("models", {}):  # a teacher that trains
-        model = _net(run, c["teacher_arch"])
-        model.load_state_dict(state["models"]["teacher"])
+    if state is not None and kind in state.get("models", {}):  # a teacher that trains
+        model = _net(run, c[f"{kind}_arch"])
+        model.load_state_dict(state["models"][kind])
     elif source.startswith(ZOO):
         model = robustbench_model(source[len(ZOO):], c["dataset"],
                                   data.default_root() / "robustbench")
     elif source.startswith("file:"):
-        raise BenchError(f"the teacher of run {run.id} was loaded from a file, which bench "
-                         f"does not copy: analyse that file as a model of its own run")
+        raise BenchError(f"the {kind.replace('_', ' ')} of run {run.id} was loaded from a "
+                         f"file, which bench does not copy: analyse that file's own run")
     else:
-        model = load_weights(_net(run, c["teacher_arch"]), Path(out) / "teachers" /
-                             f"{source}.pt", "cached teacher")
-    norm = c.get("teacher_normalize")
-    return Normalized(model, *NORMALIZATIONS[norm]) if norm else model
+        model = load_weights(_net(run, c[f"{kind}_arch"]), Path(out) / "teachers" /
+                             f"{source}.pt", f"cached {kind.replace('_', ' ')}")
+    return normalized(model, c.get("teacher_normalize")) if kind == "teacher" else model

@@ -24,7 +24,8 @@ class Rule:
 
     doc: str
     attack: str = "pgd10"  # the selection attack (an attack of bench.evaluate, eval mode)
-    score: Literal["acc", "acc+worst"] = "acc"  # acc+worst: + the worst class's accuracy
+    # acc+worst: + the worst class's accuracy; clean+adv: (clean acc + attack acc) / 2
+    score: Literal["acc", "acc+worst", "clean+adv"] = "acc"
     every: int | None = None  # evaluate at 1-based epochs every, 2 every, ...; None: the cell's
     dense_from: int | None = None  # ... and at every 1-based epoch from this one on
     keep: tuple[str, ...] = ("best", "last", "swa_best", "swa_last")  # the swa_* where SWA runs
@@ -44,11 +45,16 @@ class Rule:
         return any(k.endswith("best") for k in self.keep) or self.best_clean
 
 
-def score(rule: Rule, correct: Tensor, y: Tensor) -> float:
-    """The rule's score of one network from its per-image correctness on the selection split."""
+def score(rule: Rule, correct: Tensor, y: Tensor, clean: float | None = None) -> float:
+    """The rule's score of one network from its per-image correctness under the rule's attack
+    on the selection split (and its clean accuracy, for "clean+adv")."""
     acc = correct.sum().item() / len(correct)
     if rule.score == "acc":
         return acc
+    if rule.score == "clean+adv":
+        if clean is None:
+            raise ValueError("the clean+adv score needs the clean accuracy")
+        return (clean + acc) / 2
     return acc + worst_class(correct, y)
 
 
@@ -75,6 +81,9 @@ RULES: dict[str, Rule] = {
                   "at 1-based epochs 10, 20, ... before 215 and every epoch from 215; and last",
                   attack="pgd20s", score="acc+worst", every=10, dense_from=215,
                   keep=("best", "last")),
+    "mtard": Rule("MTARD: no selection, the last epoch", keep=("last",), reported=("last",)),
+    "bmtard": Rule("B-MTARD / CIARD: best (clean + PGD-20 accuracy) / 2 every epoch; and last",
+                   attack="pgd20", score="clean+adv", every=1, keep=("best", "last")),
 }
 
 

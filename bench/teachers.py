@@ -101,6 +101,21 @@ def robustbench_model(name: str, dataset: str, model_dir: Path) -> nn.Module:
                          f"put its checkpoint at {target}") from None
 
 
+def renormalized(model: nn.Module, norm: str, name: str) -> nn.Module:
+    """A RobustBench `model` whose OWN input normalisation is replaced by `norm`'s statistics
+    (RSLAD wraps RobustBench's CIFAR-100 WRN-70-16 weights with CIFAR-10's). A model without
+    one of its own is refused: RobustBench models take [0, 1] pixels, and normalising on top
+    of an unseen normalisation would be silently wrong."""
+    mean, std = getattr(model, "mean", None), getattr(model, "std", None)
+    if not (isinstance(mean, Tensor) and isinstance(std, Tensor)):
+        raise BenchError(f"--teacher-normalize {norm}: RobustBench model {name} has no input "
+                         f"normalisation of its own (mean/std) to override")
+    with torch.no_grad():
+        mean.copy_(torch.tensor(NORMALIZATIONS[norm][0]).view_as(mean))
+        std.copy_(torch.tensor(NORMALIZATIONS[norm][1]).view_as(std))
+    return model
+
+
 def normalized(model: nn.Module, norm: str | None) -> nn.Module:
     """`model` normalising its input with the `norm` data set's statistics (None: as is)."""
     return Normalized(model, *NORMALIZATIONS[norm]) if norm else model

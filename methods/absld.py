@@ -9,7 +9,9 @@ for tau_adv, CE(S(x), y) for tau_nat, from the training forwards), gap = E - mea
 r = 0.1, multiplied by 0.1 with the LR, at the end of the epoch BEFORE that epoch's update.
 The code divides through `.detach()` aliases of ONE tensor, in place: the attack and both
 terms all see z_T / tau_adv[y] / tau_nat[y] (kept in `faithful`); `fixed` gives tau_adv to
-the attack and the adversarial term, tau_nat to the natural one.
+the attack and the adversarial term, tau_nat to the natural one. (The code writes
+log(softmax(s)) where RSLAD's CIFAR-10 helper, reused here, has log_softmax(s): equal unless
+a probability underflows.)
 Authors' code: github.com/zhaoshiji123/ABSLD, resnet18_absld_cifar10.py, absld_loss.py.
 """
 

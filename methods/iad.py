@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.attacks import KLReduction, kl
-from bench.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
+from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
 from bench.registry import register
 from methods.ard import FIXED, train_mode_pgd
 
@@ -54,6 +54,9 @@ def weighted_kl(target: Tensor, input: Tensor, w: Tensor | None, reduction: KLRe
     return (w * rows).sum() / div
 
 
+IAD_TEACHER = ("pgdat", "resnet18", "iad-teacher")
+
+
 @register("iad")
 class IAD(Distiller):
     """IAD-I (Zhu et al. 2022): ARD, + (1 - p_T(y|x')^0.1)-weighted self-KD from epoch 60."""
@@ -63,7 +66,8 @@ class IAD(Distiller):
     presets = {
         # 60 of 200 epochs: on the 15-epoch embedded budget the term starts at epoch 5.
         "faithful": Preset(FAITHFUL.doc, per_dataset={"digits": dict(warmup=5)}),
-        "paper": PAPER,
+        # IAD's own teacher: a PGD-AT ResNet-18 attacked in eval mode (pre_train/AT.py)
+        "paper": paper(cifar10=IAD_TEACHER, cifar100=IAD_TEACHER),
         "fixed": FIXED,  # IAD's script has ARD's LR bug too
         "paper-weights": Preset("faithful, but the teacher term is weighted by w_i as in the "
                                 "paper's equation", common=dict(weight_teacher=True),

@@ -51,8 +51,10 @@ class RSLAD(Distiller):
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(scale=10.0)}),
         # The paper's teachers: TRADES WRN-34-10 (CIFAR-10); Gowal et al.'s WRN-70-16 without
-        # extra data (CIFAR-100; RobustBench's copy normalises its input inside).
-        "paper": paper("rslad", cifar10=("trades", "wrn34_10"),
+        # extra data (CIFAR-100), which RSLAD's code wraps with CIFAR-10's mean/std where
+        # RobustBench's copy normalises with CIFAR-100's: overridden, as RSLAD ran it.
+        "paper": paper("rslad", normalize={"cifar100": "cifar10"},
+                       cifar10=("trades", "wrn34_10"),
                        cifar100="robustbench:Gowal2020Uncovering"),
         "exact-kl": Preset("faithful with the exact mean KL (no 1e-5 shift in the log)",
                            common=dict(kl_eps=0.0), base="faithful"),

@@ -12,7 +12,8 @@ Loss, per sample, with H the entropy of softmax(T(x')) and 1-based epoch (e + 1)
 The 5 is hardcoded (the --entropy_scale flag is ignored), w is not normalised and the
 lowest-entropy sample gets weight 0; beta = 0. S in train mode on x', x - d, x (three BN
 updates). SWA from 1-based epoch 95, BN recomputed with torch's update_bn (each BATCH weighs
-equally); the reported model is the final SWA model.
+equally); the reported model is the final SWA model. (The code recomputes BN once more after
+the last epoch, on another shuffle of the same data: not repeated here.)
 Authors' code: github.com/HongsinLee/saad, saad.py, attacks.py (saad_inner_loss), utils.py.
 """
 

@@ -10,6 +10,7 @@ loop over `.detach()` aliases, so the alias bug is reproduced, not re-derived.
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -387,6 +388,7 @@ def test_selection_rules_schedules_and_scores():
     assert score(RULES["absld"], hits, y) == pytest.approx(5 / 8 + 0.5)
     assert score(RULES["rslad"], hits, y) == pytest.approx(5 / 8)
     assert (RULES["rslad"].attack, RULES["absld"].attack) == ("pgd20s", "pgd20s")
+    assert score(RULES["bmtard"], hits, y, clean=0.875) == pytest.approx((0.875 + 5 / 8) / 2)
 
 
 def test_paper_presets_name_their_papers_rules_and_faithful_keeps_the_common_one():
@@ -409,7 +411,7 @@ def test_selection_rules_in_a_run(tmp_path):
     opts, store = RunOptions(out=tmp_path, log=lambda *_: None), Store(tmp_path)
     ev = EvalOptions(attacks=("clean",))
     got, hist, best = {}, {}, {}
-    for rule in ("adaad", "ard", "absld", None):
+    for rule in ("adaad", "ard", "absld", "bmtard", None):
         over = (("epochs", 2),) + ((("selection", rule),) if rule else ())
         rows = run_cell(Cell("standard", overrides=over), opts, ev, store)
         got[rule] = {r["checkpoint"]: r for r in rows}
@@ -426,6 +428,9 @@ def test_selection_rules_in_a_run(tmp_path):
     h = hist["absld"]
     assert [("pgd20s" in e, "worst_class" in e) for e in h] == [(False, False), (True, True)]
     assert best["absld"]["best"] == pytest.approx(h[1]["pgd20s"] + h[1]["worst_class"])
+    h = hist["bmtard"]
+    assert all("clean" in e and "pgd20" in e for e in h) and set(got["bmtard"]) == {"best", "last"}
+    assert best["bmtard"]["best"] == pytest.approx(max((e["clean"] + e["pgd20"]) / 2 for e in h))
     assert set(got[None]) == {"best", "last"}
     assert all("pgd10" in e for e in hist[None])
 
@@ -467,7 +472,7 @@ def _absld_run(out, monkeypatch, kill_at: tuple[int, int] | None):
     from methods.absld import ABSLD
 
     cell = Cell("absld", overrides=(("epochs", 3), ("milestones", (1,))))
-    opts, ev = RunOptions(out=out, log=lambda *_: None), EvalOptions(attacks=("clean", "pgd20"))
+    opts, ev = RunOptions(out=out, log=lambda *_: None), EvalOptions(attacks=("clean",))
     if kill_at is not None:
         loss = ABSLD.loss
 
@@ -487,6 +492,7 @@ def test_absld_resumes_bit_identically_with_its_temperatures(tmp_path, monkeypat
     from bench.checkpoint import load_file
 
     ref = _absld_run(tmp_path / "ref", monkeypatch, None)
+    shutil.copytree(tmp_path / "ref" / "teachers", tmp_path / "got" / "teachers")  # same bits
     got = _absld_run(tmp_path / "got", monkeypatch, (1, 5))
     d = {k: next((tmp_path / k / "runs").glob("absld-*")) for k in ("ref", "got")}
     a, b = load_file(d["ref"] / "ckpt.pt"), load_file(d["got"] / "ckpt.pt")
@@ -500,4 +506,108 @@ def test_absld_resumes_bit_identically_with_its_temperatures(tmp_path, monkeypat
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in b["history"]]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in a["history"]]
     for name, row in ref.items():
-        assert got[name]["pgd20"] == row["pgd20"] and got[name]["clean"] == row["clean"]
+        assert got[name]["clean"] == row["clean"]
+
+
+# --- fidelity follow-ups: teachers ---------------------------------------------------------
+
+def _zoo_checkpoint(root, dataset: str, name: str):
+    """A RobustBench model's freshly initialised weights where RobustBench looks offline."""
+    import sys
+
+    import pyautoattack
+
+    sys.modules.setdefault("autoattack", pyautoattack)
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    torch.manual_seed(0)
+    ref = model_dicts[BenchmarkDataset(dataset)][ThreatModel.Linf][name]["model"]().eval()
+    target = root / "robustbench" / dataset / "Linf" / f"{name}.pt"
+    target.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, target)
+    return ref
+
+
+def test_teacher_normalize_overrides_a_robustbench_models_own(tmp_path):
+    """--teacher-normalize on a RobustBench teacher replaces the model's own normalisation
+    (Rebuffi2021Fixing_R18_ddpm normalises with CIFAR-100 statistics inside)."""
+    from bench.cells import Cell, resolve
+    from bench.pipeline import teacher_for
+    from bench.runner import RunOptions
+    from bench.teachers import NORMALIZATIONS
+
+    name = "Rebuffi2021Fixing_R18_ddpm"
+    ref = _zoo_checkpoint(tmp_path, "cifar100", name)
+    opts = RunOptions(out=tmp_path, data_root=tmp_path, log=lambda *_: None)
+    cells = {n: resolve(Cell("rslad", "cifar100", teacher=f"robustbench:{name}",
+                             teacher_normalize=n)) for n in (None, "cifar10")}
+    assert cells[None].id != cells["cifar10"].id
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        own = teacher_for(cells[None], opts)(x)
+        got = teacher_for(cells["cifar10"], opts)(x)
+        torch.testing.assert_close(own, ref(x))
+        mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATIONS["cifar10"])
+        ref.mean.copy_(mean)
+        ref.std.copy_(std)
+        torch.testing.assert_close(got, ref(x))
+    assert (got - own).abs().max() > 1e-3
+
+
+def test_teacher_normalize_refused_for_a_zoo_model_without_its_own(tmp_path):
+    from bench import BenchError
+    from bench.cells import Cell, resolve
+    from bench.pipeline import teacher_for
+    from bench.runner import RunOptions
+
+    _zoo_checkpoint(tmp_path, "cifar10", "Sehwag2021Proxy_R18")
+    r = resolve(Cell("rslad", "cifar10", teacher="robustbench:Sehwag2021Proxy_R18",
+                     teacher_normalize="cifar100"))
+    with pytest.raises(BenchError) as err:
+        teacher_for(r, RunOptions(out=tmp_path, data_root=tmp_path))
+    msg = str(err.value)
+    assert "\n" not in msg and "Sehwag2021Proxy_R18 has no input normalisation" in msg
+
+
+def test_rslad_paper_cifar100_teacher_normalises_as_rslad_did(tmp_path):
+    from bench.cells import Cell, resolve
+
+    assert resolve(Cell("rslad", "cifar100", preset="paper")).config["teacher_normalize"] == \
+        "cifar10"
+    assert resolve(Cell("rslad", "cifar10", preset="paper")).config["teacher_normalize"] is None
+    assert resolve(Cell("rslad", "cifar100")).config["teacher_normalize"] is None
+    other = resolve(Cell("rslad", "cifar100", preset="paper", teacher="robustbench:Other"))
+    assert other.config["teacher_normalize"] is None  # only the preset's own teacher
+    mine = resolve(Cell("rslad", "cifar100", preset="paper", teacher_normalize="cifar100"))
+    assert mine.config["teacher_normalize"] == "cifar100"
+
+
+def test_iad_paper_teacher_is_its_own_pgdat_recipe():
+    """IAD's paper preset trains its own teacher: PGD-AT ResNet-18, attack in EVAL mode, LR
+    decayed at 0-based epochs 99 and 149 (pre_train/AT.py's piecewise schedule)."""
+    from bench.cells import Cell, resolve
+
+    r = resolve(Cell("iad", "cifar10", preset="paper"))
+    assert r.teacher_cell == Cell("pgdat", "cifar10", "resnet18", preset="iad-teacher")
+    t = resolve(r.teacher_cell).params
+    assert (t.attack_mode, t.milestones, t.epochs, t.eps, t.step) == ("eval", (99, 149), 200,
+                                                                      EPS, STEP)
+    assert [t.lr_at(e) for e in (98, 99, 148, 149)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+    assert resolve(Cell("iad", "cifar10", preset="paper", teacher_method="trades")
+                   ).teacher_cell.preset == "faithful"
+    # the recipe's attack: eval mode (no BN update), uniform start clamped, CE mean
+    for preset, train in (("iad-teacher", False), ("faithful", True)):
+        nets = _nets(10, True)
+        ref = copy.deepcopy(nets)
+        x, _, y = _batch(10)
+        m = registry.create("pgdat", student=nets["s"], preset=preset)
+        torch.manual_seed(7)
+        got = m.attack(x, y)
+        S = ref["s"].train(train)
+        torch.manual_seed(7)
+        want = ref_pgd(lambda xa, S=S, y=y: F.cross_entropy(S(xa), y), x, EPS, STEP, 10,
+                       "uniform", True)
+        torch.testing.assert_close(got, want, rtol=0, atol=E2E)
+        _assert_same_buffers(nets, ref)
+        assert (nets["s"].b1.num_batches_tracked.item() > 0) == train
