@@ -530,6 +530,7 @@ def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out
     from rich.table import Table
 
     from bench import analysis, runs
+    from bench.report import fmt_eps
 
     run, ck = runs.parse_model(model, default="best")
     eps_list, steps_list = analysis.parse_eps(eps_text), analysis.parse_steps(steps_text)
@@ -538,8 +539,7 @@ def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out
     x, y = _test_set(r.config, data_root)
     points = analysis.strength(net, x, y, eps_list, steps_list, seed=int(r.config["seed"]),
                                device=_device(device))
-    signs = analysis.masking_signs(points, _aa_flags(Path(out), r.id, ck))
-    stored = analysis.save_strength(r.dir, ck, points, signs)
+    stored, signs = analysis.save_strength(r.dir, ck, points, _aa_flags(Path(out), r.id, ck))
     _write_json(json_file, points)
     t = Table(title=f"{r.id}:{ck}: accuracy (%) by radius and attack (n={len(y)})")
     attacks = ["fgsm", *(f"pgd{k}" for k in steps_list)]
@@ -548,12 +548,12 @@ def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out
     for e in eps_list:
         by = {("fgsm" if p["attack"] == "fgsm" else f"pgd{p['steps']}"): p["accuracy"]
               for p in points if p["eps"] == e}
-        t.add_row(f"{e:.4g}", *(_pct(by.get(a)) for a in attacks))
+        t.add_row(fmt_eps(e), *(_pct(by.get(a)) for a in attacks))
     console.print(t)
     for line in signs:
         console.print(f"gradient-masking sign: {line}", markup=False)
     if not signs:
-        console.print("no sign of gradient masking in these curves", markup=False)
+        console.print("no sign of gradient masking in this model's stored curves", markup=False)
     console.print(f"stored {stored}", markup=False)
 
 
