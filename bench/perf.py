@@ -8,6 +8,7 @@ Plain mode compares (method, preset) pairs, each stepping bench's trainer on a f
 `--reference` compares bench's trainer, fed by the device data path, with a straight loop
 written like the authors' code: fp32, NCHW, a torchvision DataLoader with PIL augmentation,
 `.item()` every step, no compile. `--synthetic` uses random images of the data set's shape.
+The GPU check that builds on this is `bench perf --suite gpu` (bench.gpucheck).
 """
 
 from __future__ import annotations
@@ -303,8 +304,6 @@ def parser() -> argparse.ArgumentParser:
                     help="random images of the data set's shape instead of its files")
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--workers", type=int, default=2, help="the reference DataLoader's")
-    ap.add_argument("--suite", choices=["gpu"], default=None,
-                    help="gpu: the whole GPU check, bench.gpucheck (`bench perf` only)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     return ap
 
