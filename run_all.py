@@ -126,6 +126,8 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
         "training": plots.training_curves(df, out / "runs", report_dir),
     }
     written += [p for ps in figures.values() for p in ps]
+    analyses = _analysis_figures(out, report_dir)
+    written += [p for _, ps in analyses for p in ps]
     _, missing_hist = plots.histories(df, out / "runs")
 
     intro = (f"Generated {time.strftime('%Y-%m-%d %H:%M')} by run_all.py from the "
@@ -184,6 +186,18 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
                   "teacher where known, checkpoint).\n")
     for (dataset, arch), g in cmp.groupby(["dataset", "arch"], sort=True):
         md.append(f"### {dataset} / {arch}\n\n{markdown(comparison_table(g))}\n")
+    appendix = ""
+    if analyses:
+        md.append("## Analyses\n")
+        appendix = '<section id="analyses"><h2>Analyses</h2>'
+        for doc, ps in analyses:
+            md.append(f"{doc[0].upper()}{doc[1:]}.\n")
+            appendix += f'<p class="note">{html.esc(doc)}</p>'
+            for p in ps:
+                if p.suffix == ".png":
+                    md.append(f"![{doc}]({p.name})\n")
+                    appendix += html.image(p, doc)
+        appendix += "</section>"
     md.append(_problems_md(problems))
     put("results.md", "\n".join(md))
     put("results.tex", "\n".join(tex))
@@ -191,8 +205,30 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
         "<p>No published figure matches the stored settings (data set, student, teacher "
         "where known, checkpoint).</p>")
     put("index.html", html.page("Results: adversarial distillation benchmark", intro, pages,
-                                reported))
+                                reported, appendix))
     return written
+
+
+def _analysis_figures(out: Path, report_dir: Path) -> list[tuple[str, list[Path]]]:
+    """Every other registered figure kind that draws from the store without options (the
+    analyses: tutor accuracy, transfer, attack strength, ...): (its description, files)."""
+    import inspect
+
+    from bench import figures
+
+    drawn = []
+    for name in figures.names():
+        fig = figures.get(name)
+        params = list(inspect.signature(fig.fn).parameters.values())[2:]
+        if name in PLOT_KINDS or any(p.default is p.empty for p in params):
+            continue
+        try:
+            paths = fig.fn(out, report_dir)
+        except BenchError:  # nothing of that kind stored (or it needs an option)
+            continue
+        if paths:
+            drawn.append((fig.doc, paths))
+    return drawn
 
 
 def _suffix(dataset: str, arch: str) -> str:

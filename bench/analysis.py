@@ -77,39 +77,55 @@ def tutors(method: Any) -> dict[str, nn.Module]:
     return out
 
 
-def tutor_accuracies(student: nn.Module, tutor: nn.Module, x: Tensor, y: Tensor,
-                     threat: Threat, *, seed: int, prefix: str = "tutor",
-                     batch_size: int = 512, device: str | torch.device = "cpu"
-                     ) -> dict[str, float]:
-    """PeerAiD's question: how accurate is the tutor on clean images (`_clean`), on PGD-10
-    examples crafted against the student (`_on_student`) and against itself (`_on_self`)?
+def tutor_on_student(student: nn.Module, tutor: nn.Module, x: Tensor, y: Tensor,
+                     threat: Threat, *, seed: int, batch_size: int = 512,
+                     device: str | torch.device = "cpu") -> float:
+    """The tutor's accuracy on PGD-10 examples crafted against the student, from `seed`."""
+    with measuring(seed, device):
+        return transfer(student, [tutor], x, y, TUTOR_ATTACK, threat, batch_size, device)[0]
 
-    Each attack starts from `seed`, so the numbers are a function of the two networks.
-    """
+
+def tutor_alone(tutor: nn.Module, x: Tensor, y: Tensor, threat: Threat, *, seed: int,
+                batch_size: int = 512, device: str | torch.device = "cpu") -> dict[str, float]:
+    """The tutor's clean accuracy and its accuracy under its own PGD-10, from `seed`."""
     with measuring(seed, device):
-        (on_student,) = transfer(student, [tutor], x, y, TUTOR_ATTACK, threat, batch_size,
-                                 device)
-    with measuring(seed, device):
-        on_self = accuracy(tutor, x, y, TUTOR_ATTACK, threat, batch_size, device)
-        clean = accuracy(tutor, x, y, "clean", threat, batch_size, device)
-    return {f"{prefix}_clean": clean, f"{prefix}_on_student": on_student,
-            f"{prefix}_on_self": on_self}
+        return {"on_self": accuracy(tutor, x, y, TUTOR_ATTACK, threat, batch_size, device),
+                "clean": accuracy(tutor, x, y, "clean", threat, batch_size, device)}
+
+
+def _fingerprint(net: nn.Module) -> Tensor:
+    """One number per weight and buffer: equal fingerprints, unchanged network."""
+    return torch.stack([t.detach().double().sum() for t in net.state_dict().values()])
 
 
 class TutorLog:
-    """The runner's call at selection epochs: tutor accuracies of a method's tutors."""
+    """The runner's call at selection epochs: PeerAiD's question for each of a method's
+    tutors. How accurate is it on clean images (`<prefix>_clean`), on PGD-10 examples crafted
+    against the current student (`_on_student`) and against itself (`_on_self`)?
+
+    Every attack starts from the cell's seed, so the numbers are a function of the networks;
+    a tutor unchanged since the last call (a fixed teacher) is not attacked again, its own
+    numbers being the same: on a large teacher that attack would cost more than an epoch.
+    """
 
     def __init__(self, method: Any, x: Tensor, y: Tensor, threat: Threat, seed: int,
                  batch_size: int, device: str | torch.device) -> None:
         self.method, self.x, self.y, self.threat = method, x, y, threat
         self.seed, self.batch_size, self.device = seed, batch_size, device
+        self._alone: dict[str, tuple[Tensor, dict[str, float]]] = {}
 
     def __call__(self) -> dict[str, float]:
         out: dict[str, float] = {}
+        kw = dict(seed=self.seed, batch_size=self.batch_size, device=self.device)
         for prefix, net in tutors(self.method).items():
-            out.update(tutor_accuracies(self.method.student, net, self.x, self.y, self.threat,
-                                        seed=self.seed, prefix=prefix,
-                                        batch_size=self.batch_size, device=self.device))
+            out[f"{prefix}_on_student"] = tutor_on_student(
+                self.method.student, net, self.x, self.y, self.threat, **kw)
+            fp = _fingerprint(net)
+            cached = self._alone.get(prefix)
+            if cached is None or not torch.equal(cached[0], fp):
+                cached = self._alone[prefix] = (fp, tutor_alone(net, self.x, self.y,
+                                                                self.threat, **kw))
+            out.update({f"{prefix}_{k}": v for k, v in cached[1].items()})
         return out
 
 
@@ -254,9 +270,9 @@ def masking_signs(points: list[dict[str, Any]], aa_flags: Sequence[str] = ()) ->
 
 
 def save_strength(run_dir: Path, checkpoint: str, points: list[dict[str, Any]],
-                  signs: list[str]) -> Path:
+                  aa_flags: Sequence[str] = ()) -> tuple[Path, list[str]]:
     """Merge `points` of `checkpoint` into `<run>/strength.json` (a point measured again
-    replaces the old one)."""
+    replaces the old one); returns the file and the masking signs of all its points."""
     path = run_dir / "strength.json"
     stored = load_strength(run_dir)
     key = ("eps", "steps", "attack")
@@ -265,10 +281,11 @@ def save_strength(run_dir: Path, checkpoint: str, points: list[dict[str, Any]],
             or tuple(p.get(k) for k in key) not in new]
     merged = keep + [{**p, "checkpoint": checkpoint} for p in points]
     merged.sort(key=lambda p: (p["checkpoint"], p["attack"], p["steps"], p["eps"]))
+    signs = masking_signs([p for p in merged if p["checkpoint"] == checkpoint], aa_flags)
     signs_by = {**stored.get("signs", {}), checkpoint: signs}
     atomic_write_bytes(path, json.dumps({"points": merged, "signs": signs_by},
                                         indent=1).encode())
-    return path
+    return path, signs
 
 
 def load_strength(run_dir: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ trained network, SWA, history) and `best.pt` / `swa_best.pt` (the selected stude
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,10 @@ def find(out: Path, run: str) -> Run:
     if len(hits) > 1:
         shown = ", ".join(hits[:4]) + (f" and {len(hits) - 4} more" if len(hits) > 4 else "")
         raise BenchError(f"run prefix {run!r} is ambiguous: it matches {shown}")
+    if not hits and len(names) > 8:  # a long store: name the closest, not every run
+        close = difflib.get_close_matches(run, names, n=1, cutoff=0.3)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise BenchError(f"unknown run {run!r}{hint} ({len(names)} runs in {root})")
     if not hits:
         raise unknown("run", run, names)
     try:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import data
+from bench import analysis, data
 from bench.cells import Cell
 from bench.cli import main
 from bench.pipeline import EvalOptions, run_cell
@@ -19,6 +19,7 @@ from bench.runner import RunOptions, Trainer
 from bench.store import Store
 
 EPOCHS = 5
+ATTACKED_ALONE: dict[str, list[int]] = {}  # per method and epoch: tutor_alone calls
 EPS = data.spec("digits").eps
 
 
@@ -28,16 +29,23 @@ def results(tmp_path_factory, monkeypatch_module) -> tuple[Path, dict, dict]:
     and tutor of every epoch are snapshotted as the runner measures them."""
     out = tmp_path_factory.mktemp("analyses")
     snaps: dict[str, list[tuple[int, torch.nn.Module, torch.nn.Module]]] = {}
-    after = Trainer._after_epoch
+    after, alone, calls = Trainer._after_epoch, analysis.tutor_alone, []
 
     def snapshot(self: Trainer, epoch: int, loss: float, seconds: float) -> None:
         tutor = self.method.peer if self.method.peer is not None else self.method.teacher
         if tutor is not None:
             snaps.setdefault(self.r.cell.method, []).append(
                 (epoch, copy.deepcopy(self.method.student), copy.deepcopy(tutor)))
+        calls.append([])
         after(self, epoch, loss, seconds)
+        ATTACKED_ALONE.setdefault(self.r.cell.method, []).append(len(calls.pop()))
+
+    def counting(*args, **kwargs):
+        calls[-1].append(1)
+        return alone(*args, **kwargs)
 
     monkeypatch_module.setattr(Trainer, "_after_epoch", snapshot)
+    monkeypatch_module.setattr(analysis, "tutor_alone", counting)
     opts, store = RunOptions(out=out, log=lambda *_: None), Store(out)
     for method in ("standard", "pgdat", "rslad", "peeraid"):
         attacks = ("clean", "pgd20", "aa") if method == "pgdat" else ("clean", "pgd20")
@@ -92,6 +100,9 @@ def test_tutor_accuracy_recorded_every_epoch_and_recomputed(results, method: str
     for ckpt in ("best", "last"):  # the final values are in the cell's rows
         assert rows[(method, ckpt)]["tutor_on_student"] == hist[-1]["tutor_on_student"]
     assert "tutor_clean" not in rows[("pgdat", "best")]
+    # the peer changes every epoch; the fixed teacher is attacked once, its numbers reused
+    assert ATTACKED_ALONE[method] == ([1] * EPOCHS if method == "peeraid"
+                                      else [1] + [0] * (EPOCHS - 1))
 
 
 def test_history_command_prints_each_epoch(results, capsys) -> None:
