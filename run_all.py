@@ -35,8 +35,9 @@ def say(msg: str = "", err: bool = False) -> None:
 # --- training ---------------------------------------------------------------------------
 
 def train_grid(cells: list, out: Path, device: str, ev, no_train: bool,
-               data_root: Path | None = None) -> list[str]:
-    """Train and evaluate the cells whose rows are not stored; returns one line per failure."""
+               data_root: Path | None = None, so=None) -> list[str]:
+    """Train and evaluate the cells whose rows are not stored; returns one line per failure.
+    With sweep options `so`, the missing cells run as submitit jobs (Slurm or local)."""
     from bench.cells import resolve
     from bench.pipeline import run_cell, stored
     from bench.runner import RunOptions
@@ -55,6 +56,14 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool,
            else f"{len(todo)} to train"))
     if no_train or not todo:
         return []
+    if so is not None:
+        from bench.sweep import sweep
+
+        try:
+            sweep([r.cell for r in todo], out, device, data_root, ev, so, log=say)
+        except BenchError as exc:  # a failed job names its log; the report still follows
+            return [str(exc)]
+        return [f"{r.id}: no rows after its job" for r in todo if not stored(r, store)]
     opts = RunOptions(out=out, device=device, data_root=data_root, log=say)
     failures = []
     for i, r in enumerate(todo, 1):
@@ -126,6 +135,8 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
         "training": plots.training_curves(df, out / "runs", report_dir),
     }
     written += [p for ps in figures.values() for p in ps]
+    analyses = _analysis_figures(out, report_dir)
+    written += [p for _, ps in analyses for p in ps]
     _, missing_hist = plots.histories(df, out / "runs")
 
     intro = (f"Generated {time.strftime('%Y-%m-%d %H:%M')} by run_all.py from the "
@@ -184,6 +195,18 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
                   "teacher where known, checkpoint).\n")
     for (dataset, arch), g in cmp.groupby(["dataset", "arch"], sort=True):
         md.append(f"### {dataset} / {arch}\n\n{markdown(comparison_table(g))}\n")
+    appendix = ""
+    if analyses:
+        md.append("## Analyses\n")
+        appendix = '<section id="analyses"><h2>Analyses</h2>'
+        for doc, ps in analyses:
+            md.append(f"{doc[0].upper()}{doc[1:]}.\n")
+            appendix += f'<p class="note">{html.esc(doc)}</p>'
+            for p in ps:
+                if p.suffix == ".png":
+                    md.append(f"![{doc}]({p.name})\n")
+                    appendix += html.image(p, doc)
+        appendix += "</section>"
     md.append(_problems_md(problems))
     put("results.md", "\n".join(md))
     put("results.tex", "\n".join(tex))
@@ -191,8 +214,30 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
         "<p>No published figure matches the stored settings (data set, student, teacher "
         "where known, checkpoint).</p>")
     put("index.html", html.page("Results: adversarial distillation benchmark", intro, pages,
-                                reported))
+                                reported, appendix))
     return written
+
+
+def _analysis_figures(out: Path, report_dir: Path) -> list[tuple[str, list[Path]]]:
+    """Every other registered figure kind that draws from the store without options (the
+    analyses: tutor accuracy, transfer, attack strength, ...): (its description, files)."""
+    import inspect
+
+    from bench import figures
+
+    drawn = []
+    for name in figures.names():
+        fig = figures.get(name)
+        params = list(inspect.signature(fig.fn).parameters.values())[2:]
+        if name in PLOT_KINDS or any(p.default is p.empty for p in params):
+            continue
+        try:
+            paths = fig.fn(out, report_dir)
+        except BenchError:  # nothing of that kind stored (or it needs an option)
+            continue
+        if paths:
+            drawn.append((fig.doc, paths))
+    return drawn
 
 
 def _suffix(dataset: str, arch: str) -> str:
@@ -232,8 +277,7 @@ def _problems_md(problems: list[str]) -> str:
 
 # Options of `bench run` about how the cells run, not which: an experiment file may hold
 # them, and this script reads past them (one that decides the cells is an error here).
-RUN_ONLY_KEYS = frozenset({"executor", "slurm-partition", "timeout-min", "gpus-per-node",
-                           "redo", "resume", "restart", "detect-anomaly", "num-workers"})
+RUN_ONLY_KEYS = frozenset({"redo", "resume", "restart", "detect-anomaly", "num-workers"})
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
@@ -277,6 +321,15 @@ RUN_ONLY_KEYS = frozenset({"executor", "slurm-partition", "timeout-min", "gpus-p
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
+@click.option("--executor", type=click.Choice(["none", "local", "slurm", "debug"]),
+              default="none", show_default=True,
+              help="Run the missing cells as submitit jobs: Slurm, local processes, or "
+                   "in-process.")
+@click.option("--slurm-partition", default=None, help="Slurm partition for --executor slurm.")
+@click.option("--timeout-min", type=int, default=24 * 60, show_default=True,
+              help="Per-job time limit for --executor.")
+@click.option("--gpus-per-node", type=int, default=0, show_default=True,
+              help="GPUs per job for --executor.")
 @click.option("--no-train", is_flag=True, help="Train nothing: only rebuild the report.")
 @experiment.config_option(lambda: RUN_ONLY_KEYS)
 def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
@@ -284,7 +337,9 @@ def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
         teacher: str | None, teacher_normalize: str | None, teacher_method: str | None,
         teacher_arch: str | None, peer_arch: str | None, select: str, select_every: int,
         attacks: str, aa_samples: int | None, device: str, data_root: str | None,
-        out: str, report_dir: str | None, threads: int | None, no_train: bool) -> None:
+        out: str, report_dir: str | None, threads: int | None, executor: str,
+        slurm_partition: str | None, timeout_min: int, gpus_per_node: int,
+        no_train: bool) -> None:
     """Train what is missing of the grid, then write every table and figure of the report."""
     from bench.pipeline import EvalOptions
 
@@ -308,10 +363,19 @@ def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
                             select_every=select_every).cells()
     out_path = experiment.writable(Path(out))
     say(f"grid: {len(cells)} cell(s) on {datasets}, results in {out_path}")
-    failures = train_grid(cells, out_path,
-                          "cpu" if no_train else experiment.resolve_device(device),
+    so = None
+    if executor != "none":
+        from bench.sweep import SweepOptions
+
+        so = SweepOptions(executor=executor, timeout_min=timeout_min, partition=slurm_partition,
+                          gpus_per_node=gpus_per_node)
+        # The jobs' machines, not this one, decide: a GPU job runs on cuda.
+        device = "cuda" if gpus_per_node else "cpu" if device == "auto" else device
+    else:
+        device = "cpu" if no_train else experiment.resolve_device(device)
+    failures = train_grid(cells, out_path, device,
                           EvalOptions(attacks=attack_list, aa_samples=aa_samples), no_train,
-                          Path(data_root) if data_root else None)
+                          Path(data_root) if data_root else None, so)
     report = Path(report_dir) if report_dir else out_path / "report"
     written = write_report(out_path, report)
     say(f"report in {report}:")

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from test_methods import EPS, STEP, TOL, Net, _assert_same_buffers, _batch, ref_pgd
 
-from bench import checkpoint, registry, runner
+from bench import checkpoint, registry
 from bench.cells import Cell, resolve
+from bench.compute import Compute
 from bench.models import create_model
 from bench.runner import RunOptions, Trainer
 from methods.ciard import magnitude_scale
@@ -447,17 +448,17 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, method: st
     interrupted."""
     whole = _trainer(method, tmp_path / "whole")
     whole.train()
-    step = runner.train_step
+    step = Compute.step  # how the runner computes every batch
 
-    def killed(m, *args, **kw):
+    def killed(self, m, *args, **kw):
         if m.epoch == 1 and m.step == 5:
             raise KeyboardInterrupt
-        return step(m, *args, **kw)
+        return step(self, m, *args, **kw)
 
-    monkeypatch.setattr(runner, "train_step", killed)
+    monkeypatch.setattr(Compute, "step", killed)
     with pytest.raises(KeyboardInterrupt):
         _trainer(method, tmp_path / "cut").train()
-    monkeypatch.setattr(runner, "train_step", step)
+    monkeypatch.setattr(Compute, "step", step)
     resumed = _trainer(method, tmp_path / "cut")
     resumed.train()
     got, want = (checkpoint.load_file(t.ckpt_path) for t in (resumed, whole))
