@@ -401,8 +401,10 @@ def test_paper_presets_carry_the_papers_teachers():
         r = resolve(Cell(name, "cifar10", preset="paper"))
         assert r.config["teacher"].startswith("trades-faithful-cifar10-wrn34_10-")
         assert r.config["clean_teacher"].startswith(f"standard-faithful-cifar10-{clean}-")
+        assert r.params.selection == ("mtard" if name == "mtard" else "bmtard")
         f = resolve(Cell(name, "cifar10"))
         assert f.config["clean_teacher"].startswith("standard-faithful-cifar10-resnet18-")
+        assert f.params.selection is None
     assert registry.get("ciard").trains_teacher and not registry.get("mtard").trains_teacher
 
 
