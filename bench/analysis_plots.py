@@ -297,3 +297,29 @@ def ablation_figure(out: Path, dest: Path, param: str | None = None,
         fig.tight_layout()
         paths += _save(fig, dest, _slug("ablation", param, dataset, arch))
     return paths
+
+
+# --- the report's part ------------------------------------------------------------------
+
+def report_section(out: Path, dest: Path) -> tuple[str, list[Path]]:
+    """The analyses' markdown for run_all's report (figures drawn into `dest`), with the
+    gradient-masking signs beside the strength figure; empty when nothing was measured."""
+    parts, written = [], []
+    for kind, what in (("tutor", "Tutor accuracy on the student's and on its own examples"),
+                       ("transfer", "Transfer matrix"), ("strength", "Attack strength")):
+        paths = FIGURES_BY_KIND[kind](out, dest)
+        written += paths
+        for p in paths:
+            if p.suffix == ".png":
+                parts.append(f"![{what}]({p.name})\n")
+            elif p.suffix == ".txt":  # the signs: a heading line, then one per sign
+                head, *signs = p.read_text().splitlines()
+                parts.append(f"**{head}**\n\n" + "".join(f"- {x}\n" for x in signs))
+    if not parts:
+        return "", written
+    return ("## Analyses\n\n`bench history`, `bench transfer` and `bench eval` measured "
+            "these; `bench plot KIND` redraws them.\n\n" + "\n".join(parts)), written
+
+
+FIGURES_BY_KIND = {"tutor": tutor_figure, "transfer": transfer_figure,
+                   "strength": strength_figure}
