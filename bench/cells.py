@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench import BenchError, data, registry, selection
+from bench.compute import check_precision
 from bench.distiller import Distiller, Params
 from bench.models import model_names
 from bench.suggest import unknown
@@ -42,6 +43,7 @@ class Cell:
     teacher_normalize: str | None = None  # the teacher normalises its input with these stats
     clean_teacher: str | None = None  # the non-robust teacher: file, "robustbench:NAME", None
     clean_teacher_arch: str | None = None  # None: the preset's, else the student's
+    precision: str = "fp32"  # training precision (bench.compute); evaluation is always fp32
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ def resolve(cell: Cell) -> Resolved:
         _check_arch(a)
     if cell.seed < 0:
         raise BenchError(f"seeds must be >= 0, got {cell.seed}")
+    check_precision(cell.precision)
     if cell.select not in ("test", "val"):
         raise BenchError(f"--select must be 'test' or 'val', got {cell.select!r}")
     if cell.select_every < 1:
@@ -193,6 +196,8 @@ def resolve(cell: Cell) -> Resolved:
         "teacher_normalize": norm if teacher.id else None,
         "clean_teacher": clean.id, "clean_teacher_arch": clean.arch,
         "select": cell.select, "select_every": cell.select_every,
+        # fp32 (the reference) is left out of the hash: existing cell ids stay as they were
+        "precision": None if cell.precision == "fp32" else cell.precision,
     }
     return Resolved(cell, cls, spec, arch, params, teacher.cell, teacher.file, config,
                     clean.cell, clean.file)
@@ -219,7 +224,7 @@ def _teacher(cell: Cell, cls: type[Distiller], arch: str, kind: str, source: str
     epochs = dict(cell.overrides).get("epochs")
     recipe = trained[2] if len(trained) > 2 and not t_method else "faithful"
     t_cell = Cell(t_method or trained[0], cell.dataset, t_arch, seed=0, preset=recipe,
-                  overrides=(("epochs", epochs),) if epochs else ())
+                  overrides=(("epochs", epochs),) if epochs else (), precision=cell.precision)
     return _Teacher(resolve(t_cell).id, t_arch, t_cell,
                     prescribed=isinstance(prescribed, tuple) and not t_method and
                     t_arch == prescribed[1])

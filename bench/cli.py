@@ -76,6 +76,19 @@ def cli() -> None:
               help="Checkpoints AutoAttack runs on: best = the ones papers report (best, and "
                    "swa_best for PeerAiD); the other attacks run on every checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "tf32", "bf16"]), default="auto",
+              show_default=True,
+              help="Training precision (part of the cell id): auto = bf16 autocast on CUDA, fp32 "
+                   "on the CPU. Evaluation attacks always run in fp32 (tf32 with tf32).")
+@click.option("--data-path", type=click.Choice(["device", "torchvision"]), default="device",
+              show_default=True,
+              help="device: decode each data set once (cached beside it), augment whole "
+                   "batches on the device; torchvision: PIL per image in a DataLoader.")
+@click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True, help="channels_last memory format [auto: on for CUDA].")
+@click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True,
+              help="torch.compile the networks [auto: CUDA runs of 30 epochs or more].")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding (or receiving) torchvision data sets.")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
@@ -105,6 +118,7 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         teacher_arch: str | None, teacher_method: str | None, clean_teacher: str | None,
         clean_teacher_arch: str | None, peer_arch: str | None, select: str,
         select_every: int, attacks: str, aa_samples: int | None, aa_on: str, device: str,
+        precision: str, data_path: str, channels_last: str, compile_: str,
         data_root: str | None, out: str, redo: bool, resume: bool, detect_anomaly: bool,
         num_workers: int, executor: str, slurm_partition: str | None, timeout_min: int,
         gpus_per_node: int, threads: int | None) -> None:
@@ -126,11 +140,19 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         raise BenchError(f"--aa-samples must be >= 1, got {aa_samples}")
     if num_workers < 0:
         raise BenchError(f"--num-workers must be >= 0, got {num_workers}")
+    # The jobs' machines, not this one, decide: a GPU job runs on cuda.
+    job_device = "cuda" if gpus_per_node else "cpu" if device == "auto" else device
+    run_device = job_device if executor != "none" else _device(device)
+    if precision == "auto":
+        from bench.compute import default_precision
+
+        precision = default_precision(run_device)
     cells = experiment.grid(
         methods, datasets, archs, seeds, preset, epochs, sets, sweep, peer_arch=peer_arch,
         teacher=teacher, teacher_arch=teacher_arch, teacher_method=teacher_method,
         select=select, select_every=select_every, teacher_normalize=teacher_normalize,
-        clean_teacher=clean_teacher, clean_teacher_arch=clean_teacher_arch).cells()
+        clean_teacher=clean_teacher, clean_teacher_arch=clean_teacher_arch,
+        precision=precision).cells()
     resolved = [resolve(c) for c in cells]  # every error (teachers' too) before any training
     _check_teacher_files(resolved)
     if threads is not None and threads < 1:
@@ -146,8 +168,6 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
 
         so = SweepOptions(executor=executor, timeout_min=timeout_min, partition=slurm_partition,
                           gpus_per_node=gpus_per_node)
-        # The jobs' machines, not this one, decide: a GPU job runs on cuda.
-        job_device = "cuda" if gpus_per_node else "cpu" if device == "auto" else device
         sweep(cells, store.root, job_device, Path(data_root) if data_root else None, ev, so,
               redo=redo, log=_plain(console))
         _print_table(store, {r.id for r in resolved})
@@ -156,9 +176,12 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
 
     main_rank = distributed.is_main()  # under torchrun, only rank 0 talks
     with _progress() as bar:
-        opts = RunOptions(out=store.root, device=distributed.setup(_device(device)),
+        flag = {"auto": None, "on": True, "off": False}
+        opts = RunOptions(out=store.root, device=distributed.setup(run_device),
                           data_root=Path(data_root) if data_root else None,
                           num_workers=num_workers, detect_anomaly=detect_anomaly,
+                          data_path=data_path, channels_last=flag[channels_last],
+                          compile=flag[compile_],
                           log=_plain(bar.console) if main_rank else lambda _: None,
                           progress=_updater(bar) if main_rank else None)
         for c in cells:
@@ -603,9 +626,15 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> Non
 @click.pass_context
 def perf(ctx: click.Context) -> None:
     """Training throughput of methods/presets side by side (see `bench perf --help`)."""
+    args = list(ctx.args)
+    if args[:2] == ["--suite", "gpu"] or "--suite=gpu" in args[:1]:
+        from bench import gpucheck  # the GPU check: its own options (--device, --tiny, ...)
+
+        gpucheck.main(args[1 if "=" in args[0] else 2:])
+        return
     from bench import perf as perf_mod
 
-    perf_mod.main(list(ctx.args))
+    perf_mod.main(args)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,12 +19,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from bench import distributed
 from bench.suggest import unknown
 
 PRECISIONS = ("fp32", "tf32", "bf16")
-# torch.compile costs tens of seconds to minutes (every train/eval mode, every batch shape);
-# it pays only over long runs, so "auto" compiles CUDA runs of at least this many steps.
-COMPILE_MIN_STEPS = 20_000
+# torch.compile costs tens of seconds to minutes (every train/eval mode, every batch shape,
+# each network); it pays only over long runs, so "auto" compiles CUDA runs of at least this
+# many epochs (30 CIFAR epochs are ~12k steps, an hour or more of fp32 PeerAiD). Never on the
+# CPU: on the embedded set compiling alone takes longer than a whole run.
+COMPILE_MIN_EPOCHS = 30
 
 
 def default_precision(device: str | torch.device) -> str:
@@ -61,15 +64,15 @@ class Compute:
     @classmethod
     def for_run(cls, device: str, precision: str | None = None, *,
                 channels_last: bool | None = None, compile: bool | None = None,
-                steps: int = 0, read_every: int = 0) -> Compute:
+                epochs: int = 0, read_every: int = 0) -> Compute:
         """The defaults per device: on CUDA bf16, channels_last, and compile for runs of at
-        least COMPILE_MIN_STEPS steps; on the CPU plain fp32 NCHW (measured faster there for
-        the embedded set's small CNN) and no compile. None means the default."""
+        least COMPILE_MIN_EPOCHS epochs; on the CPU plain fp32 NCHW (bit-identical to the
+        reference loop) and no compile. None means the default."""
         cuda = torch.device(device).type == "cuda"
         return cls(device=device,
                    precision=check_precision(precision or default_precision(device)),
                    channels_last=cuda if channels_last is None else channels_last,
-                   compile=(cuda and steps >= COMPILE_MIN_STEPS) if compile is None else compile,
+                   compile=(cuda and epochs >= COMPILE_MIN_EPOCHS) if compile is None else compile,
                    read_every=read_every)
 
     @property
@@ -84,11 +87,13 @@ class Compute:
             torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
             torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module | None) -> nn.Module | None:
         """Move `model` to the device in the memory format; under bf16 its outputs (logits)
         come back as fp32, so every softmax, KL and cross-entropy of a method's math runs in
         fp32 on every device (CUDA's autocast does that for those ops, the CPU's does not);
         compile it in place (state_dict keys stay the plain module's: same checkpoints)."""
+        if model is None:
+            return None
         model = model.to(self.device, memory_format=self.memory_format)
         if self.precision == "bf16":
             model.register_forward_hook(_fp32_output)
@@ -113,34 +118,44 @@ class Compute:
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                fused=fused)
 
-    def loss(self, method, x: Tensor, y: Tensor,
-             loss_fn: Callable[..., Tensor] | None = None) -> Tensor:
-        """The method's attack, then its loss (`loss_fn`: the DDP-wrapped loss), in the
-        training precision."""
+    def step(self, method, optims: Iterable[torch.optim.Optimizer], x: Tensor, y: Tensor,
+             loss_fn: Callable[..., Tensor] | None = None,
+             teacher_optim: torch.optim.Optimizer | None = None,
+             teacher_weight: float = 1.0) -> tuple[Tensor, Tensor | None]:
+        """One batch: attack, loss, zero_grad, backward, every optimizer's step; then a trained
+        teacher's own objective and step (`teacher_optim`; `teacher_weight` is this rank's
+        share under torchrun, its gradients averaged as DDP would), then `after_step()`.
+        Returns the losses (student, teacher or None) as detached device tensors: nothing
+        here waits for the device, so a non-finite loss is found by `Tally.read`."""
+        optims = list(optims)
         with self.autocast():
             x_adv = method.attack(x, y)
-            return (loss_fn or method.loss)(x, x_adv, y)
-
-    def step(self, method, optims: Iterable[torch.optim.Optimizer], x: Tensor, y: Tensor,
-             loss_fn: Callable[..., Tensor] | None = None) -> Tensor:
-        """One batch: attack, loss, zero_grad, backward, every optimizer's step. Returns the
-        loss as a detached device tensor: nothing here waits for the device."""
-        optims = list(optims)
-        loss = self.loss(method, x, y, loss_fn)
+            loss = (loss_fn or method.loss)(x, x_adv, y)
         for o in optims:
             o.zero_grad(set_to_none=True)
         loss.backward()
         for o in optims:
             o.step()
-        return loss.detach()
+        t_loss = None
+        if teacher_optim is not None:
+            with self.autocast():
+                t_loss = method.teacher_loss(x, x_adv, y)
+            if t_loss is not None:
+                teacher_optim.zero_grad(set_to_none=True)
+                (t_loss * teacher_weight).backward()
+                distributed.average_grads(method.teacher)
+                teacher_optim.step()
+                t_loss = t_loss.detach()
+        method.after_step()
+        return loss.detach(), t_loss
 
 
 class NonFiniteLoss(Exception):
-    """A step's loss was not finite: `step` is 0-based within the epoch."""
+    """A step's loss (or its trained teacher's) was not finite; `step` is 0-based."""
 
-    def __init__(self, value: float, step: int) -> None:
+    def __init__(self, value: float, step: int, teacher: bool = False) -> None:
         super().__init__(f"loss is {value} at step {step}")
-        self.value, self.step = value, step
+        self.value, self.step, self.teacher = value, step, teacher
 
 
 class Tally:
@@ -153,20 +168,27 @@ class Tally:
         self.total = torch.zeros((), dtype=wide, device=dev)
         self.bad_step = torch.full((), -1, dtype=torch.int64, device=dev)
         self.bad_value = torch.zeros((), device=dev)
+        self.bad_teacher = torch.zeros((), dtype=torch.bool, device=dev)
         self.n = 0
 
-    def add(self, loss: Tensor, n: int, step: int) -> None:
-        """Add a batch's mean loss over `n` images; remember the first non-finite one."""
-        loss = loss.float()
-        first = (self.bad_step < 0) & ~torch.isfinite(loss)
-        self.bad_step = torch.where(first, step, self.bad_step)
-        self.bad_value = torch.where(first, loss, self.bad_value)
+    def add(self, loss: Tensor, n: int, step: int, teacher_loss: Tensor | None = None) -> None:
+        """Add a batch's mean loss over `n` images; remember the first non-finite loss (the
+        student's, else its trained teacher's)."""
+        for value, is_teacher in ((loss, False), (teacher_loss, True)):
+            if value is None:
+                continue
+            value = value.float()
+            first = (self.bad_step < 0) & ~torch.isfinite(value)
+            self.bad_step = torch.where(first, step, self.bad_step)
+            self.bad_value = torch.where(first, value, self.bad_value)
+            self.bad_teacher = self.bad_teacher | (first & is_teacher)
         self.total = self.total + loss.to(self.total.dtype) * n
         self.n += n
 
     def read(self) -> float:
         """The mean loss so far (one sync), or NonFiniteLoss if any step's loss was bad."""
-        bad, value, total = (t.item() for t in (self.bad_step, self.bad_value, self.total))
+        bad, value, total, teacher = (t.item() for t in (
+            self.bad_step, self.bad_value, self.total, self.bad_teacher))
         if bad >= 0:
-            raise NonFiniteLoss(value, bad)
+            raise NonFiniteLoss(value, bad, teacher)
         return total / max(self.n, 1)

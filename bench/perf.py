@@ -86,6 +86,7 @@ def _method(method: str, preset: str, arch: str, shape: str, place: Callable) ->
 
     return registry.create(method, student=net(), dataset=shape, preset=preset,
                            teacher=net() if cls.needs_teacher else None,
+                           clean_teacher=net() if cls.needs_clean_teacher else None,
                            peer=net() if cls.needs_peer else None)
 
 
@@ -99,7 +100,7 @@ def bench_config(method: str, preset: str, arch: str, shape: str, compute: Compu
         tally = Tally(compute.device)
         for i in range(k):
             x, y = next(batches)
-            tally.add(compute.step(m, optims, compute.input(x), y), len(y), i)
+            tally.add(compute.step(m, optims, compute.input(x), y)[0], len(y), i)
         tally.read()
 
     return Config(method, preset, "bench", run, compute, note)
@@ -304,17 +305,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--workers", type=int, default=2, help="the reference DataLoader's")
     ap.add_argument("--suite", choices=["gpu"], default=None,
-                    help="gpu: the whole GPU check (see scripts/gpu_check.sh)")
+                    help="gpu: the whole GPU check, bench.gpucheck (`bench perf` only)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     return ap
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     a = parser().parse_args(argv)
-    if a.suite == "gpu":
-        from bench import gpucheck
-
-        return gpucheck.main([*(argv or [])])
     compute = Compute.for_run(a.device, a.precision, channels_last=_flag(a.channels_last),
                               compile=_flag(a.compile))
     rows = run(a.methods.split(","), a.presets.split(","), a.arch, a.shape, a.batch_size,

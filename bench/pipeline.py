@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import __version__, analysis, checkpoint, data, distributed, selection
+from bench import __version__, analysis, checkpoint, data, devicedata, distributed, selection
 from bench.cells import Cell, Resolved, resolve
 from bench.compute import eval_batch_sizes
 from bench.evaluate import ALL_ATTACKS, Threat, evaluate
@@ -149,7 +149,11 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     wall = time.perf_counter() - t0
     if not distributed.is_main():  # under torchrun, rank 0 evaluates and stores
         return []
-    x, y = data.as_tensors(data.load(cell.dataset, "test", root=opts.data_root))
+    if opts.data_path == "device":  # decoded once (cached), on the device
+        x, y = devicedata.tensors(cell.dataset, "test", opts.data_root)
+        x, y = devicedata.to_float(x.to(opts.device)), y.to(opts.device)
+    else:
+        x, y = data.as_tensors(data.load(cell.dataset, "test", root=opts.data_root))
     n_aa = ev.aa_samples if ev.aa_samples is not None else (
         EMBEDDED_AA_SAMPLES if r.spec.embedded else None)
     rows = []
@@ -178,6 +182,10 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
             "config_hash": r.id.rsplit("-", 1)[1], "cell_id": r.id, "config": r.config,
             "versions": _versions(), "git_commit": _git_commit(),
             "device": _device_name(opts.device), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "precision": trainer.compute.precision,
+            "eval_precision": "tf32" if trainer.compute.precision == "tf32" else "fp32",
+            "channels_last": trainer.compute.channels_last,
+            "compile": trainer.compute.compile, "data_path": opts.data_path,
         }
         store.put(row_key(r, name), row)
         rows.append(row)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,9 +21,18 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from bench import BenchError, analysis, checkpoint, data, distributed, registry, selection
+from bench import (
+    BenchError,
+    analysis,
+    checkpoint,
+    data,
+    devicedata,
+    distributed,
+    registry,
+    selection,
+)
 from bench.cells import Resolved
-from bench.distiller import Distiller
+from bench.compute import Compute, NonFiniteLoss, Tally
 from bench.evaluate import Threat, accuracy, correct
 from bench.models import create_model
 from bench.swa import recompute_bn
@@ -45,6 +52,9 @@ class RunOptions:
     detect_anomaly: bool = False
     log: Any = print  # a callable taking one line (the CLI passes rich's console.print)
     progress: Any = None  # optional callable(label, done, total), called after every batch
+    data_path: str = "device"  # "device": decoded once, augmented on the device; "torchvision"
+    channels_last: bool | None = None  # None: the device's default (bench.compute)
+    compile: bool | None = None  # None: compile long CUDA runs only (bench.compute)
 
 
 def _seed_all(seed: int) -> None:
@@ -60,46 +70,10 @@ def build(r: Resolved, name: str, arch: str) -> nn.Module:
                         image_size=s.image_size)
 
 
-def train_step(method: Distiller, optims: Iterable[torch.optim.Optimizer], x: torch.Tensor,
-               y: torch.Tensor, loss_fn: Callable[..., torch.Tensor] | None = None,
-               teacher_optim: torch.optim.Optimizer | None = None,
-               teacher_weight: float = 1.0) -> float:
-    """One batch for any method: attack, loss, zero_grad, backward, step of every optimizer;
-    then a trained teacher's own objective and step (`teacher_optim`), then `after_step()`.
-
-    `loss_fn` replaces `method.loss` (the DDP-wrapped loss under torchrun; `teacher_weight`
-    is this rank's share there). Raises FloatingPointError when a loss is not finite (before
-    the student's step; the teacher's loss is checked before the teacher's step).
-    """
-    x_adv = method.attack(x, y)
-    loss = (loss_fn or method.loss)(x, x_adv, y)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(str(value))
-    for o in optims:
-        o.zero_grad(set_to_none=True)
-    loss.backward()
-    for o in optims:
-        o.step()
-    if teacher_optim is not None:
-        _teacher_step(method, teacher_optim, x, x_adv, y, teacher_weight)
-    method.after_step()
-    return value
-
-
-def _teacher_step(method: Distiller, optim: torch.optim.Optimizer, x: torch.Tensor,
-                  x_adv: torch.Tensor, y: torch.Tensor, weight: float) -> None:
-    """The trained teacher's step on `teacher_loss`, after the student's (gradients averaged
-    over ranks under torchrun, as DDP would)."""
-    t_loss = method.teacher_loss(x, x_adv, y)
-    if t_loss is None:
-        return
-    if not math.isfinite(t_loss.item()):
-        raise FloatingPointError(f"{t_loss.item()} (teacher)")
-    optim.zero_grad(set_to_none=True)
-    (t_loss * weight).backward()
-    distributed.average_grads(method.teacher)
-    optim.step()
+def compute_for(r: Resolved, opts: RunOptions) -> Compute:
+    """How this cell's steps are computed: its precision, the run's kernel choices."""
+    return Compute.for_run(opts.device, r.cell.precision, channels_last=opts.channels_last,
+                           compile=opts.compile, epochs=r.params.epochs)
 
 
 class Trainer:
@@ -110,17 +84,16 @@ class Trainer:
         self.r, self.opts, self.p = r, opts, r.params
         self.dir = opts.out / "runs" / r.id
         self.device = torch.device(opts.device)
+        self.compute = c = compute_for(r, opts)
+        c.setup()
         _seed_all(r.cell.seed)
         student = build(r, "student", r.arch)
         peer = build(r, "peer", r.config["peer_arch"]) if r.cls.needs_peer else None
-
-        def on_device(net: nn.Module | None) -> nn.Module | None:
-            return net.to(self.device) if net is not None else None
-
         self.method = registry.create(
-            r.cell.method, student=on_device(student), teacher=on_device(teacher),
-            peer=on_device(peer), clean_teacher=on_device(clean_teacher), dataset=r.cell.dataset,
-            preset=r.cell.preset, arch=r.arch, budget=r.spec.budget, **dict(r.cell.overrides))
+            r.cell.method, student=c.prepare(student), teacher=c.prepare(teacher),
+            peer=c.prepare(peer), clean_teacher=c.prepare(clean_teacher),
+            dataset=r.cell.dataset, preset=r.cell.preset, arch=r.arch, budget=r.spec.budget,
+            **dict(r.cell.overrides))
         self.nets = self.method.networks()
         self.optims = {k: self._sgd(k, m) for k, m in self.nets.items()}
         self.ddp = distributed.wrap(self.method, self.device)
@@ -132,12 +105,11 @@ class Trainer:
 
     def _sgd(self, name: str, net: nn.Module) -> torch.optim.SGD:
         """One SGD per network: the student's settings, or a trained teacher's own."""
-        p = self.p
+        p, c = self.p, self.compute
         if name == "teacher":
-            return torch.optim.SGD(net.parameters(), lr=p.teacher_lr, momentum=p.teacher_momentum,
-                                   weight_decay=p.teacher_weight_decay)
-        return torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum,
-                               weight_decay=p.weight_decay)
+            return c.optimizer(net.parameters(), p.teacher_lr, p.teacher_momentum,
+                               p.teacher_weight_decay)
+        return c.optimizer(net.parameters(), p.lr, p.momentum, p.weight_decay)
 
     def _set_lr(self, epoch: int, step: int, steps_per_epoch: int) -> None:
         """Every optimizer's LR for this batch, from its schedule (a function of epoch, step)."""
@@ -151,9 +123,15 @@ class Trainer:
     def _data(self) -> None:
         c, root = self.r.cell, self.opts.data_root
         holdout = c.select == "val"
-        self.train_set = data.load(c.dataset, "train", root=root, augment=True, holdout=holdout)
-        sel = data.load(c.dataset, c.select, root=root)
-        self.sel_x, self.sel_y = data.as_tensors(sel)
+        if self.opts.data_path == "device":
+            self.train_set = devicedata.load(c.dataset, "train", root, self.device, augment=True,
+                                             holdout=holdout)
+            x, y = devicedata.tensors(c.dataset, c.select, root)
+            self.sel_x, self.sel_y = devicedata.to_float(x.to(self.device)), y.to(self.device)
+        else:
+            self.train_set = data.load(c.dataset, "train", root=root, augment=True,
+                                       holdout=holdout)
+            self.sel_x, self.sel_y = data.as_tensors(data.load(c.dataset, c.select, root=root))
         self.tutor_log = analysis.TutorLog(self.method, self.sel_x, self.sel_y,
                                            Threat(self.r.spec.eps), c.seed, SELECT_BATCH,
                                            self.device)
@@ -161,9 +139,13 @@ class Trainer:
     def _batches(self, epoch: int, shuffle: bool = True):
         """Global batches in an order fixed by (seed, epoch): the same on every rank."""
         g = torch.Generator().manual_seed(self.r.cell.seed * 1_000_003 + epoch)
-        for x, y in data.batches(self.train_set, self.p.batch_size, shuffle=shuffle, generator=g,
-                                 num_workers=self.opts.num_workers):
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if isinstance(self.train_set, devicedata.DeviceData):
+            batches = self.train_set.batches(self.p.batch_size, shuffle=shuffle, generator=g)
+        else:
+            batches = data.batches(self.train_set, self.p.batch_size, shuffle=shuffle,
+                                   generator=g, num_workers=self.opts.num_workers)
+        for x, y in batches:
+            yield self.compute.input(x), y.to(self.device, non_blocking=True)
 
     # -- checkpoints -------------------------------------------------------------------
     @property
@@ -203,27 +185,30 @@ class Trainer:
     # -- training ----------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> float:
         self.method.epoch = epoch
-        total, n = 0.0, 0
+        tally = Tally(self.device)  # no host-device sync inside the epoch: read at its end
         per_epoch = -(-len(self.train_set) // self.p.batch_size)
         others = [o for k, o in self.optims.items() if k != "teacher"]
-        for i, batch in enumerate(self._batches(epoch)):
-            self.method.step = i
-            self._set_lr(epoch, i, per_epoch)
-            x, y, weight = distributed.shard(*batch)
-            loss_fn = partial(self.ddp, weight=weight) if self.ddp is not None else None
-            try:
-                loss = train_step(self.method, others, x, y, loss_fn,
-                                  self.optims.get("teacher"), weight)
-            except FloatingPointError as exc:
-                raise BenchError(f"loss is {exc} at epoch {epoch + 1} batch {i + 1} "
-                                 f"(1-based, as logged): stopped; last good checkpoint kept "
-                                 f"at {self.ckpt_path}") from None
-            total, n = total + loss * len(y), n + len(y)
-            if self.opts.progress is not None:
-                self.opts.progress(f"{self.r.cell.method} seed {self.r.cell.seed}",
-                                   epoch * per_epoch + i + 1, self.p.epochs * per_epoch)
+        try:
+            for i, batch in enumerate(self._batches(epoch)):
+                self.method.step = i
+                self._set_lr(epoch, i, per_epoch)
+                x, y, weight = distributed.shard(*batch)
+                loss_fn = partial(self.ddp, weight=weight) if self.ddp is not None else None
+                loss, t_loss = self.compute.step(self.method, others, x, y, loss_fn,
+                                                 self.optims.get("teacher"), weight)
+                tally.add(loss, len(y), i, t_loss)
+                if self.compute.read_every and (i + 1) % self.compute.read_every == 0:
+                    tally.read()
+                if self.opts.progress is not None:
+                    self.opts.progress(f"{self.r.cell.method} seed {self.r.cell.seed}",
+                                       epoch * per_epoch + i + 1, self.p.epochs * per_epoch)
+            loss = tally.read()
+        except NonFiniteLoss as exc:  # the epoch is discarded: its checkpoint is never written
+            raise BenchError(f"loss is {exc.value}{' (teacher)' if exc.teacher else ''} at epoch "
+                             f"{epoch + 1} batch {exc.step + 1} (1-based, as logged): stopped; "
+                             f"last good checkpoint kept at {self.ckpt_path}") from None
         self.method.on_epoch_end(distributed.all_reduce_sums(self.method.pop_sums()))
-        return total / max(n, 1)
+        return loss
 
     def _select(self, epoch: int, log: dict[str, Any]) -> None:
         """Evaluate the student (and the SWA model) as the preset's selection rule says, on the

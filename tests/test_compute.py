@@ -8,6 +8,7 @@ autocast stays close to fp32 for every method's loss and attack gradient.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 import sys
 from pathlib import Path
@@ -90,7 +91,7 @@ def test_fp32_fast_path_equals_the_reference_loop(name: str, cifar_files: Path) 
         torch.manual_seed(1)
         if channels_last:  # PGD's sign steps turn a rounding difference in a near-zero
             fast.attack = lambda *a: seen["x_adv"]  # gradient into a whole step: same x_adv
-        got = c.step(fast, optims, c.input(x), y)
+        got = c.step(fast, optims, c.input(x), y)[0]
         pairs = list(zip(_grads(fast), _grads(ref), strict=True))
         if not channels_last:  # the same kernels in the same order: the same bits
             assert got.item() == want and all(torch.equal(a, b) for a, b in pairs)
@@ -168,8 +169,39 @@ def test_tally_reads_once_and_reports_the_first_bad_step() -> None:
 
 
 def test_defaults_per_device() -> None:
-    cpu, cuda = Compute.for_run("cpu"), Compute.for_run("cuda", steps=100)
+    cpu, cuda = Compute.for_run("cpu", epochs=300), Compute.for_run("cuda", epochs=15)
     assert (cpu.precision, cpu.channels_last, cpu.compile) == ("fp32", False, False)
     assert (cuda.precision, cuda.channels_last, cuda.compile) == ("bf16", True, False)
-    assert Compute.for_run("cuda", steps=10**6).compile
+    assert Compute.for_run("cuda", epochs=300).compile
     assert Compute.for_run("cpu", "tf32").precision == "tf32"
+
+
+def test_the_runner_trains_on_either_data_path_and_records_how(cifar_files: Path,
+                                                               tmp_path: Path) -> None:
+    from bench.cells import Cell, resolve
+    from bench.checkpoint import load_file
+    from bench.pipeline import EvalOptions, run_cell
+    from bench.runner import RunOptions
+    from bench.store import Store
+
+    cell = Cell("pgdat", "cifar10", "small_cnn", overrides=(("batch_size", 16), ("epochs", 1)))
+    rows = {}
+    for name, path, c in [("a", "device", cell), ("b", "device", cell),
+                          ("pil", "torchvision", cell),
+                          ("bf16", "device", dataclasses.replace(cell, precision="bf16"))]:
+        out = tmp_path / name
+        opts = RunOptions(out=out, data_root=cifar_files, data_path=path, log=lambda *_: None)
+        rows[name] = {r["checkpoint"]: r for r in run_cell(c, opts, EvalOptions(("clean",)),
+                                                           Store(out))}
+        weights = load_file(out / "runs" / rows[name]["last"]["cell_id"] / "ckpt.pt")
+        rows[name]["weights"] = weights["models"]["student"]
+    a, b, pil, bf16 = rows["a"], rows["b"], rows["pil"], rows["bf16"]
+    assert (a["last"]["data_path"], pil["last"]["data_path"]) == ("device", "torchvision")
+    # the device path's order and augmentation are a pure function of (seed, epoch)
+    assert all(torch.equal(v, b["weights"][k]) for k, v in a["weights"].items())
+    assert a["last"]["clean"] == b["last"]["clean"]
+    assert a["last"]["cell_id"] == pil["last"]["cell_id"] == resolve(cell).id
+    assert bf16["last"]["cell_id"] != a["last"]["cell_id"]  # precision is part of the id
+    assert (bf16["last"]["precision"], bf16["last"]["eval_precision"]) == ("bf16", "fp32")
+    assert a["last"]["precision"] == "fp32" and "precision" not in {
+        k for k, v in a["last"]["config"].items() if v is not None}

@@ -17,10 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import BenchError, checkpoint, registry, runner
+from bench import BenchError, checkpoint, registry
 from bench.attacks import pgd
 from bench.cells import Cell, resolve
 from bench.cli import main
+from bench.compute import Compute
 from bench.distiller import Distiller, TeacherTraining, scheduled_lr
 from bench.models import create_model
 from bench.runner import RunOptions, Trainer
@@ -110,18 +111,19 @@ def _trainer(tmp: Path, overrides=QUICK) -> Trainer:
 def test_hooks_state_and_sums(tmp_path: Path) -> None:
     tr = _trainer(tmp_path)
     lrs: list[tuple] = []
-    step = runner.train_step
+    step = Compute.step  # how the runner computes every batch
 
-    def spy(method, optims, x, y, loss_fn=None, teacher_optim=None, teacher_weight=1.0):
+    def spy(self, method, optims, x, y, loss_fn=None, teacher_optim=None, teacher_weight=1.0):
+        optims = list(optims)
         lrs.append((method.epoch, method.step, [o.param_groups[0]["lr"] for o in optims],
                     teacher_optim.param_groups[0]["lr"]))
-        return step(method, optims, x, y, loss_fn, teacher_optim, teacher_weight)
+        return step(self, method, optims, x, y, loss_fn, teacher_optim, teacher_weight)
 
-    runner.train_step = spy
+    Compute.step = spy
     try:
         tr.train()
     finally:
-        runner.train_step = step
+        Compute.step = step
     m, n = tr.method, -(-len(tr.train_set) // 64)
     want = []
     for e in range(3):
@@ -159,7 +161,7 @@ def test_trained_teacher_steps_after_the_student_with_its_own_sgd(tmp_path: Path
     tr._set_lr(0, 0, 1)
     x, y = tr.train_set.x[:32], tr.train_set.y[:32]
     student_before = _flat(tr.method.student).clone()
-    runner.train_step(tr.method, [tr.optims["student"]], x, y, None, opt)
+    tr.compute.step(tr.method, [tr.optims["student"]], x, y, None, opt)
     m = tr.method
     assert not torch.equal(_flat(m.student), student_before)
     # first SGD step with momentum and weight decay: w - lr * (grad + wd * w)

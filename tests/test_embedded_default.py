@@ -9,7 +9,8 @@ from bench.pipeline import EvalOptions, run_cell
 from bench.runner import RunOptions
 from bench.store import Store
 
-ROBUST = ["pgdat", "trades", "peeraid", "rslad", "ard", "adaad", "iad", "igdm", "saad", "absld"]
+ROBUST = ["pgdat", "trades", "peeraid", "rslad", "ard", "adaad", "iad", "igdm", "saad", "absld",
+          "mtard", "bmtard", "ciard"]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ PARAMS = {
     "wrn34_10": 46_160_474,  # TRADES code without its unused `sub_block1`
     "wrn28_10": 36_479_194,
     "mobilenetv2": 2_296_922,
+    "resnet56": 855_770,  # option-B projections (the authors' clean teachers): see below
 }
 
 
@@ -61,6 +62,25 @@ def test_every_arch_has_a_reference_count() -> None:
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_param_count(name: str) -> None:
     assert n_params(create_model(name, num_classes=10)) == pytest.approx(PARAMS[name], rel=0.01)
+
+
+def test_resnet56_is_he_et_al_s_with_the_authors_shortcuts() -> None:
+    """He et al.'s ResNet-56 has 853,018 parameters for 10 classes with parameter-free
+    (option A) shortcuts; the authors' clean teacher (chenyaofo/pytorch-cifar-models, used by
+    CIARD and B-MTARD) projects with 1x1 conv + BN at the two stage changes instead (2,752
+    more), under module names its published checkpoints use."""
+    model = create_model("resnet56", num_classes=10)
+    projections = [m.downsample for m in model.modules() if getattr(m, "downsample", None)]
+    assert len(projections) == 2
+    assert n_params(model) - sum(n_params(p) for p in projections) == 853_018
+    assert n_params(model) == 855_770
+    blocks = [len(s) for s in (model.layer1, model.layer2, model.layer3)]
+    assert blocks == [9, 9, 9] and model.fc.in_features == 64
+    keys = model.state_dict().keys()
+    for k in ("conv1.weight", "bn1.running_mean", "layer1.8.conv2.weight",
+              "layer2.0.downsample.0.weight", "layer3.0.downsample.1.running_var", "fc.bias"):
+        assert k in keys, k
+    assert n_params(create_model("resnet56", num_classes=100)) == 855_770 + 65 * 90
 
 
 def test_unknown_name_suggests_closest() -> None:

@@ -37,3 +37,19 @@ def test_perf_reference_interleaves_the_authors_loop_and_bench(tmp_path: Path) -
         assert r["img_per_sec"] > 0 and r["peak_host_mb"] > 0
     assert "PIL" in ref["data"] and fast["data"] == "device data"
     assert json.loads(out.read_text()) == rows
+
+
+def test_gpu_check_runs_its_steps_on_the_cpu(tmp_path: Path, capsys) -> None:
+    """`bench perf --suite gpu` on a tiny CPU budget: every step runs and the summary shows."""
+    from bench.cli import main
+
+    main(["perf", "--suite", "gpu", "--device", "cpu", "--tiny", "--work", str(tmp_path),
+          "--json", str(tmp_path / "check.json")])
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["fp32"]["ok"] and report["fp32"]["pixels_equal"]
+    assert report["fp32"]["pgdat"]["loss_rel"] == 0  # on the CPU: the same bits
+    assert report["bf16"]["ok"]
+    assert [(r["method"], r["loop"]) for r in report["perf"]] == [
+        (m, loop) for m in ("peeraid", "rslad", "pgdat") for loop in ("reference", "bench")]
+    assert report["epoch"]["train_s"] > 0 and 0 <= report["epoch"]["clean"] <= 1
+    assert "bench GPU check on cpu" in capsys.readouterr().out

@@ -338,6 +338,8 @@ def test_named_presets_and_teachers():
     assert registry.get("absld").preset_teacher("paper", "cifar10") == ("trades", "wrn34_10")
     # on the 15-epoch embedded budget SAAD's SWA starts at 0-based epoch 7 (95 of 200)
     assert registry.get("saad").resolve("faithful", "digits").swa_start == 7
+    full = registry.get("saad").resolve("paper", "digits", budget={"epochs": 15})
+    assert (full.swa_start, full.epochs, full.selection) == (94, 200, "saad")
 
 
 # --- SWA BatchNorm recompute ---------------------------------------------------------------
