@@ -85,7 +85,7 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
     """Every table and figure of the report from the rows stored under `out`."""
     import pandas as pd
 
-    from bench import analysis_plots, html, plots
+    from bench import html, plots
     from bench.report import (
         aggregate,
         current,
@@ -183,9 +183,6 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
         ckpt = "best" if not best.empty else "all checkpoints"
         tex.append(latex(main, f"{dataset} / {arch}, checkpoint: {ckpt}"))
         tex.append("")
-    analyses, drawn = analysis_plots.report_section(out, report_dir)
-    md += [analyses] if analyses else []
-    written += drawn
     cmp = compare(df)
     md.append("## Reproduced vs published\n")
     md.append("Published numbers come from `bench/reported.toml` (`bench reported` lists "
@@ -209,6 +206,9 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
                 if p.suffix == ".png":
                     md.append(f"![{doc}]({p.name})\n")
                     appendix += html.image(p, doc)
+                elif p.suffix == ".txt":  # what the figure's reader must know (masking signs)
+                    md.append(p.read_text())
+                    appendix += f'<p class="note">{html.esc(p.read_text())}</p>'
         appendix += "</section>"
     md.append(_problems_md(problems))
     put("results.md", "\n".join(md))

@@ -204,7 +204,7 @@ def strength_figure(out: Path, dest: Path) -> list[Path]:
         ax_s.legend(bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False, fontsize=8)
         n = sec[0][2][0]["n"]
         fig.suptitle(f"{dataset} / {arch}: attack strength (test set, n={n})", fontsize=12)
-        text = ("gradient-masking signs:\n" + "\n".join(notes)) if notes else \
+        text = ("gradient-masking signs:\n\n" + "\n".join(f"- {n}" for n in notes)) if notes else \
             "no gradient-masking sign: accuracy falls with eps and with steps, PGD beats FGSM"
         fig.text(0.01, -0.02, text, fontsize=8, color="firebrick" if notes else "0.35",
                  ha="left", va="top")
@@ -298,28 +298,3 @@ def ablation_figure(out: Path, dest: Path, param: str | None = None,
         paths += _save(fig, dest, _slug("ablation", param, dataset, arch))
     return paths
 
-
-# --- the report's part ------------------------------------------------------------------
-
-def report_section(out: Path, dest: Path) -> tuple[str, list[Path]]:
-    """The analyses' markdown for run_all's report (figures drawn into `dest`), with the
-    gradient-masking signs beside the strength figure; empty when nothing was measured."""
-    parts, written = [], []
-    for kind, what in (("tutor", "Tutor accuracy on the student's and on its own examples"),
-                       ("transfer", "Transfer matrix"), ("strength", "Attack strength")):
-        paths = FIGURES_BY_KIND[kind](out, dest)
-        written += paths
-        for p in paths:
-            if p.suffix == ".png":
-                parts.append(f"![{what}]({p.name})\n")
-            elif p.suffix == ".txt":  # the signs: a heading line, then one per sign
-                head, *signs = p.read_text().splitlines()
-                parts.append(f"**{head}**\n\n" + "".join(f"- {x}\n" for x in signs))
-    if not parts:
-        return "", written
-    return ("## Analyses\n\n`bench history`, `bench transfer` and `bench eval` measured "
-            "these; `bench plot KIND` redraws them.\n\n" + "\n".join(parts)), written
-
-
-FIGURES_BY_KIND = {"tutor": tutor_figure, "transfer": transfer_figure,
-                   "strength": strength_figure}

@@ -224,12 +224,6 @@ def test_figures_of_the_analyses(results, tmp_path, capsys) -> None:
         assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs), kind
     side = (tmp_path / "strength_digits_small_cnn.txt").read_text()
     assert "gradient-masking" in side
-    from bench.analysis_plots import report_section
-
-    md, drawn = report_section(out, tmp_path / "report")  # run_all's part
-    for stem in ("tutor_digits_small_cnn", "transfer-fgsm-", "strength_digits_small_cnn"):
-        assert f"]({stem}" in md and any(p.name.startswith(stem) for p in drawn), stem
-    assert "gradient-masking sign" in md
 
 
 def test_masking_signs_fire_on_masked_curves_only() -> None:
