@@ -206,6 +206,9 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
                 if p.suffix == ".png":
                     md.append(f"![{doc}]({p.name})\n")
                     appendix += html.image(p, doc)
+                elif p.suffix == ".txt":  # what the figure's reader must know (masking signs)
+                    md.append(p.read_text())
+                    appendix += f'<p class="note">{html.esc(p.read_text())}</p>'
         appendix += "</section>"
     md.append(_problems_md(problems))
     put("results.md", "\n".join(md))
