@@ -35,8 +35,9 @@ def say(msg: str = "", err: bool = False) -> None:
 # --- training ---------------------------------------------------------------------------
 
 def train_grid(cells: list, out: Path, device: str, ev, no_train: bool,
-               data_root: Path | None = None) -> list[str]:
-    """Train and evaluate the cells whose rows are not stored; returns one line per failure."""
+               data_root: Path | None = None, so=None, run: dict | None = None) -> list[str]:
+    """Train and evaluate the cells whose rows are not stored; returns one line per failure.
+    With sweep options `so`, the missing cells run as submitit jobs (Slurm or local)."""
     from bench.cells import resolve
     from bench.pipeline import run_cell, stored
     from bench.runner import RunOptions
@@ -55,7 +56,15 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool,
            else f"{len(todo)} to train"))
     if no_train or not todo:
         return []
-    opts = RunOptions(out=out, device=device, data_root=data_root, log=say)
+    if so is not None:
+        from bench.sweep import sweep
+
+        try:
+            sweep([r.cell for r in todo], out, device, data_root, ev, so, log=say)
+        except BenchError as exc:  # a failed job names its log; the report still follows
+            return [str(exc)]
+        return [f"{r.id}: no rows after its job" for r in todo if not stored(r, store)]
+    opts = RunOptions(out=out, device=device, data_root=data_root, log=say, **(run or {}))
     failures = []
     for i, r in enumerate(todo, 1):
         say(f"[{i}/{len(todo)}] training {r.cell.method} seed {r.cell.seed} ({r.id})")
@@ -197,6 +206,9 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
                 if p.suffix == ".png":
                     md.append(f"![{doc}]({p.name})\n")
                     appendix += html.image(p, doc)
+                elif p.suffix == ".txt":  # what the figure's reader must know (masking signs)
+                    md.append(p.read_text())
+                    appendix += f'<p class="note">{html.esc(p.read_text())}</p>'
         appendix += "</section>"
     md.append(_problems_md(problems))
     put("results.md", "\n".join(md))
@@ -268,8 +280,7 @@ def _problems_md(problems: list[str]) -> str:
 
 # Options of `bench run` about how the cells run, not which: an experiment file may hold
 # them, and this script reads past them (one that decides the cells is an error here).
-RUN_ONLY_KEYS = frozenset({"executor", "slurm-partition", "timeout-min", "gpus-per-node",
-                           "redo", "resume", "restart", "detect-anomaly", "num-workers"})
+RUN_ONLY_KEYS = frozenset({"redo", "resume", "restart", "detect-anomaly", "num-workers"})
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
@@ -293,6 +304,9 @@ RUN_ONLY_KEYS = frozenset({"executor", "slurm-partition", "timeout-min", "gpus-p
 @click.option("--teacher-method", default=None,
               help="Method that trains the teachers [default: each preset's, else pgdat].")
 @click.option("--teacher-arch", default=None, help="Teacher architecture.")
+@click.option("--clean-teacher", default=None,
+              help="The non-robust teacher (MTARD, CIARD, ...): file or robustbench:NAME.")
+@click.option("--clean-teacher-arch", default=None, help="Clean teacher architecture.")
 @click.option("--peer-arch", default=None, help="PeerAiD's peer architecture.")
 @click.option("--select", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Split for best-checkpoint selection (PGD-10).")
@@ -303,7 +317,19 @@ RUN_ONLY_KEYS = frozenset({"executor", "slurm-partition", "timeout-min", "gpus-p
 @click.option("--aa-samples", type=int, default=None,
               help="AutoAttack on N seeded test images [default: 100 on the embedded set, "
                    "all otherwise].")
+@click.option("--aa-on", type=click.Choice(["best", "all", "none"]), default="best",
+              show_default=True, help="Checkpoints AutoAttack runs on (as bench run).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "tf32", "bf16"]), default="auto",
+              show_default=True,
+              help="Training precision (part of the cell id): auto = bf16 on CUDA, fp32 on "
+                   "the CPU.")
+@click.option("--data-path", type=click.Choice(["device", "torchvision"]), default="device",
+              show_default=True, help="How training batches are made (as bench run).")
+@click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True, help="channels_last memory format [auto: on for CUDA].")
+@click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]),
+              default="auto", show_default=True, help="torch.compile the networks.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding (or receiving) torchvision data sets.")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
@@ -313,14 +339,27 @@ RUN_ONLY_KEYS = frozenset({"executor", "slurm-partition", "timeout-min", "gpus-p
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
                    "models on a busy machine.")
+@click.option("--executor", type=click.Choice(["none", "local", "slurm", "debug"]),
+              default="none", show_default=True,
+              help="Run the missing cells as submitit jobs: Slurm, local processes, or "
+                   "in-process.")
+@click.option("--slurm-partition", default=None, help="Slurm partition for --executor slurm.")
+@click.option("--timeout-min", type=int, default=24 * 60, show_default=True,
+              help="Per-job time limit for --executor.")
+@click.option("--gpus-per-node", type=int, default=0, show_default=True,
+              help="GPUs per job for --executor.")
 @click.option("--no-train", is_flag=True, help="Train nothing: only rebuild the report.")
 @experiment.config_option(lambda: RUN_ONLY_KEYS)
 def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...],
         teacher: str | None, teacher_normalize: str | None, teacher_method: str | None,
-        teacher_arch: str | None, peer_arch: str | None, select: str, select_every: int,
-        attacks: str, aa_samples: int | None, device: str, data_root: str | None,
-        out: str, report_dir: str | None, threads: int | None, no_train: bool) -> None:
+        teacher_arch: str | None, clean_teacher: str | None, clean_teacher_arch: str | None,
+        peer_arch: str | None, select: str, select_every: int, attacks: str,
+        aa_samples: int | None, aa_on: str, device: str, precision: str, data_path: str,
+        channels_last: str, compile_: str, data_root: str | None,
+        out: str, report_dir: str | None, threads: int | None, executor: str,
+        slurm_partition: str | None, timeout_min: int, gpus_per_node: int,
+        no_train: bool) -> None:
     """Train what is missing of the grid, then write every table and figure of the report."""
     from bench.pipeline import EvalOptions
 
@@ -337,17 +376,34 @@ def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
         import torch
 
         torch.set_num_threads(threads)
+    so = None
+    if executor != "none":
+        from bench.sweep import SweepOptions
+
+        so = SweepOptions(executor=executor, timeout_min=timeout_min, partition=slurm_partition,
+                          gpus_per_node=gpus_per_node)
+        # The jobs' machines, not this one, decide: a GPU job runs on cuda.
+        device = "cuda" if gpus_per_node else "cpu" if device == "auto" else device
+    else:
+        device = experiment.resolve_device(device)
+    if precision == "auto":  # as bench run decides it: the same options, the same cells
+        from bench.compute import default_precision
+
+        precision = default_precision(device)
     cells = experiment.grid(methods, datasets, archs, seeds, preset, epochs, sets, sweep,
                             teacher=teacher, teacher_normalize=teacher_normalize,
                             teacher_method=teacher_method, teacher_arch=teacher_arch,
-                            peer_arch=peer_arch, select=select,
-                            select_every=select_every).cells()
+                            clean_teacher=clean_teacher, clean_teacher_arch=clean_teacher_arch,
+                            peer_arch=peer_arch, select=select, select_every=select_every,
+                            precision=precision).cells()
     out_path = experiment.writable(Path(out))
     say(f"grid: {len(cells)} cell(s) on {datasets}, results in {out_path}")
-    failures = train_grid(cells, out_path,
-                          "cpu" if no_train else experiment.resolve_device(device),
-                          EvalOptions(attacks=attack_list, aa_samples=aa_samples), no_train,
-                          Path(data_root) if data_root else None)
+    flag = {"auto": None, "on": True, "off": False}
+    run = {"data_path": data_path, "channels_last": flag[channels_last],
+           "compile": flag[compile_]}
+    failures = train_grid(cells, out_path, device,
+                          EvalOptions(attacks=attack_list, aa_samples=aa_samples, aa_on=aa_on),
+                          no_train, Path(data_root) if data_root else None, so, run)
     report = Path(report_dir) if report_dir else out_path / "report"
     written = write_report(out_path, report)
     say(f"report in {report}:")

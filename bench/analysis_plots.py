@@ -204,7 +204,7 @@ def strength_figure(out: Path, dest: Path) -> list[Path]:
         ax_s.legend(bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False, fontsize=8)
         n = sec[0][2][0]["n"]
         fig.suptitle(f"{dataset} / {arch}: attack strength (test set, n={n})", fontsize=12)
-        text = ("gradient-masking signs:\n" + "\n".join(notes)) if notes else \
+        text = ("gradient-masking signs:\n\n" + "\n".join(f"- {n}" for n in notes)) if notes else \
             "no gradient-masking sign: accuracy falls with eps and with steps, PGD beats FGSM"
         fig.text(0.01, -0.02, text, fontsize=8, color="firebrick" if notes else "0.35",
                  ha="left", va="top")
@@ -297,3 +297,4 @@ def ablation_figure(out: Path, dest: Path, param: str | None = None,
         fig.tight_layout()
         paths += _save(fig, dest, _slug("ablation", param, dataset, arch))
     return paths
+

@@ -87,6 +87,7 @@ def _method(method: str, preset: str, arch: str, shape: str, place: Callable) ->
 
     return registry.create(method, student=net(), dataset=shape, preset=preset,
                            teacher=net() if cls.needs_teacher else None,
+                           clean_teacher=net() if cls.needs_clean_teacher else None,
                            peer=net() if cls.needs_peer else None)
 
 

@@ -369,3 +369,55 @@ def robustness_figure(out: Path, dest: Path, dataset: str | None = None,
 def training_figure(out: Path, dest: Path, dataset: str | None = None, arch: str | None = None,
                     methods: str | None = None) -> list[Path]:
     return training_curves(rows(out, dataset, arch, methods), Path(out) / "runs", dest)
+
+
+GRADE_MARKERS = {"P": "o", "S": "s", "T": "^"}
+
+
+@figure("reported", "reproduced (%) against published (%) figures of the same setting, one "
+                    "panel per data set / arch; marker = the published figure's grade")
+def reported_figure(out: Path, dest: Path, dataset: str | None = None, arch: str | None = None,
+                    methods: str | None = None) -> list[Path]:
+    """Reproduced mean ± std (y) against every matching published figure (x): points on the
+    diagonal reproduce; the grey band is ±1 point. T figures are hollow triangles, so a
+    tertiary number is never shown as the paper's own."""
+    plt, _ = _plt()
+    from matplotlib.lines import Line2D
+
+    from bench import BenchError
+    from bench.reported import compare
+
+    cmp = compare(rows(out, dataset, arch, methods))
+    if cmp.empty:
+        raise BenchError(f"no published figure matches the rows under {Path(out) / 'rows'}")
+    paths = []
+    for (ds, ar), g in cmp.groupby(["dataset", "arch"], sort=True):
+        colors = method_colors(list(dict.fromkeys(g["method"])))
+        fig, ax = plt.subplots(figsize=(7.5, 6))
+        for _, r in g.iterrows():
+            c = colors[r["method"]]
+            ax.errorbar(r["published"], r["reproduced"],
+                        yerr=r["std"] if r["std"] == r["std"] else None,
+                        fmt=GRADE_MARKERS[r["grade"]], color=c, ms=8, capsize=2,
+                        mfc="white" if r["grade"] == "T" else c, mec=c)
+        lo = min(g["published"].min(), g["reproduced"].min()) - 3
+        hi = max(g["published"].max(), g["reproduced"].max()) + 3
+        ax.plot([lo, hi], [lo, hi], color="0.5", lw=1)
+        ax.fill_between([lo, hi], [lo - 1, hi - 1], [lo + 1, hi + 1], color="0.5", alpha=0.15,
+                        lw=0)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel("published accuracy (%)")
+        ax.set_ylabel("reproduced accuracy (%), mean ± std over seeds")
+        ax.set_title(f"{ds} / {ar}: reproduced vs published (all attacks)\n"
+                     "diagonal: equal; band: ±1 point", fontsize=11)
+        handles = [Line2D([], [], ls="", marker="o", color=colors[m], ms=8, label=m)
+                   for m in colors]
+        handles += [Line2D([], [], ls="", label=" ")]
+        handles += [Line2D([], [], ls="", marker=mk, color="0.3", ms=8,
+                           mfc="white" if gr == "T" else "0.3", label=f"grade {gr}")
+                    for gr, mk in GRADE_MARKERS.items() if gr in set(g["grade"])]
+        ax.legend(handles=handles, title="method", bbox_to_anchor=(1.01, 1), loc="upper left",
+                  frameon=False)
+        paths += _save(fig, Path(dest), _slug("reported", ds, ar))
+    return paths

@@ -133,7 +133,7 @@ class MTARD(Balanced):
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(scale=10.0)}),
         # The papers' teachers: TRADES WRN-34-10 (robust); a naturally trained WRN-34-10.
-        "paper": paper(cifar10=("trades", "wrn34_10"), cifar100=("trades", "wrn34_10"),
+        "paper": paper("mtard", cifar10=("trades", "wrn34_10"), cifar100=("trades", "wrn34_10"),
                        clean={"cifar10": ("standard", "wrn34_10"),
                               "cifar100": ("standard", "wrn34_10")}),
     }
@@ -165,7 +165,7 @@ class BMTARD(MTARD):
     presets = {
         "faithful": Preset(FAITHFUL.doc, common=dict(weight_rule="renormalise", temp_rate=1e-3),
                            per_dataset={"cifar100": dict(scale=10.0)}),
-        "paper": paper(cifar10=("trades", "wrn34_10"), cifar100=("trades", "wrn34_10"),
+        "paper": paper("bmtard", cifar10=("trades", "wrn34_10"), cifar100=("trades", "wrn34_10"),
                        clean={"cifar10": ("standard", "resnet56"),
                               "cifar100": ("standard", "resnet56")}),
     }

@@ -115,6 +115,19 @@ def test_run_all_takes_the_same_file(grid_store: Path, tmp_path: Path, capsys,
     assert (tmp_path / "rep" / "results.md").is_file()
 
 
+def test_run_all_fans_out_through_submitit(tmp_path: Path, capsys) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    rc = run_all.main(["--methods", "standard", "--epochs", "1", "--attacks", "clean",
+                       "--executor", "debug", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "1 to train" in out and "submitting 1 cell job(s) to debug" in out
+    assert len(_cells(tmp_path)) == 1 and (tmp_path / "report" / "index.html").is_file()
+
+
 def test_sweep_2x2_over_2_seeds_is_8_cells_and_a_rerun_trains_nothing(
         tmp_path: Path, capsys, monkeypatch) -> None:
     code, _, err = _bench(["run", *SWEEP, "--out", str(tmp_path)], capsys)

@@ -230,3 +230,28 @@ def test_reported_lists_what_is_known(capsys) -> None:
     assert code == 0 and "P: primary" in out and "54.36 (S)" in out and "46.79 (T)" in out
     code, _, err = bench(["reported", "--grade", "X"], capsys)
     assert code == 1 and err.startswith("error: unknown grade") and err.count("\n") == 1
+
+
+def test_reported_figure_names_every_method_and_grade(store, tmp_path, capsys,
+                                                      monkeypatch) -> None:
+    import matplotlib.image
+
+    from bench import plots
+
+    legends = {}
+    save = plots._save
+
+    def spy(fig, out_dir, stem):
+        legends[stem] = [t.get_text() for ax in fig.axes if ax.get_legend()
+                         for t in ax.get_legend().get_texts()]
+        return save(fig, out_dir, stem)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    code, out, err = bench(["plot", "reported", "--out", str(store), "--dest", str(tmp_path)],
+                           capsys)
+    assert code == 0, err
+    png = tmp_path / "reported_cifar10_resnet18.png"
+    assert png.is_file() and (tmp_path / "reported_cifar10_resnet18.pdf").is_file()
+    assert matplotlib.image.imread(png)[..., :3].std() > 0.01
+    labels = legends["reported_cifar10_resnet18"]
+    assert {"peeraid", "rslad", "pgdat", "grade S", "grade T"} <= set(labels)
