@@ -36,7 +36,7 @@ def rich_table(table: pd.DataFrame, title: str = "bench results"):
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=title)
+    t = Table(title=Text(title))  # literal: a label may hold brackets
     for c in table.columns:
         t.add_column(str(c), justify="left" if c in TEXT_COLUMNS else "right")
     for _, r in table.iterrows():  # markdown's **bold** becomes rich bold

@@ -40,11 +40,13 @@ def test_standard_training_is_accurate_but_not_robust(results) -> None:
     assert std["clean"] > 0.9 and std["pgd20"] < 0.5
 
 
-def test_peeraid_swa_students_are_evaluated(results) -> None:
+@pytest.mark.parametrize("method", ["peeraid", "saad"])
+def test_swa_students_are_evaluated(results, method: str) -> None:
     for ckpt in ("swa_best", "swa_last"):
-        r = results[("peeraid", ckpt)]
+        r = results[(method, ckpt)]
         assert r["pgd20"] > results[("standard", "best")]["pgd20"] + 0.15
         assert r["n_pgd20"] == 360
+    assert results[("saad", "last")]["config"]["params"]["swa_start"] == 7  # 95 of 200
 
 
 def test_rows_carry_the_reproducibility_record(results) -> None:
