@@ -28,6 +28,7 @@ class Rule:
     score: Literal["acc", "acc+worst", "clean+adv"] = "acc"
     every: int | None = None  # evaluate at 1-based epochs every, 2 every, ...; None: the cell's
     dense_from: int | None = None  # ... and at every 1-based epoch from this one on
+    first: bool = False  # ... and at the first epoch (the scripts' `or epoch == 1`)
     keep: tuple[str, ...] = ("best", "last", "swa_best", "swa_last")  # the swa_* where SWA runs
     best_clean: bool = False  # also keep the best clean-accuracy network (`best_clean`)
     reported: tuple[str, ...] = ("best", "swa_best")  # the networks the paper's tables show
@@ -39,7 +40,8 @@ class Rule:
         if self.every is None:
             return epoch % select_every == 0
         e = epoch + 1
-        return e % self.every == 0 or (self.dense_from is not None and e >= self.dense_from)
+        return (e % self.every == 0 or (self.first and e == 1)
+                or (self.dense_from is not None and e >= self.dense_from))
 
     def tracks_best(self) -> bool:
         return any(k.endswith("best") for k in self.keep) or self.best_clean
@@ -82,8 +84,14 @@ RULES: dict[str, Rule] = {
                   attack="pgd20s", score="acc+worst", every=10, dense_from=215,
                   keep=("best", "last")),
     "mtard": Rule("MTARD: no selection, the last epoch", keep=("last",), reported=("last",)),
-    "bmtard": Rule("B-MTARD / CIARD: best (clean + PGD-20 accuracy) / 2 every epoch; and last",
-                   attack="pgd20", score="clean+adv", every=1, keep=("best", "last")),
+    "bmtard": Rule("B-MTARD: best (clean + PGD-20 accuracy) / 2, PGD-20 with step 0.003, at "
+                   "1-based epoch 1, every 20 epochs before 215 and every epoch from 215; and "
+                   "last", attack="pgd20s", score="clean+adv", every=20, dense_from=215,
+                   first=True, keep=("best", "last")),
+    "ciard": Rule("CIARD: best (clean + PGD-20 accuracy) / 2 of the student, PGD-20 with step "
+                  "0.003, at 1-based epoch 1, every 10 epochs and every epoch from 250; and "
+                  "last", attack="pgd20s", score="clean+adv", every=10, dense_from=250,
+                  first=True, keep=("best", "last")),
 }
 
 

@@ -78,7 +78,7 @@ class CIARD(Balanced):
                   clean=dict(cifar10=("standard", "resnet56"), cifar100=("standard", "resnet56"))),
             doc="the first release (ec8a38e): B-MTARD's adaptive weights on L1 and L2; the "
                 "paper's teachers, full schedule and checkpoint selection",
-            common=dict(adaptive=True, selection="bmtard")),
+            common=dict(adaptive=True, selection="ciard")),
         "fixed": Preset("faithful, but the weight and temperature rates decay x0.1 once after "
                         "epochs 215, 260, 285, not after every step of them",
                         common=dict(rate_per_step=False), base="faithful"),

@@ -330,3 +330,16 @@ def test_the_layers_read_top_down() -> None:
     assert "bench.runner" not in graph["bench.teachers"]
     assert "bench.cells" not in graph["bench.teachers"]
 
+
+
+def test_wrong_clean_teacher_file_is_one_line_before_training(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "clean.pt"
+    checkpoint.save_weights(path, _teachers()[1])  # small_cnn_nobn weights
+    with pytest.raises(SystemExit) as exc:  # the clean teacher's arch defaults to the student's
+        main(["run", "--methods", "mtard", "--clean-teacher", str(path), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: clean teacher checkpoint {path} does not fit")
+    assert not (tmp_path / "runs").exists()
+    r = resolve(Cell("mtard", clean_teacher=str(path), clean_teacher_arch="small_cnn_nobn"))
+    assert r.config["clean_teacher_arch"] == "small_cnn_nobn"

@@ -57,7 +57,7 @@ def _build_plugin(tmp: Path) -> Path:
 
 def test_plugin_is_listed_and_runs(tmp_path: Path) -> None:
     site = _build_plugin(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     bench = [sys.executable, "-m", "bench.cli"]
     listed = subprocess.run([*bench, "list"], env=env, capture_output=True, text=True,
                             timeout=120)

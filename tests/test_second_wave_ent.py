@@ -431,8 +431,8 @@ def test_selection_rules_in_a_run(tmp_path):
     assert [("pgd20s" in e, "worst_class" in e) for e in h] == [(False, False), (True, True)]
     assert best["absld"]["best"] == pytest.approx(h[1]["pgd20s"] + h[1]["worst_class"])
     h = hist["bmtard"]
-    assert all("clean" in e and "pgd20" in e for e in h) and set(got["bmtard"]) == {"best", "last"}
-    assert best["bmtard"]["best"] == pytest.approx(max((e["clean"] + e["pgd20"]) / 2 for e in h))
+    assert all("clean" in e and "pgd20s" in e for e in h) and set(got["bmtard"]) == {"best", "last"}
+    assert best["bmtard"]["best"] == pytest.approx(max((e["clean"] + e["pgd20s"]) / 2 for e in h))
     assert set(got[None]) == {"best", "last"}
     assert all("pgd10" in e for e in hist[None])
 

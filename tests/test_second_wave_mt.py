@@ -401,7 +401,7 @@ def test_paper_presets_carry_the_papers_teachers():
         r = resolve(Cell(name, "cifar10", preset="paper"))
         assert r.config["teacher"].startswith("trades-faithful-cifar10-wrn34_10-")
         assert r.config["clean_teacher"].startswith(f"standard-faithful-cifar10-{clean}-")
-        assert r.params.selection == ("mtard" if name == "mtard" else "bmtard")
+        assert r.params.selection == name
         f = resolve(Cell(name, "cifar10"))
         assert f.config["clean_teacher"].startswith("standard-faithful-cifar10-resnet18-")
         assert f.params.selection is None
@@ -475,3 +475,17 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, method: st
         assert set(want["models"]) == {"student", "teacher"}
         assert want["optims"]["teacher"]["state"]  # momentum buffers: the teacher stepped
         assert state["weight_rate"] < 0.025 * 0.1**2  # decayed after every step of epoch 1
+
+
+def test_selection_rules_of_the_scripts():
+    """The epochs at which the scripts evaluate (1-based): MTARD and B-MTARD `epoch == 1`, every
+    20 before 215 and every epoch from 215; CIARD `epoch == 1 or epoch % 10 == 0 or epoch >=
+    250`. Both score (clean + PGD-20 at step 0.003) / 2."""
+    from bench.selection import rule
+
+    code = {"bmtard": lambda e: e == 1 or (e % 20 == 0 and e < 215) or e >= 215,
+            "ciard": lambda e: e == 1 or e % 10 == 0 or e >= 250}
+    for name, due in code.items():
+        r = rule(name)
+        assert [r.due(e - 1, 300, 1) for e in range(1, 301)] == [due(e) for e in range(1, 301)]
+        assert (r.attack, r.score) == ("pgd20s", "clean+adv")
