@@ -283,71 +283,9 @@ def _problems_md(problems: list[str]) -> str:
 RUN_ONLY_KEYS = frozenset({"redo", "resume", "restart", "detect-anomaly", "num-workers"})
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--methods", default=DEFAULT_METHODS, show_default=True,
-              help="Comma-separated methods of the grid, or all.")
-@click.option("--datasets", "--dataset", "datasets", default="digits", show_default=True,
-              help="Comma-separated data sets.")
-@click.option("--archs", "--arch", "archs", default=None,
-              help="Comma-separated student architectures [default: each data set's].")
-@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
-@click.option("--preset", default="faithful", show_default=True)
-@click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any hyper-parameter (repeatable).")
-@click.option("--sweep", "sweep", multiple=True, metavar="KEY=V1,V2",
-              help="One cell per value (repeatable: one per combination).")
-@click.option("--teacher", default=None,
-              help="Teacher checkpoint file or robustbench:NAME [default: each preset's, "
-                   "else trained].")
-@click.option("--teacher-normalize", default=None,
-              help="The teacher normalises its [0,1] input with these mean/std inside.")
-@click.option("--teacher-method", default=None,
-              help="Method that trains the teachers [default: each preset's, else pgdat].")
-@click.option("--teacher-arch", default=None, help="Teacher architecture.")
-@click.option("--clean-teacher", default=None,
-              help="The non-robust teacher (MTARD, CIARD, ...): file or robustbench:NAME.")
-@click.option("--clean-teacher-arch", default=None, help="Clean teacher architecture.")
-@click.option("--peer-arch", default=None, help="PeerAiD's peer architecture.")
-@click.option("--select", type=click.Choice(["test", "val"]), default="test", show_default=True,
-              help="Split for best-checkpoint selection (PGD-10).")
-@click.option("--select-every", type=int, default=1, show_default=True,
-              help="Epochs between selection evaluations.")
-@click.option("--attacks", default=",".join(ALL_ATTACKS), show_default=True,
-              help="Evaluation attacks.")
-@click.option("--aa-samples", type=int, default=None,
-              help="AutoAttack on N seeded test images [default: 100 on the embedded set, "
-                   "all otherwise].")
-@click.option("--aa-on", type=click.Choice(["best", "all", "none"]), default="best",
-              show_default=True, help="Checkpoints AutoAttack runs on (as bench run).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "tf32", "bf16"]), default="auto",
-              show_default=True,
-              help="Training precision (part of the cell id): auto = bf16 on CUDA, fp32 on "
-                   "the CPU.")
-@click.option("--data-path", type=click.Choice(["device", "torchvision"]), default="device",
-              show_default=True, help="How training batches are made (as bench run).")
-@click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto",
-              show_default=True, help="channels_last memory format [auto: on for CUDA].")
-@click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]),
-              default="auto", show_default=True, help="torch.compile the networks.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="Folder holding (or receiving) torchvision data sets.")
-@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
-              help="Results folder (rows, checkpoints, teachers).")
+@experiment.grid_options(default_methods=DEFAULT_METHODS)
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
               help="Where the report goes [default: <out>/report].")
-@click.option("--threads", type=int, default=None,
-              help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
-                   "models on a busy machine.")
-@click.option("--executor", type=click.Choice(["none", "local", "slurm", "debug"]),
-              default="none", show_default=True,
-              help="Run the missing cells as submitit jobs: Slurm, local processes, or "
-                   "in-process.")
-@click.option("--slurm-partition", default=None, help="Slurm partition for --executor slurm.")
-@click.option("--timeout-min", type=int, default=24 * 60, show_default=True,
-              help="Per-job time limit for --executor.")
-@click.option("--gpus-per-node", type=int, default=0, show_default=True,
-              help="GPUs per job for --executor.")
 @click.option("--no-train", is_flag=True, help="Train nothing: only rebuild the report.")
 @experiment.config_option(lambda: RUN_ONLY_KEYS)
 def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,

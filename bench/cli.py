@@ -14,7 +14,6 @@ from bench import BenchError, data, experiment, registry, selection
 from bench.cells import Cell, Resolved, resolve
 from bench.evaluate import ALL_ATTACKS
 from bench.models import model_names
-from bench.teachers import NORMALIZATIONS
 
 console = Console(highlight=False)
 # Errors and warnings: one line each, however long (never wrapped), and literal (no markup).
@@ -32,67 +31,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--methods", default="peeraid,rslad", show_default=True,
-              help="Comma-separated method names (see `bench list`), or all.")
-@click.option("--datasets", "--dataset", "datasets", default="digits", show_default=True,
-              help="Comma-separated data sets; the default is the embedded, offline digits "
-                   "set.")
-@click.option("--archs", "--arch", "archs", default=None,
-              help="Comma-separated student architectures [default: each data set's].")
-@click.option("--preset", default="faithful", show_default=True, help="Hyper-parameter preset.")
-@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
-@click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any hyper-parameter (repeatable), e.g. --set t=4.")
-@click.option("--sweep", "sweep", multiple=True, metavar="KEY=V1,V2",
-              help="One cell per value (repeatable: one per combination), typed and checked "
-                   "like --set, e.g. --sweep g2=0.01,0.1,1.")
-@click.option("--teacher", default=None,
-              help="Teacher checkpoint file or robustbench:NAME "
-                   "[default: train one with --teacher-method, cached].")
-@click.option("--teacher-normalize", type=click.Choice(sorted(NORMALIZATIONS)), default=None,
-              help="The teacher normalises its [0,1] input with these mean/std inside.")
-@click.option("--teacher-arch", default=None, help="Teacher architecture [default: student's].")
-@click.option("--teacher-method", default=None,
-              help="Method that trains the teacher when none is given [default: the "
-                   "preset's teacher, else pgdat].")
-@click.option("--clean-teacher", default=None,
-              help="Clean (non-robust) teacher of a multi-teacher method: file or "
-                   "robustbench:NAME [default: the preset's, else trained with standard].")
-@click.option("--clean-teacher-arch", default=None,
-              help="Clean teacher architecture [default: the preset's, else student's].")
-@click.option("--peer-arch", default=None, help="PeerAiD's peer architecture [default: student's].")
-@click.option("--select", type=click.Choice(["test", "val"]), default="test", show_default=True,
-              help="Split for best-checkpoint selection (PGD-10).")
-@click.option("--select-every", type=int, default=1, show_default=True,
-              help="Epochs between selection evaluations.")
-@click.option("--attacks", default=",".join(ALL_ATTACKS), show_default=True,
-              help="Evaluation attacks.")
-@click.option("--aa-samples", type=int, default=None,
-              help="AutoAttack on a fixed seeded subset of N test images "
-                   "[default: 100 on the embedded set, all otherwise].")
-@click.option("--aa-on", type=click.Choice(["best", "all", "none"]), default="best",
-              show_default=True,
-              help="Checkpoints AutoAttack runs on: best = the ones papers report (best, and "
-                   "swa_best for PeerAiD); the other attacks run on every checkpoint.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "tf32", "bf16"]), default="auto",
-              show_default=True,
-              help="Training precision (part of the cell id): auto = bf16 autocast on CUDA, fp32 "
-                   "on the CPU. Evaluation attacks always run in fp32 (tf32 with tf32).")
-@click.option("--data-path", type=click.Choice(["device", "torchvision"]), default="device",
-              show_default=True,
-              help="device: decode each data set once (cached beside it), augment whole "
-                   "batches on the device; torchvision: PIL per image in a DataLoader.")
-@click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto",
-              show_default=True, help="channels_last memory format [auto: on for CUDA].")
-@click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]), default="auto",
-              show_default=True,
-              help="torch.compile the networks [auto: CUDA runs of 30 epochs or more].")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="Folder holding (or receiving) torchvision data sets.")
-@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
-              help="Results folder (rows, checkpoints, teachers).")
+@experiment.grid_options(default_methods="peeraid,rslad")
 @click.option("--redo", is_flag=True, help="Retrain cells already in the store.")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue an unfinished cell from its last epoch checkpoint, or start it "
@@ -100,17 +39,6 @@ def cli() -> None:
 @click.option("--detect-anomaly", is_flag=True, help="torch autograd anomaly detection.")
 @click.option("--num-workers", type=int, default=0, show_default=True,
               help="DataLoader workers for torchvision data sets.")
-@click.option("--executor", type=click.Choice(["none", "local", "slurm", "debug"]),
-              default="none", show_default=True,
-              help="Run the cells as submitit jobs: Slurm, local processes, or in-process.")
-@click.option("--slurm-partition", default=None, help="Slurm partition for --executor slurm.")
-@click.option("--timeout-min", type=int, default=24 * 60, show_default=True,
-              help="Per-job time limit for --executor.")
-@click.option("--gpus-per-node", type=int, default=0, show_default=True,
-              help="GPUs per job for --executor.")
-@click.option("--threads", type=int, default=None,
-              help="CPU threads for torch [default: torch's choice]; 1 is fastest for tiny "
-                   "models on a busy machine.")
 @experiment.config_option()
 def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...], teacher: str | None,
