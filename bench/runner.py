@@ -221,6 +221,8 @@ class Trainer:
         nets = {"": self.method.student}
         if self.swa is not None and self.swa.n_averaged.item() > 0:
             nets["swa_"] = self.swa.module
+        if "teacher_best" in rule.keep and "teacher" in self.nets:  # a teacher that trains
+            nets["teacher_"] = self.nets["teacher"]
         for prefix, net in nets.items():
             hits = correct(net, self.sel_x, self.sel_y, rule.attack, threat, SELECT_BATCH,
                            self.device)

@@ -29,7 +29,9 @@ class Rule:
     every: int | None = None  # evaluate at 1-based epochs every, 2 every, ...; None: the cell's
     dense_from: int | None = None  # ... and at every 1-based epoch from this one on
     first: bool = False  # ... and at the first epoch (the scripts' `or epoch == 1`)
-    keep: tuple[str, ...] = ("best", "last", "swa_best", "swa_last")  # the swa_* where SWA runs
+    # the swa_* where SWA runs; teacher_best: the best of a teacher that trains (saved to
+    # disk for resuming from it or analysing it, never evaluated as a student)
+    keep: tuple[str, ...] = ("best", "last", "swa_best", "swa_last")
     best_clean: bool = False  # also keep the best clean-accuracy network (`best_clean`)
     reported: tuple[str, ...] = ("best", "swa_best")  # the networks the paper's tables show
 
@@ -88,10 +90,10 @@ RULES: dict[str, Rule] = {
                    "1-based epoch 1, every 20 epochs before 215 and every epoch from 215; and "
                    "last", attack="pgd20s", score="clean+adv", every=20, dense_from=215,
                    first=True, keep=("best", "last")),
-    "ciard": Rule("CIARD: best (clean + PGD-20 accuracy) / 2 of the student, PGD-20 with step "
-                  "0.003, at 1-based epoch 1, every 10 epochs and every epoch from 250; and "
-                  "last", attack="pgd20s", score="clean+adv", every=10, dense_from=250,
-                  first=True, keep=("best", "last")),
+    "ciard": Rule("CIARD: best (clean + PGD-20 accuracy) / 2 of the student and of the trained "
+                  "teacher, PGD-20 with step 0.003, at 1-based epoch 1, every 10 epochs and "
+                  "every epoch from 250; and last", attack="pgd20s", score="clean+adv",
+                  every=10, dense_from=250, first=True, keep=("best", "last", "teacher_best")),
 }
 
 

@@ -489,3 +489,24 @@ def test_selection_rules_of_the_scripts():
         r = rule(name)
         assert [r.due(e - 1, 300, 1) for e in range(1, 301)] == [due(e) for e in range(1, 301)]
         assert (r.attack, r.score) == ("pgd20s", "clean+adv")
+
+
+def test_ciard_rule_keeps_the_best_trained_teacher(tmp_path: Path) -> None:
+    """CIARD's scripts keep the best (clean + PGD-20) / 2 of the student AND of its trained
+    teacher: the teacher's is saved as `teacher_best`, its score logged, never evaluated as a
+    student checkpoint."""
+    torch.manual_seed(11)
+    teacher = create_model("small_cnn", num_classes=10, in_channels=1)
+    clean = create_model("small_cnn_nobn", num_classes=10, in_channels=1)
+    cell = Cell("ciard", overrides=(("epochs", 2), ("steps", 2), ("selection", "ciard"),
+                                    *RESUME["ciard"]))
+    tr = Trainer(resolve(cell), RunOptions(out=tmp_path, log=lambda *_: None), teacher, clean)
+    finals = tr.train()
+    assert "teacher_best" not in finals
+    scores = [(h["teacher_clean"] + h["teacher_pgd20s"]) / 2 for h in tr.history]
+    assert len(scores) == 2  # 1-based epoch 1 and the last epoch are due
+    assert tr.best["teacher_best"] == max(scores)
+    saved = checkpoint.load_file(tr.dir / "teacher_best.pt")
+    at = scores.index(max(scores))  # the epoch whose teacher was kept
+    state = checkpoint.load_file(tr.ckpt_path if at == 1 else tr.dir / "ckpt.prev.pt")
+    _same(saved["models"]["student"], state["models"]["teacher"], "teacher_best")
