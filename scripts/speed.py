@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import pickle
 import statistics
 import subprocess
 import sys
@@ -33,21 +32,13 @@ HERE = Path(__file__).resolve()
 
 
 def make_cifar(root: Path, train: int, test: int) -> Path:
-    """torchvision's cifar-10-batches-py: five train pickles, a test pickle, the meta file."""
-    import numpy as np
+    """torchvision's cifar-10-batches-py (the GPU check's fake files); existing files are kept:
+    rewriting them would invalidate bench's decoded cache."""
+    from bench.gpucheck import fake_cifar
 
-    base, rng = root / "cifar-10-batches-py", np.random.default_rng(0)
-    if (base / "batches.meta").exists():  # kept: rewriting them would invalidate bench's cache
+    if (root / "cifar-10-batches-py" / "batches.meta").exists():
         return root
-    base.mkdir(parents=True, exist_ok=True)
-    sizes = [train // 5 + (i < train % 5) for i in range(5)]
-    parts = [*((f"data_batch_{i + 1}", s) for i, s in enumerate(sizes)), ("test_batch", test)]
-    for name, n in parts:
-        obj = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-               "labels": rng.integers(0, 10, n).tolist()}
-        (base / name).write_bytes(pickle.dumps(obj, protocol=2))
-    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
-    return root
+    return fake_cifar(root, train, test)
 
 
 def _nomd5() -> None:
