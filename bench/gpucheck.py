@@ -114,10 +114,32 @@ def check_fp32(root: Path, arch: str, device: str, batch: int) -> dict[str, Any]
     return out
 
 
-def check_bf16(arch: str, device: str, batch: int) -> dict[str, Any]:
-    """Each method's loss and attack-gradient signs, bf16 autocast against fp32."""
+def attack_objective(method, x: torch.Tensor, y: torch.Tensor):
+    """The objective `method.attack` hands to PGD (its networks in the attack's modes), caught
+    by replacing `pgd` wherever a module imported it; None for a method that trains on clean
+    images."""
     from bench import attacks
 
+    seen: dict[str, Any] = {}
+
+    def capture(objective, x0, **_):
+        seen["f"] = objective
+        return x0
+
+    real = attacks.pgd
+    users = [mod for mod in list(sys.modules.values()) if getattr(mod, "pgd", None) is real]
+    for mod in users:
+        mod.pgd = capture
+    try:
+        method.attack(x, y)
+    finally:
+        for mod in users:
+            mod.pgd = real
+    return seen.get("f")
+
+
+def check_bf16(arch: str, device: str, batch: int) -> dict[str, Any]:
+    """Each method's loss and attack-gradient signs, bf16 autocast against fp32."""
     out: dict[str, Any] = {}
     g = torch.Generator().manual_seed(3)
     x = torch.rand(batch, 3, 32, 32, generator=g).to(device)
@@ -130,25 +152,11 @@ def check_bf16(arch: str, device: str, batch: int) -> dict[str, Any]:
         for precision in ("fp32", "bf16"):
             m, c = copy.deepcopy(method), Compute.for_run(device, precision)
             c.setup()
-            seen: dict[str, Any] = {}
-
-            def capture(f, x0, seen=seen, **_):
-                seen["f"] = f  # the attack's objective, its networks in the attack's modes
-                return x0
-
-            real = attacks.pgd
-            mods = [mod for mod in list(sys.modules.values()) if getattr(mod, "pgd", None) is real]
-            for mod in mods:
-                mod.pgd = capture
-            try:
-                with c.autocast():
-                    m.attack(c.input(x), y)
-            finally:
-                for mod in mods:
-                    mod.pgd = real
+            with c.autocast():
+                f = attack_objective(m, c.input(x), y)
             xa = c.input(x_adv).requires_grad_(True)
             with c.autocast():
-                signs[precision] = torch.autograd.grad(seen["f"](xa), xa)[0].sign()
+                signs[precision] = torch.autograd.grad(f(xa), xa)[0].sign()
                 losses[precision] = m.loss(c.input(x), c.input(x_adv), y).item()
         out[name] = {"loss_rel": abs(losses["bf16"] - losses["fp32"]) / abs(losses["fp32"]),
                      "sign_agree": (signs["bf16"] == signs["fp32"]).float().mean().item()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,9 @@ import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
 
-from bench import attacks, data, devicedata, registry
+from bench import data, devicedata, registry
 from bench.compute import Compute, NonFiniteLoss, Tally
+from bench.gpucheck import attack_objective
 from bench.models import create_model
 from bench.perf import reference_step
 
@@ -110,27 +110,6 @@ def test_fp32_fast_path_equals_the_reference_loop(name: str, cifar_files: Path) 
             assert (a.double() - t).norm() <= CHANNELS_LAST_GRAD_RTOL * t.norm()
 
 
-def _attack_objective(method, x: torch.Tensor, y: torch.Tensor):
-    """The objective the method's attack hands to PGD (its networks in the attack's modes),
-    caught by replacing `pgd` wherever a module imported it."""
-    seen = {}
-
-    def capture(objective, x0, **_):
-        seen["f"] = objective
-        return x0
-
-    real = attacks.pgd
-    users = [m for m in list(sys.modules.values()) if getattr(m, "pgd", None) is real]
-    for m in users:
-        m.pgd = capture
-    try:
-        method.attack(x, y)
-    finally:
-        for m in users:
-            m.pgd = real
-    return seen.get("f")  # None: the method trains on clean images
-
-
 @pytest.mark.parametrize("name", registry.names())
 def test_bf16_autocast_stays_close_to_fp32(name: str) -> None:
     ds = data.load("digits", "train")
@@ -143,7 +122,7 @@ def test_bf16_autocast_stays_close_to_fp32(name: str) -> None:
     for precision in ("fp32", "bf16"):
         m, c = copy.deepcopy(method), Compute("cpu", precision)
         with c.autocast():
-            f = _attack_objective(m, x, y)
+            f = attack_objective(m, x, y)
             xa = x_adv.clone().requires_grad_(True)
             if f is not None:
                 signs[precision] = torch.autograd.grad(f(xa), xa)[0].sign()
