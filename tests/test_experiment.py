@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_run import cli
 
 from bench import BenchError, experiment
 from bench.cells import resolve
@@ -25,16 +26,6 @@ threads = 1
 """
 SWEEP = ["--methods", "pgdat", "--sweep", "lr=0.05,0.1", "--sweep", "steps=1,2", "--seeds",
          "0,1", "--epochs", "1", "--attacks", "clean", "--threads", "1"]
-
-
-def _bench(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _cells(out: Path) -> dict[str, dict]:
@@ -79,7 +70,7 @@ def test_same_grid_from_a_toml_file_has_the_same_cells_and_trains_nothing(
                                 epochs=dm["epochs"]).cells()
     assert {resolve(c).id for c in from_file} == set(_cells(grid_store))
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (grid_store / "rows").iterdir())
-    code, out, err = _bench(["run", "--config", str(f), "--out", str(grid_store)], capsys)
+    code, out, err = cli(["run", "--config", str(f), "--out", str(grid_store)], capsys)
     assert code == 0, err
     assert out.count("skip ") == 8  # every cell found in the store
     assert sorted((p.name, p.stat().st_mtime_ns)
@@ -92,7 +83,7 @@ def test_flags_override_the_file(grid_store: Path, tmp_path: Path, capsys,
                                  no_training) -> None:
     f = tmp_path / "grid.toml"
     f.write_text(GRID_TOML)
-    code, out, err = _bench(["run", "--config", str(f), "--seeds", "1", "--archs", "small_cnn",
+    code, out, err = cli(["run", "--config", str(f), "--seeds", "1", "--archs", "small_cnn",
                              "--out", str(grid_store)], capsys)
     assert code == 0, err
     assert out.count("skip ") == 2 and "-small_cnn-s1-" in out and "-s0-" not in out
@@ -130,7 +121,7 @@ def test_run_all_fans_out_through_submitit(tmp_path: Path, capsys) -> None:
 
 def test_sweep_2x2_over_2_seeds_is_8_cells_and_a_rerun_trains_nothing(
         tmp_path: Path, capsys, monkeypatch) -> None:
-    code, _, err = _bench(["run", *SWEEP, "--out", str(tmp_path)], capsys)
+    code, _, err = cli(["run", *SWEEP, "--out", str(tmp_path)], capsys)
     assert code == 0, err
     cells = _cells(tmp_path)
     assert len(cells) == 8
@@ -141,7 +132,7 @@ def test_sweep_2x2_over_2_seeds_is_8_cells_and_a_rerun_trains_nothing(
 
     monkeypatch.setattr(bench.runner.Trainer, "train",
                         lambda self: pytest.fail(f"trained {self.r.id} again"))
-    code, out, err = _bench(["run", *SWEEP, "--out", str(tmp_path)], capsys)
+    code, out, err = cli(["run", *SWEEP, "--out", str(tmp_path)], capsys)
     assert code == 0, err
     assert out.count("skip ") == 8 and _cells(tmp_path).keys() == cells.keys()
 
@@ -157,7 +148,7 @@ def test_sweep_2x2_over_2_seeds_is_8_cells_and_a_rerun_trains_nothing(
 ], ids=["unknown-key", "wrong-type", "wrong-type-text", "empty", "no-equals", "set-and-sweep",
         "archs-empty"])
 def test_bad_sweep_is_one_line(argv, needle, tmp_path: Path, capsys) -> None:
-    code, _, err = _bench(["run", "--methods", "pgdat", *argv, "--out", str(tmp_path)], capsys)
+    code, _, err = cli(["run", "--methods", "pgdat", *argv, "--out", str(tmp_path)], capsys)
     lines = err.strip().splitlines()
     assert code not in (0, None) and len(lines) == 1 and lines[0].startswith("error: "), err
     assert needle in lines[0], lines[0]
@@ -182,7 +173,7 @@ def test_bad_sweep_is_one_line(argv, needle, tmp_path: Path, capsys) -> None:
 def test_bad_experiment_file_is_one_line(text, needle, tmp_path: Path, capsys) -> None:
     f = tmp_path / "exp.toml"
     f.write_text(text)
-    code, _, err = _bench(["run", "--config", str(f), "--out", str(tmp_path / "o")], capsys)
+    code, _, err = cli(["run", "--config", str(f), "--out", str(tmp_path / "o")], capsys)
     lines = err.strip().splitlines()
     assert code not in (0, None) and len(lines) == 1 and lines[0].startswith("error: "), err
     assert needle.format(f=f) in lines[0], lines[0]
@@ -201,7 +192,7 @@ def test_all_methods_and_report_keys(tmp_path: Path, capsys) -> None:
 
 
 def test_missing_experiment_file(tmp_path: Path, capsys) -> None:
-    code, _, err = _bench(["run", "--config", str(tmp_path / "nope.toml")], capsys)
+    code, _, err = cli(["run", "--config", str(tmp_path / "nope.toml")], capsys)
     assert code not in (0, None) and "nope.toml" in err and len(err.strip().splitlines()) == 1
 
 

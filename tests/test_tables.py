@@ -11,9 +11,9 @@ import subprocess
 
 import pandas as pd
 import pytest
+from cli_run import cli
 
 from bench.cells import Cell, resolve
-from bench.cli import main
 from bench.pipeline import row_key
 from bench.store import Store
 
@@ -56,16 +56,6 @@ def store(tmp_path_factory):
     return root
 
 
-def bench(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    c = capsys.readouterr()
-    return code, c.out, c.err
-
-
 def expected(store) -> pd.DataFrame:
     """The test's own aggregation: mean, sample std and count over seeds, in %."""
     rows = pd.DataFrame(Store(store).read()[0])
@@ -77,7 +67,7 @@ def expected(store) -> pd.DataFrame:
 
 
 def test_csv_numbers_are_the_pandas_aggregation_of_the_rows(store, capsys) -> None:
-    code, out, err = bench(["table", "--out", str(store), "--format", "csv"], capsys)
+    code, out, err = cli(["table", "--out", str(store), "--format", "csv"], capsys)
     assert code == 0, err
     got = pd.read_csv(io.StringIO(out)).set_index(["dataset", "arch", "method", "checkpoint"])
     want = expected(store)
@@ -108,7 +98,7 @@ def _md_tables(text: str) -> list[list[list[str]]]:
 
 
 def test_markdown_is_a_valid_table_with_bold_best_and_the_margin(store, capsys) -> None:
-    code, out, err = bench(["table", "--out", str(store), "--format", "markdown", "--dataset",
+    code, out, err = cli(["table", "--out", str(store), "--format", "markdown", "--dataset",
                             "cifar10"], capsys)
     assert code == 0, err
     [table] = _md_tables(out)
@@ -130,7 +120,7 @@ def test_markdown_is_a_valid_table_with_bold_best_and_the_margin(store, capsys) 
 
 
 def test_ours_margin_time_column_and_one_seed(store, capsys) -> None:
-    code, out, err = bench(["table", "--out", str(store), "--format", "markdown", "--ours",
+    code, out, err = cli(["table", "--out", str(store), "--format", "markdown", "--ours",
                             "pgdat", "--time"], capsys)
     assert code == 0, err
     c10, c100 = _md_tables(out)
@@ -152,19 +142,19 @@ def test_ours_margin_time_column_and_one_seed(store, capsys) -> None:
 
 
 def test_filters(store, capsys) -> None:
-    code, out, _ = bench(["table", "--out", str(store), "--format", "csv", "--dataset",
+    code, out, _ = cli(["table", "--out", str(store), "--format", "csv", "--dataset",
                           "cifar10", "--methods", "rslad,pgdat", "--checkpoint", "last",
                           "--arch", "resnet18"], capsys)
     got = pd.read_csv(io.StringIO(out))
     assert code == 0 and sorted(got["method"]) == ["pgdat", "rslad"]
     assert set(got["checkpoint"]) == {"last"} and set(got["dataset"]) == {"cifar10"}
-    code, _, err = bench(["table", "--out", str(store), "--methods", "peeraidd"], capsys)
+    code, _, err = cli(["table", "--out", str(store), "--methods", "peeraidd"], capsys)
     assert code == 1 and err.count("\n") == 1
     assert "unknown method in the store 'peeraidd'; did you mean 'peeraid'?" in err
 
 
 def test_latex_compiles(store, capsys, tmp_path) -> None:
-    code, out, err = bench(["table", "--out", str(store), "--format", "latex"], capsys)
+    code, out, err = cli(["table", "--out", str(store), "--format", "latex"], capsys)
     assert code == 0, err
     assert out.count(r"\begin{tabular}") == 2 and r"\textbf{" in out and r"$\pm$" in out
     engine = shutil.which("pdflatex") or shutil.which("lualatex")
@@ -180,7 +170,7 @@ def test_latex_compiles(store, capsys, tmp_path) -> None:
 
 
 def test_reported_view_puts_published_beside_reproduced(store, capsys) -> None:
-    code, out, err = bench(["table", "--out", str(store), "--reported", "--format", "csv"],
+    code, out, err = cli(["table", "--out", str(store), "--reported", "--format", "csv"],
                            capsys)
     assert code == 0, err
     cmp = pd.read_csv(io.StringIO(out))
@@ -206,7 +196,7 @@ def test_reported_view_puts_published_beside_reproduced(store, capsys) -> None:
 
 
 def test_reported_view_never_shows_a_figure_without_its_grade(store, capsys) -> None:
-    code, out, err = bench(["table", "--out", str(store), "--reported", "--format",
+    code, out, err = cli(["table", "--out", str(store), "--reported", "--format",
                             "markdown"], capsys)
     assert code == 0, err
     tables = _md_tables(out)
@@ -220,15 +210,15 @@ def test_reported_view_never_shows_a_figure_without_its_grade(store, capsys) -> 
 
 
 def test_reported_lists_what_is_known(capsys) -> None:
-    code, out, err = bench(["reported", "--json", "--grade", "T", "--dataset", "cifar10"],
+    code, out, err = cli(["reported", "--json", "--grade", "T", "--dataset", "cifar10"],
                            capsys)
     assert code == 0, err
     figs = json.loads(out)
     assert figs and {f["grade"] for f in figs} == {"T"} and {f["dataset"] for f in figs} == {
         "cifar10"}
-    code, out, err = bench(["reported"], capsys)
+    code, out, err = cli(["reported"], capsys)
     assert code == 0 and "P: primary" in out and "54.36 (S)" in out and "46.79 (T)" in out
-    code, _, err = bench(["reported", "--grade", "X"], capsys)
+    code, _, err = cli(["reported", "--grade", "X"], capsys)
     assert code == 1 and err.startswith("error: unknown grade") and err.count("\n") == 1
 
 
@@ -247,7 +237,7 @@ def test_reported_figure_names_every_method_and_grade(store, tmp_path, capsys,
         return save(fig, out_dir, stem)
 
     monkeypatch.setattr(plots, "_save", spy)
-    code, out, err = bench(["plot", "reported", "--out", str(store), "--dest", str(tmp_path)],
+    code, out, err = cli(["plot", "reported", "--out", str(store), "--dest", str(tmp_path)],
                            capsys)
     assert code == 0, err
     png = tmp_path / "reported_cifar10_resnet18.png"
