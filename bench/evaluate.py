@@ -90,6 +90,12 @@ def per_class(ok: Tensor, y: Tensor, num_classes: int) -> list[float | None]:
             for c in range(num_classes)]
 
 
+def worst_class(ok: Tensor, y: Tensor, num_classes: int | None = None) -> float:
+    """The lowest per-class accuracy, over the classes present in `y`."""
+    accs = per_class(ok, y, num_classes or int(y.max()) + 1)
+    return min(v for v in accs if v is not None)
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)

@@ -159,12 +159,13 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     rows = []
     # `last` goes last: its presence marks the whole cell as stored.
     rule = selection.rule(r.params.selection)
+    batch, aa_batch = eval_batch_sizes(opts.device)
+    versions, commit, device = _versions(), _git_commit(), _device_name(opts.device)
     for name in sorted(finals, key=lambda n: n == "last"):
         t1 = time.perf_counter()
         # Random starts drawn afresh per checkpoint: a row depends on its weights only, not on
         # what ran before it (a resumed AutoAttack skips the draws of the finished one).
         torch.manual_seed(cell.seed)
-        batch, aa_batch = eval_batch_sizes(opts.device)
         metrics = evaluate(finals[name], x, y, Threat(r.spec.eps),
                            attacks=ev.attacks_for(name, rule.reported), aa_samples=n_aa,
                            device=opts.device,
@@ -180,8 +181,8 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
             "train_seconds": round(trainer.train_seconds, 2),
             "wall_seconds": round(wall, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
             "config_hash": r.id.rsplit("-", 1)[1], "cell_id": r.id, "config": r.config,
-            "versions": _versions(), "git_commit": _git_commit(),
-            "device": _device_name(opts.device), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "versions": versions, "git_commit": commit,
+            "device": device, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "precision": trainer.compute.precision,
             "eval_precision": "tf32" if trainer.compute.precision == "tf32" else "fp32",
             "channels_last": trainer.compute.channels_last,

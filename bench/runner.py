@@ -33,7 +33,7 @@ from bench import (
 )
 from bench.cells import Resolved
 from bench.compute import Compute, NonFiniteLoss, Tally
-from bench.evaluate import Threat, accuracy, correct
+from bench.evaluate import Threat, accuracy, correct, worst_class
 from bench.models import create_model
 from bench.swa import recompute_bn
 from bench.teachers import load_weights
@@ -233,7 +233,7 @@ class Trainer:
                                  self.device)
                 log[prefix + "clean"] = clean
             if rule.score == "acc+worst":
-                log[prefix + "worst_class"] = selection.worst_class(hits, self.sel_y)
+                log[prefix + "worst_class"] = worst_class(hits, self.sel_y)
             self._keep(rule, prefix + "best", selection.score(rule, hits, self.sel_y, clean), net)
             if rule.best_clean and not prefix:
                 self._keep(rule, "best_clean", clean, net)

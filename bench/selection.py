@@ -15,6 +15,7 @@ from typing import Literal
 from torch import Tensor
 
 from bench import BenchError
+from bench.evaluate import worst_class
 from bench.suggest import unknown
 
 
@@ -60,11 +61,6 @@ def score(rule: Rule, correct: Tensor, y: Tensor, clean: float | None = None) ->
             raise ValueError("the clean+adv score needs the clean accuracy")
         return (clean + acc) / 2
     return acc + worst_class(correct, y)
-
-
-def worst_class(correct: Tensor, y: Tensor) -> float:
-    """The lowest per-class accuracy (classes present in `y`)."""
-    return min(correct[y == c].sum().item() / (y == c).sum().item() for c in y.unique())
 
 
 COMMON = Rule("the common protocol: PGD-10 (step eps/4) on the selection split every "
