@@ -7,6 +7,7 @@ AutoAttack "standard" through the real `pyautoattack` code. Models run in eval m
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -204,3 +206,15 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, *,
     if by_class:
         out["per_class"] = by_class
     return out
+
+
+def restrict(metrics: dict[str, Any], attacks: tuple[str, ...]) -> dict[str, Any]:
+    """`evaluate`'s metrics cut down to `attacks` (those of a twin checkpoint that ran more)."""
+    gone = [a for a in metrics["attack_seconds"] if a not in attacks]
+    drop = {k for a in gone for k in (a, f"n_{a}", f"{a}_worst")}
+    drop |= {"aa_flags"} if "aa" in gone else set()
+    out = {k: copy.deepcopy(v) for k, v in metrics.items() if k not in drop}
+    out["attack_seconds"] = {a: s for a, s in metrics["attack_seconds"].items() if a in attacks}
+    per = {a: v for a, v in out.pop("per_class", {}).items() if a in attacks}
+    return {**out, "per_class": per} if per else out
+

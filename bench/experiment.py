@@ -429,7 +429,8 @@ def grid_options(default_methods: str) -> Callable[[Callable], Callable]:
             type=click.Choice(["auto", "on", "off"]),
             default="auto",
             show_default=True,
-            help="channels_last memory format [auto: on for CUDA].",
+            help="channels_last memory format [auto: on for CUDA, and on the CPU for "
+            "images of 32 px or more].",
         ),
         click.option(
             "--compile",

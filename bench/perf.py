@@ -312,7 +312,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     a = parser().parse_args(argv)
     compute = Compute.for_run(a.device, a.precision, channels_last=_flag(a.channels_last),
-                              compile=_flag(a.compile))
+                              compile=_flag(a.compile), image_size=SHAPES[a.shape][1])
     rows = run(a.methods.split(","), a.presets.split(","), a.arch, a.shape, a.batch_size,
                a.steps, a.rounds, a.warmup, compute, reference=a.reference,
                root=a.data_root, synthetic=a.synthetic, workers=a.workers)

@@ -21,7 +21,7 @@ from torch import nn
 from bench import __version__, analysis, checkpoint, data, devicedata, distributed, selection
 from bench.cells import Cell, Resolved, resolve
 from bench.compute import eval_batch_sizes
-from bench.evaluate import ALL_ATTACKS, Threat, evaluate
+from bench.evaluate import ALL_ATTACKS, Threat, evaluate, restrict
 from bench.runner import RunOptions, Trainer, build
 from bench.store import Store
 from bench.teachers import ZOO, load_weights, normalized, renormalized, robustbench_model
@@ -129,6 +129,21 @@ def _aa_state(path: Path) -> Path:
     return path
 
 
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _twin(finals: dict[str, nn.Module], name: str, attacks: tuple[str, ...],
+          done: dict[str, tuple[tuple[str, ...], dict[str, Any]]]) -> str | None:
+    """An evaluated checkpoint with the same weights and buffers whose attacks began with
+    `attacks`: evaluating `name` afresh would give exactly its numbers (the seed is reset
+    per checkpoint and the attacks draw in order), so a short run, or one whose last epoch
+    is its best, evaluates once."""
+    return next((n for n, (ran, _) in done.items() if ran[:len(attacks)] == attacks
+                 and _same_weights(finals[n], finals[name])), None)
+
+
 def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
              redo: bool = False, resume: bool = True) -> list[dict[str, Any]]:
     """Train and evaluate one cell, unless its rows are already stored; returns new rows.
@@ -161,17 +176,23 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     rule = selection.rule(r.params.selection)
     batch, aa_batch = eval_batch_sizes(opts.device)
     versions, commit, device = _versions(), _git_commit(), _device_name(opts.device)
+    done: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for name in sorted(finals, key=lambda n: n == "last"):
         t1 = time.perf_counter()
-        # Random starts drawn afresh per checkpoint: a row depends on its weights only, not on
-        # what ran before it (a resumed AutoAttack skips the draws of the finished one).
-        torch.manual_seed(cell.seed)
-        metrics = evaluate(finals[name], x, y, Threat(r.spec.eps),
-                           attacks=ev.attacks_for(name, rule.reported), aa_samples=n_aa,
-                           device=opts.device,
-                           batch_size=batch, aa_batch_size=aa_batch,
-                           aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
-                           num_classes=r.spec.num_classes)
+        attacks = ev.attacks_for(name, rule.reported)
+        twin = _twin(finals, name, attacks, done)
+        if twin is not None:
+            metrics = {**restrict(done[twin][1], attacks), "same_weights_as": twin}
+        else:
+            # Random starts drawn afresh per checkpoint: a row depends on its weights only,
+            # not on what ran before it (a resumed AutoAttack skips the finished one's draws).
+            torch.manual_seed(cell.seed)
+            metrics = evaluate(finals[name], x, y, Threat(r.spec.eps), attacks=attacks,
+                               aa_samples=n_aa, device=opts.device,
+                               batch_size=batch, aa_batch_size=aa_batch,
+                               aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
+                               num_classes=r.spec.num_classes)
+            done[name] = attacks, metrics
         row = {
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,

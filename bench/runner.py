@@ -73,7 +73,8 @@ def build(r: Resolved, name: str, arch: str) -> nn.Module:
 def compute_for(r: Resolved, opts: RunOptions) -> Compute:
     """How this cell's steps are computed: its precision, the run's kernel choices."""
     return Compute.for_run(opts.device, r.cell.precision, channels_last=opts.channels_last,
-                           compile=opts.compile, epochs=r.params.epochs)
+                           compile=opts.compile, epochs=r.params.epochs,
+                           image_size=r.spec.image_size)
 
 
 class Trainer:

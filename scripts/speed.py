@@ -205,6 +205,8 @@ def main() -> None:
         configs = {
             "bench": [py, me, "bench", *run, "--dataset", "cifar10", *data,
                       "--out", str(a.work / "out")],
+            "bench-cl": [py, me, "bench", *run, "--dataset", "cifar10", *data,
+                         "--channels-last", "on", "--out", str(a.work / "o3")],
             "bench-pil": [py, me, "bench", *run, "--dataset", "cifar10", *data,
                           "--data-path", "torchvision", "--out", str(a.work / "o2")],
             "authors-0": [py, me, "straight", "--dataset", "cifar10", *common, *epochs, *data,

@@ -150,6 +150,9 @@ def test_tally_reads_once_and_reports_the_first_bad_step() -> None:
 def test_defaults_per_device() -> None:
     cpu, cuda = Compute.for_run("cpu", epochs=300), Compute.for_run("cuda", epochs=15)
     assert (cpu.precision, cpu.channels_last, cpu.compile) == ("fp32", False, False)
+    assert Compute.for_run("cpu", image_size=32).channels_last  # pays from 32 px up
+    assert not Compute.for_run("cpu", image_size=8).channels_last  # the embedded set: NCHW
+    assert not Compute.for_run("cpu", image_size=32, channels_last=False).channels_last
     assert (cuda.precision, cuda.channels_last, cuda.compile) == ("bf16", True, False)
     assert Compute.for_run("cuda", epochs=300).compile
     assert Compute.for_run("cpu", "tf32").precision == "tf32"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from bench import data
 from bench.cells import Cell, resolve
 from bench.checkpoint import load_latest
 from bench.cli import main
-from bench.pipeline import EvalOptions, run_cell
+from bench.evaluate import Threat, evaluate
+from bench.pipeline import EvalOptions, _twin, run_cell
 from bench.runner import RunOptions, Trainer
 from bench.store import Store
 
@@ -157,3 +159,33 @@ def test_autoattack_runs_on_the_reported_checkpoints_only(tmp_path) -> None:
         assert all(s >= 0 for s in r["attack_seconds"].values())
     assert EvalOptions(aa_on="all").attacks_for("swa_last")[-1] == "aa"
     assert "aa" not in EvalOptions(aa_on="none").attacks_for("best")
+
+
+def test_a_checkpoint_with_its_twins_weights_reuses_its_numbers_exactly(tmp_path) -> None:
+    """One epoch: best is last, so last's row is best's (restricted to last's attacks) and
+    equals what evaluating last afresh gives; differing weights are evaluated themselves."""
+    cell = Cell("pgdat", overrides=(("epochs", 1),))
+    attacks = ("clean", "pgd20", "aa")
+    opts, store = _quiet(tmp_path), Store(tmp_path)
+    rows = {r["checkpoint"]: r for r in run_cell(cell, opts, EvalOptions(attacks, aa_samples=8),
+                                                 store)}
+    best, last = rows["best"], rows["last"]
+    assert "same_weights_as" not in best and last["same_weights_as"] == "best"
+    assert "aa" in best and "aa" not in last and "aa_flags" not in last
+    assert set(last["attack_seconds"]) == set(last["per_class"]) == {"clean", "pgd20"}
+    model = Trainer(resolve(cell), opts, None).train()["last"]  # resumed: nothing to train
+    x, y = data.as_tensors(data.load("digits", "test"))
+    torch.manual_seed(cell.seed)
+    fresh = evaluate(model, x, y, Threat(data.spec("digits").eps), attacks=attacks[:2])
+    for a in attacks[:2]:
+        assert last[a] == fresh[a] == best[a] and last[f"n_{a}"] == fresh[f"n_{a}"]
+        assert last["per_class"][a] == fresh["per_class"][a]
+    assert last["pgd20_worst"] == fresh["pgd20_worst"]
+
+    # a twin needs equal weights and buffers and attacks that begin with the asked ones
+    other = copy.deepcopy(model)
+    done = {"best": (attacks, best)}
+    assert _twin({"best": model, "x": other}, "x", ("clean", "pgd20"), done) == "best"
+    assert _twin({"best": model, "x": other}, "x", ("pgd20",), done) is None
+    other.features[1].running_mean += 1e-6
+    assert _twin({"best": model, "x": other}, "x", ("clean",), done) is None
