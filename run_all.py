@@ -56,15 +56,15 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool,
            else f"{len(todo)} to train"))
     if no_train or not todo:
         return []
+    opts = RunOptions(out=out, device=device, data_root=data_root, log=say, **(run or {}))
     if so is not None:
         from bench.sweep import sweep
 
         try:
-            sweep([r.cell for r in todo], out, device, data_root, ev, so, log=say)
+            sweep([r.cell for r in todo], opts, ev, so, log=say)
         except BenchError as exc:  # a failed job names its log; the report still follows
             return [str(exc)]
         return [f"{r.id}: no rows after its job" for r in todo if not stored(r, store)]
-    opts = RunOptions(out=out, device=device, data_root=data_root, log=say, **(run or {}))
     failures = []
     for i, r in enumerate(todo, 1):
         say(f"[{i}/{len(todo)}] training {r.cell.method} seed {r.cell.seed} ({r.id})")

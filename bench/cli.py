@@ -39,6 +39,9 @@ def cli() -> None:
 @click.option("--detect-anomaly", is_flag=True, help="torch autograd anomaly detection.")
 @click.option("--num-workers", type=int, default=0, show_default=True,
               help="DataLoader workers for torchvision data sets.")
+@click.option("--read-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Read the loss back every N steps (a host-device sync) to show it in the "
+                   "progress bar and stop a non-finite run early; 0: once per epoch.")
 @experiment.config_option()
 def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...], teacher: str | None,
@@ -48,7 +51,8 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         select_every: int, attacks: str, aa_samples: int | None, aa_on: str, device: str,
         precision: str, data_path: str, channels_last: str, compile_: str,
         data_root: str | None, out: str, redo: bool, resume: bool, detect_anomaly: bool,
-        num_workers: int, executor: str, slurm_partition: str | None, timeout_min: int,
+        num_workers: int, read_every: int, executor: str, slurm_partition: str | None,
+        timeout_min: int,
         gpus_per_node: int, threads: int | None) -> None:
     """Train the grid (data sets x archs x methods x sweeps x seeds), evaluate, store the
     rows and print one table per data set and arch.
@@ -91,27 +95,27 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         torch.set_num_threads(threads)
     store = Store(_writable(Path(out)))
     ev = EvalOptions(attacks=attack_list, aa_samples=aa_samples, aa_on=aa_on)
+    flag = {"auto": None, "on": True, "off": False}
+    base = RunOptions(out=store.root, device=run_device,
+                      data_root=Path(data_root) if data_root else None,
+                      num_workers=num_workers, detect_anomaly=detect_anomaly,
+                      data_path=data_path, channels_last=flag[channels_last],
+                      compile=flag[compile_], read_every=read_every)
     if executor != "none":
         from bench.sweep import SweepOptions, sweep
 
         so = SweepOptions(executor=executor, timeout_min=timeout_min, partition=slurm_partition,
                           gpus_per_node=gpus_per_node)
-        sweep(cells, store.root, job_device, Path(data_root) if data_root else None, ev, so,
-              redo=redo, log=_plain(console))
+        sweep(cells, base, ev, so, redo=redo, log=_plain(console))
         _print_table(store, {r.id for r in resolved})
         return
     from bench import distributed
 
     main_rank = distributed.is_main()  # under torchrun, only rank 0 talks
     with _progress() as bar:
-        flag = {"auto": None, "on": True, "off": False}
-        opts = RunOptions(out=store.root, device=distributed.setup(run_device),
-                          data_root=Path(data_root) if data_root else None,
-                          num_workers=num_workers, detect_anomaly=detect_anomaly,
-                          data_path=data_path, channels_last=flag[channels_last],
-                          compile=flag[compile_],
-                          log=_plain(bar.console) if main_rank else lambda _: None,
-                          progress=_updater(bar) if main_rank else None)
+        opts = dataclasses.replace(base, device=distributed.setup(run_device),
+                       log=_plain(bar.console) if main_rank else lambda _: None,
+                       progress=_updater(bar) if main_rank else None)
         for c in cells:
             opts.log(f"{c.method} on {c.dataset}" + (f" / {c.arch}" if c.arch else "")
                      + f", seed {c.seed}")
@@ -149,13 +153,15 @@ def _progress():
 
 
 def _updater(bar):
-    """A progress callback: one bar per training cell (teachers included), batches done."""
+    """A progress callback: one bar per training cell (teachers included), batches done, and
+    the epoch's mean loss so far where `--read-every` reads it."""
     tasks: dict[str, int] = {}
 
-    def update(label: str, done: int, total: int) -> None:
+    def update(label: str, done: int, total: int, loss: float | None = None) -> None:
         if label not in tasks:
             tasks[label] = bar.add_task(label, total=total)
-        bar.update(tasks[label], completed=done, total=total)
+        text = {} if loss is None else {"description": f"{label}  loss {loss:.4f}"}
+        bar.update(tasks[label], completed=done, total=total, **text)
 
     return update
 

@@ -5,7 +5,9 @@ Decoding PIL images and augmenting them one by one on the host every epoch costs
 training a small network (TinyImageNet re-decodes 100k JPEGs per epoch). Here each split is
 decoded once into a uint8 (N, C, H, W) tensor plus int64 labels and cached on disk beside the
 data, keyed by the source files' names, sizes and modification times (a changed file makes a
-new key; a damaged cache file is rebuilt with one warning line, never used). Training batches
+new key; a damaged cache file is rebuilt with one warning line, never used). While those
+files and their folders are unchanged the cache is read without running the data set's
+loader at all (torchvision's md5 sums of every file, unpickling, SVHN's .mat). Training batches
 are cropped (zero padding, an independent offset per image, uniform in [-pad, pad]^2 as
 torchvision's RandomCrop draws it) and flipped (per image, p = 1/2; none for SVHN) on the
 device; the order and every draw come from one generator seeded by (seed, epoch). Without
@@ -114,20 +116,50 @@ def _read_cache(path: Path, key: str) -> tuple[Tensor, Tensor] | None:
     return None
 
 
+def _index(root: Path, name: str, source: str) -> Path:
+    return root / CACHE_DIR / f"{name}-{source}.files.json"
+
+
+def _indexed(root: Path, name: str, source: str) -> tuple[Path, str] | None:
+    """(cache file, key) from the index a decode left, if its source files are unchanged:
+    then neither the data set's loader (torchvision's md5 sums of every file, unpickling,
+    SVHN's .mat, TinyImageNet's folder walk) nor the cache key's source need run again."""
+    try:
+        index = json.loads(_index(root, name, source).read_text())
+        if index["stamp"] != _stamp(name, source, [Path(f) for f in index["files"]]):
+            return None
+        key = str(index["key"])
+    except (OSError, ValueError, KeyError, TypeError):  # no index, a file gone, damaged
+        return None
+    path = root / CACHE_DIR / f"{name}-{source}-{key}.pt"
+    return (path, key) if path.exists() else None
+
+
+def _stamp(name: str, source: str, files: list[Path]) -> str:
+    """The key of the files and of their folders (a file added to a folder of images, which
+    the loader would pick up, changes the folder's modification time)."""
+    return _key(name, source, [*files, *sorted({f.parent for f in files})])
+
+
 def decoded(name: str, source: data.Source, root: Path | None = None) -> tuple[Tensor, Tensor]:
     """Split `source` of data set `name` as uint8 (N, C, H, W) and labels, decoded once.
 
-    The data set's own loader runs first (its checks and one-line errors stay), then the
-    cache under `<root>/bench-decoded/` is read, or written if missing or damaged (a root that
-    cannot be written to just goes uncached).
+    A cache under `<root>/bench-decoded/` whose source files are unchanged is read straight
+    away; otherwise the data set's own loader runs (its checks and one-line errors stay) and
+    the cache is read, or written if missing or damaged (a root that cannot be written to
+    just goes uncached).
     """
     root = root or data.default_root()
+    hit = _indexed(root, name, source)
+    if hit is not None and (cached := _read_cache(*hit)) is not None:
+        return cached
     ds = data.raw(name, source, root)
     if isinstance(ds, data.TensorData):
         raise BenchError(f"{name} is an in-memory data set: nothing to decode")
-    key = _key(name, source, _source_files(ds))
+    files = _source_files(ds)
+    key = _key(name, source, files)
     path = root / CACHE_DIR / f"{name}-{source}-{key}.pt"
-    if path.exists() and (cached := _read_cache(path, key)) is not None:
+    if hit != (path, key) and path.exists() and (cached := _read_cache(path, key)) is not None:
         return cached
     x, y = _decode(ds)
     buf = io.BytesIO()
@@ -135,6 +167,9 @@ def decoded(name: str, source: data.Source, root: Path | None = None) -> tuple[T
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(_index(root, name, source), json.dumps(
+            {"format": CACHE_FORMAT, "key": key, "stamp": _stamp(name, source, files),
+             "files": [str(f.resolve()) for f in files]}).encode())
     except OSError as exc:
         _warn(f"cannot write the decoded data cache {path} ({exc.strerror}); not cached")
     return x, y

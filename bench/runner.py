@@ -51,10 +51,11 @@ class RunOptions:
     num_workers: int = 0
     detect_anomaly: bool = False
     log: Any = print  # a callable taking one line (the CLI passes rich's console.print)
-    progress: Any = None  # optional callable(label, done, total), called after every batch
+    progress: Any = None  # optional callable(label, done, total, loss or None), every batch
     data_path: str = "device"  # "device": decoded once, augmented on the device; "torchvision"
     channels_last: bool | None = None  # None: the device's default (bench.compute)
     compile: bool | None = None  # None: compile long CUDA runs only (bench.compute)
+    read_every: int = 0  # also read the loss back every N steps (0: once per epoch)
 
 
 def _seed_all(seed: int) -> None:
@@ -74,7 +75,7 @@ def compute_for(r: Resolved, opts: RunOptions) -> Compute:
     """How this cell's steps are computed: its precision, the run's kernel choices."""
     return Compute.for_run(opts.device, r.cell.precision, channels_last=opts.channels_last,
                            compile=opts.compile, epochs=r.params.epochs,
-                           image_size=r.spec.image_size)
+                           image_size=r.spec.image_size, read_every=opts.read_every)
 
 
 class Trainer:
@@ -198,11 +199,12 @@ class Trainer:
                 loss, t_loss = self.compute.step(self.method, others, x, y, loss_fn,
                                                  self.optims.get("teacher"), weight)
                 tally.add(loss, len(y), i, t_loss)
-                if self.compute.read_every and (i + 1) % self.compute.read_every == 0:
-                    tally.read()
+                every = self.compute.read_every  # a sync every N steps: the bar shows the loss
+                so_far = tally.read() if every and (i + 1) % every == 0 else None
                 if self.opts.progress is not None:
                     self.opts.progress(f"{self.r.cell.method} seed {self.r.cell.seed}",
-                                       epoch * per_epoch + i + 1, self.p.epochs * per_epoch)
+                                       epoch * per_epoch + i + 1, self.p.epochs * per_epoch,
+                                       so_far)
             loss = tally.read()
         except NonFiniteLoss as exc:  # the epoch is discarded: its checkpoint is never written
             raise BenchError(f"loss is {exc.value}{' (teacher)' if exc.teacher else ''} at epoch "

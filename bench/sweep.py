@@ -7,7 +7,7 @@ distinct teacher, so that no two jobs ever train the same teacher at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench import BenchError
@@ -29,19 +29,14 @@ class SweepOptions:
     parallel: int = 16  # slurm_array_parallelism
 
 
-def _opts(out: Path, device: str, data_root: Path | None) -> RunOptions:
-    return RunOptions(out=out, device=device, data_root=data_root)
-
-
-def _train_teacher(cell: Cell, out: Path, device: str, data_root: Path | None) -> str:
+def _train_teacher(cell: Cell, opts: RunOptions) -> str:
     """Job: train (or find cached) the teacher cell `cell`; returns the cached file."""
-    return str(train_teacher(cell, _opts(out, device, data_root)))
+    return str(train_teacher(cell, opts))
 
 
-def _run(cell: Cell, out: Path, device: str, data_root: Path | None, ev: EvalOptions,
-         redo: bool) -> int:
+def _run(cell: Cell, opts: RunOptions, ev: EvalOptions, redo: bool) -> int:
     """Job: one cell end to end; returns the number of rows it stored."""
-    return len(run_cell(cell, _opts(out, device, data_root), ev, Store(out), redo=redo))
+    return len(run_cell(cell, opts, ev, Store(opts.out), redo=redo))
 
 
 def _executor(out: Path, so: SweepOptions):
@@ -71,10 +66,13 @@ def _wait(jobs: list, what: str) -> list:
     return results
 
 
-def sweep(cells: list[Cell], out: Path, device: str, data_root: Path | None,
-          ev: EvalOptions, so: SweepOptions, redo: bool = False, log=print) -> int:
-    """Run `cells` as submitit jobs (teachers first) and wait; returns rows stored."""
+def sweep(cells: list[Cell], opts: RunOptions, ev: EvalOptions, so: SweepOptions,
+          redo: bool = False, log=print) -> int:
+    """Run `cells` as submitit jobs (teachers first) and wait; returns rows stored. Every job
+    runs with `opts` (device, data path, kernels), logging to its own submitit log."""
+    out = opts.out
     ex = _executor(out, so)
+    job = replace(opts, log=print, progress=None)  # no handle on this process's console
     teachers: dict[str, Cell] = {}
     for c in cells:
         r = resolve(c)
@@ -83,11 +81,9 @@ def sweep(cells: list[Cell], out: Path, device: str, data_root: Path | None,
                 teachers.setdefault(r.config[kind], t)
     if teachers:
         log(f"submitting {len(teachers)} teacher job(s) to {so.executor}")
-        n = len(teachers)
-        _wait(ex.map_array(_train_teacher, list(teachers.values()), [out] * n, [device] * n,
-                           [data_root] * n), "teacher")
+        _wait(ex.map_array(_train_teacher, list(teachers.values()), [job] * len(teachers)),
+              "teacher")
     n = len(cells)
     log(f"submitting {n} cell job(s) to {so.executor}; logs under {out / 'submitit'}")
-    jobs = ex.map_array(_run, cells, [out] * n, [device] * n, [data_root] * n, [ev] * n,
-                        [redo] * n)
+    jobs = ex.map_array(_run, cells, [job] * n, [ev] * n, [redo] * n)
     return sum(_wait(jobs, "cell"))

@@ -13,7 +13,8 @@ PGD-20 on every checkpoint, and the start-up of a fresh Python process.
 Every configuration is a fresh process, run once untimed (warm file caches, decoded cache),
 then A B A B ... for `--rounds`; medians and spreads are printed (and written with --json).
 Fake CIFAR files cannot match torchvision's md5 sums, so every process here replaces that
-check by "the file exists" (the `_nomd5` entry point); nothing else changes.
+check by "the file exists" (`_nomd5`, in bench's processes only once its loader runs);
+nothing else changes.
 """
 
 from __future__ import annotations
@@ -189,7 +190,15 @@ def main() -> None:
             _nomd5()
         return straight(a)
     if a.cmd == "bench":
-        _nomd5()
+        import bench.data
+
+        load = bench.data._torchvision  # relaxed when the loader runs: a cached run skips it
+
+        def _relaxed(*args, **kw):
+            _nomd5()
+            return load(*args, **kw)
+
+        bench.data._torchvision = _relaxed
         from bench.cli import main as bench_main
 
         sys.argv = ["bench", *a.args]

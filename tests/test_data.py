@@ -274,16 +274,19 @@ def test_decoded_cache_is_used_invalidated_and_rebuilt(tmp_path: Path, no_md5, m
         _dump(base / split, {"data": _images(6, 100)[0], "fine_labels": [1] * 6})
     _dump(base / "meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
     first = devicedata.decoded("cifar100", "test", tmp_path)
-    (cache,) = (tmp_path / devicedata.CACHE_DIR).iterdir()
-    decode = devicedata._decode
+    (cache,) = (tmp_path / devicedata.CACHE_DIR).glob("*.pt")
+    decode, raw = devicedata._decode, devicedata.data.raw
     monkeypatch.setattr(devicedata, "_decode", lambda ds: pytest.fail("decoded again"))
+    # unchanged files: the cache is read without running the loader (md5 sums, unpickling)
+    monkeypatch.setattr(devicedata.data, "raw", lambda *a: pytest.fail("the loader ran"))
     assert torch.equal(devicedata.decoded("cifar100", "test", tmp_path)[0], first[0])
     new = _images(6, 100)[0]
     _dump(base / "test", {"data": new, "fine_labels": [2] * 6})  # a changed file: a new key
     monkeypatch.setattr(devicedata, "_decode", decode)
+    monkeypatch.setattr(devicedata.data, "raw", raw)
     x, y = devicedata.decoded("cifar100", "test", tmp_path)
     assert torch.equal(devicedata.to_float(x), _as_x(new)) and y.tolist() == [2] * 6
-    (cache,) = set((tmp_path / devicedata.CACHE_DIR).iterdir()) - {cache}
+    (cache,) = set((tmp_path / devicedata.CACHE_DIR).glob("*.pt")) - {cache}
     blob = bytearray(cache.read_bytes())
     blob[len(blob) // 2] ^= 0x10  # a flipped bit: never used, rebuilt with one warning line
     cache.write_bytes(bytes(blob))
@@ -294,6 +297,13 @@ def test_decoded_cache_is_used_invalidated_and_rebuilt(tmp_path: Path, no_md5, m
     assert "rebuilding" in err[0]
     assert torch.equal(devicedata.decoded("cifar100", "test", tmp_path)[0], x)
     assert capsys.readouterr().err == ""  # the rebuilt file is good
+
+
+def test_an_image_added_to_a_folder_is_picked_up_despite_the_cache(tiny: Path) -> None:
+    assert len(devicedata.decoded("tinyimagenet", "train", tiny)[1]) == 6
+    _jpeg(tiny / "tiny-imagenet-200" / "train" / "n01" / "images" / "n01_9.JPEG")
+    x, y = devicedata.decoded("tinyimagenet", "train", tiny)
+    assert len(y) == 7 and y.tolist().count(0) == 3
 
 
 def test_device_augmentation_draws_like_random_crop_and_flip() -> None:

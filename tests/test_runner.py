@@ -189,3 +189,16 @@ def test_a_checkpoint_with_its_twins_weights_reuses_its_numbers_exactly(tmp_path
     assert _twin({"best": model, "x": other}, "x", ("pgd20",), done) is None
     other.features[1].running_mean += 1e-6
     assert _twin({"best": model, "x": other}, "x", ("clean",), done) is None
+
+
+def test_read_every_shows_the_running_loss_and_changes_no_weight(tmp_path) -> None:
+    cell = Cell("standard", overrides=(("epochs", 1),))
+    seen: list[tuple[int, float | None]] = []
+    opts = RunOptions(out=tmp_path / "a", log=lambda *_: None, read_every=3,
+                      progress=lambda label, done, total, loss: seen.append((done, loss)))
+    read = Trainer(resolve(cell), opts, None).train()["last"].state_dict()
+    plain = Trainer(resolve(cell), _quiet(tmp_path / "b"), None).train()["last"].state_dict()
+    assert all(torch.equal(v, plain[k]) for k, v in read.items())
+    assert len(seen) > 6 and [d for d, loss in seen if loss is not None] == [
+        d for d, _ in seen if d % 3 == 0]
+    assert all(0 < loss < 10 for _, loss in seen if loss is not None)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bench.cells import Cell
 from bench.pipeline import EvalOptions
+from bench.runner import RunOptions
 from bench.store import Store
 from bench.sweep import SweepOptions, sweep
 
@@ -16,7 +17,8 @@ def test_local_sweep_stores_every_cell_and_trains_the_teacher_once(tmp_path: Pat
     quick = (("epochs", 1),)
     cells = [Cell("standard", seed=1, overrides=quick), Cell("rslad", overrides=quick),
              Cell("ard", overrides=quick)]
-    n = sweep(cells, tmp_path, "cpu", None, EvalOptions(attacks=("clean",)),
+    opts = RunOptions(out=tmp_path, channels_last=True, log=lambda *_: None)
+    n = sweep(cells, opts, EvalOptions(attacks=("clean",)),
               SweepOptions(executor="local", timeout_min=10), log=lambda *_: None)
     rows, problems = Store(tmp_path).read()
     assert not problems and n == len(rows) == 6  # best + last for each cell
@@ -26,4 +28,5 @@ def test_local_sweep_stores_every_cell_and_trains_the_teacher_once(tmp_path: Pat
     assert len(list((tmp_path / "teachers").glob("*.pt"))) == 1
     assert {r["config"]["teacher"] for r in rows if r["method"] in ("rslad", "ard")} == {
         next(iter(tmp_path.glob("teachers/*.pt"))).stem}
+    assert all(r["channels_last"] for r in rows)  # the jobs run with the sweep's options
     assert list((tmp_path / "submitit").iterdir())  # submitit's own job folders and logs
