@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from bench import BenchError
-from bench.evaluate import Threat, accuracy, adversarial
+from bench.evaluate import Threat, accuracy, adversarial, judged
 from bench.store import atomic_write_bytes
 
 TUTOR_ATTACK = "pgd10"  # the selection yardstick, at the data set's threat model
@@ -51,16 +51,8 @@ def transfer(source: nn.Module, targets: Sequence[nn.Module], x: Tensor, y: Tens
              device: str | torch.device = "cpu") -> list[float]:
     """Accuracy of each target on `attack`'s examples crafted against `source` (all in eval
     mode). With `targets == [source]` this is `evaluate.accuracy`, draw for draw."""
-    for m in (source, *targets):
-        m.eval()
-    correct = [0] * len(targets)
-    for i in range(0, len(y), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        xa = adversarial(source, xb, yb, attack, threat)
-        with torch.no_grad():
-            for k, t in enumerate(targets):
-                correct[k] += int((t(xa).argmax(1) == yb).sum())
-    return [c / len(y) for c in correct]
+    return [h.sum().item() / len(y)
+            for h in judged(source, targets, x, y, attack, threat, batch_size, device)]
 
 
 # --- tutor accuracy during training -------------------------------------------------------
@@ -114,12 +106,15 @@ class TutorLog:
         self.seed, self.batch_size, self.device = seed, batch_size, device
         self._alone: dict[str, tuple[Tensor, dict[str, float]]] = {}
 
-    def __call__(self) -> dict[str, float]:
+    def __call__(self, on_student: dict[str, float] | None = None) -> dict[str, float]:
+        """`on_student`: the tutors' accuracies on the student's examples where the caller
+        has them (the selection's own PGD-10, drawn from the same seed: the same numbers)."""
         out: dict[str, float] = {}
+        known = on_student or {}
         kw = dict(seed=self.seed, batch_size=self.batch_size, device=self.device)
         for prefix, net in tutors(self.method).items():
-            out[f"{prefix}_on_student"] = tutor_on_student(
-                self.method.student, net, self.x, self.y, self.threat, **kw)
+            out[f"{prefix}_on_student"] = known[prefix] if prefix in known else (
+                tutor_on_student(self.method.student, net, self.x, self.y, self.threat, **kw))
             fp = _fingerprint(net)
             cached = self._alone.get(prefix)
             if cached is None or not torch.equal(cached[0], fp):

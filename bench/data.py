@@ -9,6 +9,11 @@ the test set; `load(..., "train", holdout=True)` leaves those images out of trai
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.util
+import io
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,15 +161,47 @@ DIGITS_BUDGET = dict(eps=0.1, step=0.025, steps=10, epochs=15, milestones=(10, 1
     budget=DIGITS_BUDGET, eps=DIGITS_BUDGET["eps"], val_size=0.1,
     doc="scikit-learn's 8x8 handwritten digits (1797 images), fixed 80/20 split; offline"))
 def _digits(split: Source, root: Path | None, augment: bool) -> Dataset:
+    x, y = _digits_arrays(root or default_root())
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    n_train = int(0.8 * len(y))
+    idx = perm[:n_train] if split == "train" else perm[n_train:]
+    return TensorData(x[idx].contiguous(), y[idx].contiguous())
+
+
+def _digits_arrays(root: Path) -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits (pixels / 16, labels), cached as tensors under `root` keyed by
+    its data file: importing scikit-learn takes about a second, more than an embedded epoch.
+    A damaged cache is rebuilt with one warning line."""
+    from bench import checkpoint
+    from bench.store import atomic_write_bytes
+
+    found = importlib.util.find_spec("sklearn")
+    src = Path((found.submodule_search_locations or [""])[0]) / "datasets/data/digits.csv.gz" \
+        if found else Path()
+    cache = None
+    if src.is_file():
+        stamp = f"{src.resolve()}|{src.stat().st_size}|{src.stat().st_mtime_ns}"
+        key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        cache = root / "bench-decoded" / f"digits-{key}.pt"
+        if cache.exists():
+            try:
+                blob = checkpoint.load_file(cache)
+                return blob["x"], blob["y"]
+            except (BenchError, KeyError, TypeError) as exc:
+                print(f"warning: digits cache {cache} is damaged ({exc}); rebuilding it",
+                      file=sys.stderr)
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.int64)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    n_train = int(0.8 * len(y))
-    idx = perm[:n_train] if split == "train" else perm[n_train:]
-    return TensorData(x[idx].contiguous(), y[idx].contiguous())
+    if cache is not None:
+        buf = io.BytesIO()
+        torch.save({"x": x, "y": y}, buf)
+        with contextlib.suppress(OSError):  # an unwritable root just goes uncached
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cache, buf.getvalue())
+    return x, y
 
 
 # --- torchvision data sets ----------------------------------------------------------------

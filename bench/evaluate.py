@@ -11,7 +11,7 @@ import copy
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -68,14 +68,25 @@ def adversarial(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Thr
 def correct(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,
             batch_size: int = 256, device: str | torch.device = "cpu") -> Tensor:
     """Per image (on the CPU), whether `model` (eval mode) classifies it right under `attack`."""
-    model.eval()
-    out = []
+    return judged(model, [model], x, y, attack, threat, batch_size, device)[0]
+
+
+def judged(source: nn.Module, judges: Sequence[nn.Module], x: Tensor, y: Tensor, attack: str,
+           threat: Threat, batch_size: int = 256,
+           device: str | torch.device = "cpu") -> list[Tensor]:
+    """Per image (on the CPU), whether each of `judges` classifies right `attack`'s examples
+    crafted against `source` (all in eval mode): one attack, judged by several networks
+    (`correct` is `source` judging its own; a transfer matrix, others judging them)."""
+    for m in (source, *judges):
+        m.eval()
+    out: list[list[Tensor]] = [[] for _ in judges]
     for i in range(0, len(y), batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        xa = adversarial(model, xb, yb, attack, threat)
+        xa = adversarial(source, xb, yb, attack, threat)
         with torch.no_grad():
-            out.append((model(xa).argmax(1) == yb).cpu())
-    return torch.cat(out)
+            for k, judge in enumerate(judges):
+                out[k].append((judge(xa).argmax(1) == yb).cpu())
+    return [torch.cat(o) for o in out]
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str, threat: Threat,

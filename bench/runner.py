@@ -33,7 +33,7 @@ from bench import (
 )
 from bench.cells import Resolved
 from bench.compute import Compute, NonFiniteLoss, Tally
-from bench.evaluate import Threat, accuracy, correct, worst_class
+from bench.evaluate import Threat, accuracy, judged, worst_class
 from bench.models import create_model
 from bench.swa import recompute_bn
 from bench.teachers import load_weights
@@ -226,9 +226,20 @@ class Trainer:
             nets["swa_"] = self.swa.module
         if "teacher_best" in rule.keep and "teacher" in self.nets:  # a teacher that trains
             nets["teacher_"] = self.nets["teacher"]
+        # The student's examples are judged by its tutors too (PeerAiD's question) when the
+        # rule attacks as the tutor log does, instead of being crafted twice.
+        tutors = analysis.tutors(self.method) if rule.attack == analysis.TUTOR_ATTACK else {}
+        on_student: dict[str, float] = {}
         for prefix, net in nets.items():
-            hits = correct(net, self.sel_x, self.sel_y, rule.attack, threat, SELECT_BATCH,
-                           self.device)
+            judges = [net, *(tutors.values() if not prefix else ())]
+            # seeded per network and epoch-independent, on its own RNG state: selecting is a
+            # function of the network, and never moves the training run's random draws
+            with analysis.measuring(self.r.cell.seed, self.device):
+                hits, *others = judged(net, judges, self.sel_x, self.sel_y, rule.attack,
+                                       threat, SELECT_BATCH, self.device)
+            if not prefix:
+                on_student = {k: h.sum().item() / len(h)
+                              for k, h in zip(tutors, others, strict=True)}
             log[prefix + rule.attack] = hits.sum().item() / len(hits)
             clean = None
             if rule.score == "clean+adv" or (rule.best_clean and not prefix):
@@ -240,7 +251,7 @@ class Trainer:
             self._keep(rule, prefix + "best", selection.score(rule, hits, self.sel_y, clean), net)
             if rule.best_clean and not prefix:
                 self._keep(rule, "best_clean", clean, net)
-        log.update(self.tutor_log())  # the tutor on the student's examples and on its own
+        log.update(self.tutor_log(on_student))  # the tutor on the student's and on its own
 
     def _keep(self, rule: selection.Rule, name: str, score: float, net: nn.Module) -> None:
         """Save `net` as checkpoint `name` if the rule reports it and `score` is a new best."""

@@ -7,7 +7,8 @@
 not depend on them) and times `bench run` on them against the authors' way: a straight PGD-AT
 loop over torchvision's CIFAR10 with PIL augmentation in a DataLoader (0 and 2 workers).
 `digits` times `bench run` on the embedded default against a straight loop doing the same
-work: training, SWA, selection by PGD-10 every epoch, saving the best, evaluating clean and
+work: training, SWA, selection by PGD-10 every epoch (its examples also judged by the tutor,
+which is attacked itself, as bench's tutor log does), saving the best, evaluating clean and
 PGD-20 on every checkpoint, and the start-up of a fresh Python process.
 
 Every configuration is a fresh process, run once untimed (warm file caches, decoded cache),
@@ -54,7 +55,8 @@ def straight(a: argparse.Namespace) -> None:
     from torch.optim.swa_utils import AveragedModel, update_bn
 
     from bench import data, registry
-    from bench.evaluate import Threat, accuracy
+    from bench.analysis import tutor_alone
+    from bench.evaluate import Threat, accuracy, judged
     from bench.models import create_model
     from bench.perf import reference_step
 
@@ -75,8 +77,18 @@ def straight(a: argparse.Namespace) -> None:
     optims = [torch.optim.SGD(n.parameters(), lr=p.lr, momentum=p.momentum,
                               weight_decay=p.weight_decay) for n in m.trainable()]
     root = Path(a.data_root) if a.data_root else None
-    train = data.load(a.dataset, "train", root=root, augment=True)
-    test = data.load(a.dataset, "test", root=root)
+    if a.dataset == "digits":  # scikit-learn's loader, as a script would call it
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        cut = int(0.8 * len(x))
+        train, test = (data.TensorData(x[i].contiguous(), torch.tensor(d.target)[i])
+                       for i in (perm[:cut], perm[cut:]))
+    else:
+        train = data.load(a.dataset, "train", root=root, augment=True)
+        test = data.load(a.dataset, "test", root=root)
     if isinstance(train, data.TensorData):
         def train_loader():
             return data.batches(train, p.batch_size, shuffle=True)
@@ -93,6 +105,7 @@ def straight(a: argparse.Namespace) -> None:
                                                       num_workers=a.workers), strict=True)
             return torch.cat(xs), torch.cat(ys)
     swa = AveragedModel(m.student) if p.swa else None
+    tutor = getattr(m, "peer", None) or getattr(m, "teacher", None)
     threat, best, out = Threat(spec.eps), {}, Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
     for epoch in range(p.epochs):
@@ -109,7 +122,13 @@ def straight(a: argparse.Namespace) -> None:
             update_bn(train_loader(), swa)
             nets["swa_best"] = swa.module
         for name, model in nets.items():
-            acc = accuracy(model, x_test, y_test, "pgd10", threat, 512)
+            # the tutor (peer or teacher) judges the student's examples, and is attacked itself
+            judges = [model, *([tutor] if tutor is not None and name == "best" else [])]
+            hits = judged(model, judges, x_test, y_test, "pgd10", threat, 512)
+            acc = hits[0].float().mean().item()
+            if len(hits) > 1:
+                print("tutor on student", hits[1].float().mean().item(),
+                      tutor_alone(tutor, x_test, y_test, threat, seed=0))
             if acc > best.get(name, (-1,))[0]:
                 best[name] = (acc, copy.deepcopy(model.state_dict()))
                 torch.save(model.state_dict(), out / f"{name}.pt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -343,3 +344,26 @@ def test_device_augmentation_draws_like_random_crop_and_flip() -> None:
     assert torch.equal(again, out)
     assert devicedata.augmentation("svhn") == devicedata.Augment(flip=False)
     assert devicedata.augmentation("cifar10").flip and devicedata.augmentation("digits") is None
+
+
+def test_digits_are_cached_as_tensors_and_a_damaged_cache_is_rebuilt(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    from sklearn.datasets import load_digits
+
+    from bench.data import _digits_arrays
+
+    d = load_digits()
+    x, y = _digits_arrays(tmp_path)
+    assert torch.equal(x, torch.tensor(d.images, dtype=torch.float32)[:, None] / 16)
+    assert y.tolist() == d.target.tolist()
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # importing it now fails
+    again = _digits_arrays(tmp_path)
+    assert torch.equal(again[0], x) and torch.equal(again[1], y)
+    monkeypatch.undo()
+    (cache,) = (tmp_path / "bench-decoded").glob("digits-*.pt")
+    cache.write_bytes(cache.read_bytes()[:-40])
+    capsys.readouterr()
+    assert torch.equal(_digits_arrays(tmp_path)[0], x)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged" in err[0] and "rebuilding" in err[0]
+    assert torch.equal(_digits_arrays(tmp_path)[0], x) and capsys.readouterr().err == ""

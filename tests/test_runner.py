@@ -202,3 +202,15 @@ def test_read_every_shows_the_running_loss_and_changes_no_weight(tmp_path) -> No
     assert len(seen) > 6 and [d for d, loss in seen if loss is not None] == [
         d for d, _ in seen if d % 3 == 0]
     assert all(0 < loss < 10 for _, loss in seen if loss is not None)
+
+
+def test_selecting_never_moves_the_training_runs_random_draws(tmp_path) -> None:
+    """Selection attacks on their own seeded RNG state: how often a run selects (and the
+    tutor's measurements with it) leaves the trained weights bit-identical."""
+    weights = []
+    for every in (1, 3):
+        cell = Cell("peeraid", select_every=every, overrides=(("epochs", 3),
+                                                              ("milestones", (2,))))
+        last = Trainer(resolve(cell), _quiet(tmp_path / str(every)), None).train()["last"]
+        weights.append(last.state_dict())
+    assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
