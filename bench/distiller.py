@@ -154,6 +154,7 @@ class Distiller(ABC):
         self.clean_teacher = clean_teacher
         self.epoch = 0  # 0-based epoch, set by the runner before each epoch
         self.step = 0  # 0-based batch index within the epoch, set by the runner before each step
+        self.shard_weight = 1.0  # this rank's share of the step's batch (torchrun), ditto
         self._sums: dict[str, Tensor] = {}  # per-class sums asked for by `accumulate`
         fixed = [clean_teacher] + ([] if self.trains_teacher else [teacher])
         for net in fixed:  # a fixed teacher: frozen, eval mode, never trained

@@ -11,6 +11,7 @@ student forwards), which DDP supports only inside ONE forward of the wrapped mod
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -96,3 +97,15 @@ def all_reduce_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
         for key in sorted(sums):  # the same order on every rank
             dist.all_reduce(sums[key])
     return sums
+
+
+def global_means(values: Sequence[Tensor], weight: float) -> list[Tensor]:
+    """This step's global-batch means of per-shard means (`weight`: this rank's share, from
+    `shard`), the same on every rank; alone, the values themselves. For state a method
+    adapts from batch statistics every step (MTARD's weights, B-MTARD's temperatures), so
+    that every rank adapts it as one process would."""
+    if world_size() == 1:
+        return list(values)
+    t = torch.stack([v.detach().float() for v in values]) * weight
+    dist.all_reduce(t)
+    return list(t / world_size())

@@ -156,9 +156,10 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         opts.log(f"skip {r.id}: already in the store (use --redo to run it again)")
         return []
     trainer = Trainer(r, opts, teacher_for(r, opts), teacher_for(r, opts, "clean_teacher"))
-    if redo or not resume:
+    if (redo or not resume) and distributed.is_main():  # one rank deletes, then all start
         for f in [*trainer.dir.glob("*.pt"), *trainer.dir.glob("aa_state_*.json")]:
             f.unlink()
+    distributed.barrier()
     t0 = time.perf_counter()
     finals = trainer.train()
     wall = time.perf_counter() - t0

@@ -195,6 +195,7 @@ class Trainer:
                 self.method.step = i
                 self._set_lr(epoch, i, per_epoch)
                 x, y, weight = distributed.shard(*batch)
+                self.method.shard_weight = weight
                 loss_fn = partial(self.ddp, weight=weight) if self.ddp is not None else None
                 loss, t_loss = self.compute.step(self.method, others, x, y, loss_fn,
                                                  self.optims.get("teacher"), weight)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from bench.attacks import pgd
 from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.distributed import global_means
 from bench.registry import register
 from methods.rslad import rslad_kl
 
@@ -97,7 +98,8 @@ class Balanced(Distiller):
         """B-MTARD: move each temperature towards equal tempered entropies (used next step)."""
         if self.temp_rate == 0:
             return
-        e_adv, e_nat = entropy(t_adv / self.tau_adv), entropy(t_nat / self.tau_nat)
+        e_adv, e_nat = global_means([entropy(t_adv / self.tau_adv),
+                                     entropy(t_nat / self.tau_nat)], self.shard_weight)
         eta, lo, hi = self.temp_rate, self.p.temp_min, self.p.temp_max
         tau_adv = self.tau_adv - eta * torch.sign(e_adv / e_nat - 1).item()
         tau_nat = self.tau_nat - eta * torch.sign(e_nat / e_adv - 1).item()
@@ -153,7 +155,7 @@ class MTARD(Balanced):
         l_adv = q.scale * hand_kl(t_adv / self.tau_adv, s_adv, q.kl_eps)
         l_nat = q.scale * hand_kl(t_nat / self.tau_nat, s_nat, q.kl_eps)
         self.update_temperatures(t_adv, t_nat)
-        self.update_weights(l_adv.item(), l_nat.item())
+        self.update_weights(*(v.item() for v in global_means([l_adv, l_nat], self.shard_weight)))
         return self.w_adv * l_adv + self.w_nat * l_nat
 
 

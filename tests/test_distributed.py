@@ -51,3 +51,27 @@ def test_peeraid_and_rslad_under_torchrun(tmp_path: Path) -> None:
     assert not problems and len(rows) == 6
     assert len(list((out / "teachers").glob("*.pt"))) == 1
     assert res.stdout.count("| peeraid |") == 4
+
+
+def test_adaptive_weights_and_temperatures_are_the_global_batchs_under_torchrun(
+        tmp_path: Path) -> None:
+    """B-MTARD adapts its weights and temperatures from each step's losses and entropies:
+    every rank must adapt them from the global batch's, as one process does, or the ranks
+    drift apart (and rank 0's checkpoint holds only its own shard's)."""
+    out = tmp_path / "bmtard"
+    args = ["--methods", "bmtard", "--arch", "small_cnn_nobn", "--epochs", "1",
+            "--attacks", "clean", "--out", str(out)]
+    _bench(args, 1)  # also trains and caches both teachers, which the second run reuses
+    (ckpt,) = out.glob("runs/bmtard-*/ckpt.pt")
+    one = torch.load(ckpt, weights_only=True)
+    _bench([*args, "--redo"], 2)
+    two = torch.load(ckpt, weights_only=True)
+    a, b = one["method"], two["method"]
+    assert a["w_adv"] != 0.5 and (a["tau_adv"], a["tau_nat"]) != (1.0, 1.0)  # they moved
+    # Each rank draws the attack's random start for its own shard, so the losses (and with
+    # them the weights) cannot agree to the bit: measured 8e-6 apart after 23 steps, where
+    # ranks adapting from their own shards ended 2.2e-4 apart (w moved 1.9e-4 from 0.5).
+    for k in ("w_adv", "w_nat", "tau_adv", "tau_nat"):
+        assert abs(a[k] - b[k]) < 3e-5, (k, a[k], b[k])
+    for k, v in one["models"]["student"].items():
+        assert torch.allclose(v, two["models"]["student"][k], atol=1e-5), k
