@@ -13,4 +13,5 @@ def unknown(kind: str, name: str, valid: Iterable[str]) -> BenchError:
     valid = sorted(valid)
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return BenchError(f"unknown {kind} {name!r}{hint} (valid: {', '.join(valid)})")
+    return BenchError(f"unknown {kind} {name!r}{hint} "
+                      + (f"(valid: {', '.join(valid)})" if valid else "(there are none)"))
