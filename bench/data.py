@@ -269,10 +269,12 @@ TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 
 class _ImageFiles(Dataset):
-    """Images decoded lazily from `(path, label)` pairs (TinyImageNet's 110k JPEGs)."""
+    """Images decoded lazily from `(path, label)` pairs (TinyImageNet's 110k JPEGs);
+    `label_files`, the files the labels were read from (part of the decoded cache's key)."""
 
-    def __init__(self, items: list[tuple[Path, int]], transform: Callable) -> None:
-        self.items, self.transform = items, transform
+    def __init__(self, items: list[tuple[Path, int]], transform: Callable,
+                 label_files: tuple[Path, ...] = ()) -> None:
+        self.items, self.transform, self.label_files = items, transform, label_files
 
     def __len__(self) -> int:
         return len(self.items)
@@ -328,4 +330,6 @@ def _tinyimagenet(split: Source, root: Path | None, augment: bool) -> Dataset:
             f"tinyimagenet: not found or incomplete in {base} ({_why(exc)}); download "
             f"{TINY_URL}, unzip it in {root}, or pass --data-root DIR (the folder holding "
             f"tiny-imagenet-200)") from exc
-    return _ImageFiles(items, _transform(augment, size=64))
+    val = () if split == "train" else (base / "val" / "val_annotations.txt",)
+    labels = (base / "wnids.txt", *val)
+    return _ImageFiles(items, _transform(augment, size=64), labels)

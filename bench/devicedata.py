@@ -61,8 +61,8 @@ def augmentation(name: str) -> Augment | None:
 
 def _source_files(ds: Dataset) -> list[Path]:
     """The files a torchvision / folder data set was read from (the cache key)."""
-    if hasattr(ds, "items"):  # TinyImageNet's image files
-        return [p for p, _ in ds.items]
+    if hasattr(ds, "items"):  # TinyImageNet's image files and the files naming their labels
+        return [*ds.label_files, *(p for p, _ in ds.items)]
     if hasattr(ds, "base_folder") and hasattr(ds, "train_list"):  # CIFAR-10/100
         files = ds.train_list if ds.train else ds.test_list
         return [Path(ds.root) / ds.base_folder / f for f, _ in files]

@@ -300,11 +300,16 @@ def test_decoded_cache_is_used_invalidated_and_rebuilt(tmp_path: Path, no_md5, m
     assert capsys.readouterr().err == ""  # the rebuilt file is good
 
 
-def test_an_image_added_to_a_folder_is_picked_up_despite_the_cache(tiny: Path) -> None:
+def test_an_added_image_or_a_changed_label_is_picked_up_despite_the_cache(tiny: Path) -> None:
     assert len(devicedata.decoded("tinyimagenet", "train", tiny)[1]) == 6
     _jpeg(tiny / "tiny-imagenet-200" / "train" / "n01" / "images" / "n01_9.JPEG")
     x, y = devicedata.decoded("tinyimagenet", "train", tiny)
     assert len(y) == 7 and y.tolist().count(0) == 3
+    assert devicedata.decoded("tinyimagenet", "test", tiny)[1].tolist() == [2, 0, 1]
+    notes = tiny / "tiny-imagenet-200" / "val" / "val_annotations.txt"  # relabelled images
+    notes.write_text(notes.read_text().replace("n03", "n00").replace("n01", "n03")
+                     .replace("n00", "n01"))
+    assert devicedata.decoded("tinyimagenet", "test", tiny)[1].tolist() == [0, 2, 1]
 
 
 def test_device_augmentation_draws_like_random_crop_and_flip() -> None:
