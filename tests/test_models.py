@@ -86,3 +86,21 @@ def test_resnet56_is_he_et_al_s_with_the_authors_shortcuts() -> None:
 def test_unknown_name_suggests_closest() -> None:
     with pytest.raises(BenchError, match="did you mean 'resnet18'"):
         create_model("resnet19", num_classes=10)
+
+
+def test_global_avg_pool_is_adaptive_pooling_with_its_inputs_gradient_layout() -> None:
+    import torch.nn.functional as F
+
+    from bench.models.pool import global_avg_pool
+
+    torch.manual_seed(0)
+    base = torch.randn(4, 8, 5, 5, dtype=torch.float64)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        ours, ref = (base.contiguous(memory_format=fmt).requires_grad_() for _ in range(2))
+        g = torch.randn(4, 8, dtype=torch.float64)
+        out = global_avg_pool(ours)
+        assert torch.equal(out, F.adaptive_avg_pool2d(ref, 1).flatten(1))
+        (got,), (want,) = torch.autograd.grad(out, ours, g), torch.autograd.grad(
+            F.adaptive_avg_pool2d(ref, 1).flatten(1), ref, g)
+        assert torch.equal(got, want) and got.is_contiguous(memory_format=fmt)
+        assert torch.autograd.gradgradcheck(global_avg_pool, (ours,))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.models import register_model
+from bench.models.pool import global_avg_pool
 
 
 class Block(nn.Module):
@@ -61,7 +62,7 @@ class MobileNetV2(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(self.layers(out))))
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.linear(global_avg_pool(out))
 
 
 @register_model("mobilenetv2")

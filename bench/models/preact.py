@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.models import register_model
+from bench.models.pool import global_avg_pool
 from bench.models.resnet import ResNet
 
 
@@ -46,7 +47,7 @@ class PreActResNet(ResNet):
         out = self.conv1(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.relu(self.bn(out))
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.linear(global_avg_pool(out))
 
 
 @register_model("preact_resnet18")

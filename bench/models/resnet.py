@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.models import register_model
+from bench.models.pool import global_avg_pool
 
 
 class BasicBlock(nn.Module):
@@ -57,7 +58,7 @@ class ResNet(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         # 32x32 input -> 4x4 map: avg_pool2d(4) there equals global average pooling.
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = global_avg_pool(out)
         return self.linear(out)
 
 
@@ -120,7 +121,7 @@ class CifarResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
-        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.fc(global_avg_pool(out))
 
 
 @register_model("resnet56")

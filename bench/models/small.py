@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from bench.models import register_model
+from bench.models.pool import global_avg_pool
 
 
 class SmallCNN(nn.Module):
@@ -23,11 +24,10 @@ class SmallCNN(nn.Module):
             layers.append(nn.ReLU(inplace=True))
             c = w
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
+        return self.fc(global_avg_pool(self.features(x)))
 
 
 @register_model("small_cnn")

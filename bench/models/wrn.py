@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.models import register_model
+from bench.models.pool import global_avg_pool
 
 
 class BasicBlock(nn.Module):
@@ -74,7 +75,7 @@ class WideResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         out = F.relu(self.bn1(out))
-        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.fc(global_avg_pool(out))
 
 
 @register_model("wrn34_10")
