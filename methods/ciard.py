@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.distiller import FAITHFUL, Preset, Schedule, TeacherTraining, paper
-from bench.distributed import global_means
 from bench.registry import register
 from methods.mtard import Balanced, MTARDParams, ce_attack, hand_kl
 
@@ -115,7 +114,7 @@ class CIARD(Balanced):
         l1 = hand_kl(t_adv.detach() / self.tau_adv, s_adv, q.kl_eps)
         l2 = hand_kl(t_nat / self.tau_nat, s_nat, q.kl_eps)
         self.update_temperatures(t_adv.detach(), t_nat)
-        self.update_weights(*(v.item() for v in global_means([l1, l2], self.shard_weight)))
+        self.update_weights(l1, l2)
         total = self.w_adv * l1 + self.w_nat * l2 if q.adaptive else 1 * l1 + 1 * l2
         wrong = t_nat_adv.argmax(1) != y
         if not wrong.any():

@@ -77,8 +77,10 @@ class Balanced(Distiller):
         self.tau_adv, self.tau_nat = 1.0, 1.0
         self.weight_rate, self.temp_rate = self.p.weight_rate, self.p.temp_rate
 
-    def update_weights(self, l_adv: float, l_nat: float) -> None:
-        """The adaptive weights from this step's losses, exactly as the authors' floats."""
+    def update_weights(self, loss_adv: Tensor, loss_nat: Tensor) -> None:
+        """The adaptive weights from this step's losses (the global batch's under torchrun),
+        exactly as the authors' python floats."""
+        l_adv, l_nat = (v.item() for v in global_means([loss_adv, loss_nat], self.shard_weight))
         if self.l0 is None:
             self.l0 = (l_adv, l_nat)
         a, h_adv, h_nat = self.weight_rate, l_adv / self.l0[0], l_nat / self.l0[1]
@@ -155,7 +157,7 @@ class MTARD(Balanced):
         l_adv = q.scale * hand_kl(t_adv / self.tau_adv, s_adv, q.kl_eps)
         l_nat = q.scale * hand_kl(t_nat / self.tau_nat, s_nat, q.kl_eps)
         self.update_temperatures(t_adv, t_nat)
-        self.update_weights(*(v.item() for v in global_means([l_adv, l_nat], self.shard_weight)))
+        self.update_weights(l_adv, l_nat)
         return self.w_adv * l_adv + self.w_nat * l_nat
 
 
