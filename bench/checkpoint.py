@@ -25,20 +25,28 @@ from bench.store import atomic_write_bytes
 FORMAT = "bench-checkpoint-1"
 
 
+def _serialized(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def write_file(path: Path, obj: Any) -> None:
+    """Atomically write `obj` as torch.save does (readers never see half a file)."""
+    atomic_write_bytes(path, _serialized(obj))
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
     """Atomically write `state`, keeping the previous file as `<name>.prev.pt`."""
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buf)
+    blob = _serialized({"format": FORMAT, **state})
     if path.exists():
         path.replace(path.with_suffix(".prev.pt"))
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, blob)
 
 
 def save_weights(path: Path, model: torch.nn.Module, **meta: Any) -> None:
     """Atomically write one network's weights as a bench checkpoint (loadable as a teacher)."""
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, "models": {"student": model.state_dict()}, **meta}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_file(path, {"format": FORMAT, "models": {"student": model.state_dict()}, **meta})
 
 
 def load_file(path: Path) -> Any:

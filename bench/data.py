@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import io
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -173,7 +172,6 @@ def _digits_arrays(root: Path) -> tuple[Tensor, Tensor]:
     its data file: importing scikit-learn takes about a second, more than an embedded epoch.
     A damaged cache is rebuilt with one warning line."""
     from bench import checkpoint
-    from bench.store import atomic_write_bytes
 
     found = importlib.util.find_spec("sklearn")
     src = Path((found.submodule_search_locations or [""])[0]) / "datasets/data/digits.csv.gz" \
@@ -196,11 +194,9 @@ def _digits_arrays(root: Path) -> tuple[Tensor, Tensor]:
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.int64)
     if cache is not None:
-        buf = io.BytesIO()
-        torch.save({"x": x, "y": y}, buf)
         with contextlib.suppress(OSError):  # an unwritable root just goes uncached
             cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(cache, buf.getvalue())
+            checkpoint.write_file(cache, {"x": x, "y": y})
     return x, y
 
 

@@ -17,7 +17,6 @@ augmentation a batch is exactly what torchvision's ToTensor gives: uint8 / 255 i
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sys
 from collections.abc import Iterator
@@ -162,11 +161,9 @@ def decoded(name: str, source: data.Source, root: Path | None = None) -> tuple[T
     if hit != (path, key) and path.exists() and (cached := _read_cache(path, key)) is not None:
         return cached
     x, y = _decode(ds)
-    buf = io.BytesIO()
-    torch.save({"format": CACHE_FORMAT, "key": key, "x": x, "y": y}, buf)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buf.getvalue())
+        checkpoint.write_file(path, {"format": CACHE_FORMAT, "key": key, "x": x, "y": y})
         atomic_write_bytes(_index(root, name, source), json.dumps(
             {"format": CACHE_FORMAT, "key": key, "stamp": _stamp(name, source, files),
              "files": [str(f.resolve()) for f in files]}).encode())
