@@ -160,7 +160,11 @@ DIGITS_BUDGET = dict(eps=0.1, step=0.025, steps=10, epochs=15, milestones=(10, 1
     budget=DIGITS_BUDGET, eps=DIGITS_BUDGET["eps"], val_size=0.1,
     doc="scikit-learn's 8x8 handwritten digits (1797 images), fixed 80/20 split; offline"))
 def _digits(split: Source, root: Path | None, augment: bool) -> Dataset:
-    x, y = _digits_arrays(root or default_root())
+    return digits_split(*_digits_arrays(root or default_root()), split)
+
+
+def digits_split(x: Tensor, y: Tensor, split: Source) -> TensorData:
+    """The embedded set's fixed 80/20 split of all 1797 digits."""
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_train = int(0.8 * len(y))
     idx = perm[:n_train] if split == "train" else perm[n_train:]

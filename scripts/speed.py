@@ -82,10 +82,7 @@ def straight(a: argparse.Namespace) -> None:
 
         d = load_digits()
         x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-        cut = int(0.8 * len(x))
-        train, test = (data.TensorData(x[i].contiguous(), torch.tensor(d.target)[i])
-                       for i in (perm[:cut], perm[cut:]))
+        train, test = (data.digits_split(x, torch.tensor(d.target), s) for s in ("train", "test"))
     else:
         train = data.load(a.dataset, "train", root=root, augment=True)
         test = data.load(a.dataset, "test", root=root)
