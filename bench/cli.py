@@ -114,8 +114,8 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
     main_rank = distributed.is_main()  # under torchrun, only rank 0 talks
     with _progress() as bar:
         opts = dataclasses.replace(base, device=distributed.setup(run_device),
-                       log=_plain(bar.console) if main_rank else lambda _: None,
-                       progress=_updater(bar) if main_rank else None)
+                                   log=_plain(bar.console) if main_rank else lambda _: None,
+                                   progress=_updater(bar) if main_rank else None)
         for c in cells:
             opts.log(f"{c.method} on {c.dataset}" + (f" / {c.arch}" if c.arch else "")
                      + f", seed {c.seed}")

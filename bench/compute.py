@@ -28,7 +28,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 # many epochs (30 CIFAR epochs are ~12k steps, an hour or more of fp32 PeerAiD). Never on the
 # CPU: on the embedded set compiling alone takes longer than a whole run.
 COMPILE_MIN_EPOCHS = 30
-# On the CPU channels_last pays from CIFAR's 32 px up (a PGD-AT step: small_cnn 1.14x,
+# On the CPU channels_last pays from CIFAR's 32 px up (a PGD-AT step: small_cnn 1.13x,
 # ResNet-18 1.33x faster here, oneDNN skipping its layout copies); at the embedded set's 8 px
 # it gains nothing, so those runs keep NCHW, bit-identical to the reference loop.
 CPU_CHANNELS_LAST_MIN_SIZE = 32

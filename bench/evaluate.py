@@ -228,4 +228,3 @@ def restrict(metrics: dict[str, Any], attacks: tuple[str, ...]) -> dict[str, Any
     out["attack_seconds"] = {a: s for a, s in metrics["attack_seconds"].items() if a in attacks}
     per = {a: v for a, v in out.pop("per_class", {}).items() if a in attacks}
     return {**out, "per_class": per} if per else out
-
