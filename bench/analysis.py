@@ -39,11 +39,11 @@ def measuring(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
         yield
 
 
-def _batch(device: str | torch.device) -> int:
-    """The evaluation suite's white-box batch size (random starts are drawn per batch)."""
+def _batch(device: str | torch.device, x: Tensor) -> int:
+    """The evaluation suite's white-box batch size for images like `x`."""
     from bench.compute import eval_batch_sizes
 
-    return eval_batch_sizes(device)[0]
+    return eval_batch_sizes(device, x.shape[-1])[0]
 
 
 def transfer(source: nn.Module, targets: Sequence[nn.Module], x: Tensor, y: Tensor,
@@ -70,7 +70,7 @@ def tutors(method: Any) -> dict[str, nn.Module]:
 
 
 def tutor_on_student(student: nn.Module, tutor: nn.Module, x: Tensor, y: Tensor,
-                     threat: Threat, *, seed: int, batch_size: int = 512,
+                     threat: Threat, *, seed: int, batch_size: int,
                      device: str | torch.device = "cpu") -> float:
     """The tutor's accuracy on PGD-10 examples crafted against the student, from `seed`."""
     with measuring(seed, device):
@@ -78,7 +78,7 @@ def tutor_on_student(student: nn.Module, tutor: nn.Module, x: Tensor, y: Tensor,
 
 
 def tutor_alone(tutor: nn.Module, x: Tensor, y: Tensor, threat: Threat, *, seed: int,
-                batch_size: int = 512, device: str | torch.device = "cpu") -> dict[str, float]:
+                batch_size: int, device: str | torch.device = "cpu") -> dict[str, float]:
     """The tutor's clean accuracy and its accuracy under its own PGD-10, from `seed`."""
     with measuring(seed, device):
         return {"on_self": accuracy(tutor, x, y, TUTOR_ATTACK, threat, batch_size, device),
@@ -149,7 +149,7 @@ def transfer_matrix(models: dict[str, tuple[nn.Module, int]], x: Tensor, y: Tens
     if attack not in TRANSFER_ATTACKS:
         raise BenchError(f"unknown attack {attack!r} (valid: {', '.join(TRANSFER_ATTACKS)})")
     nets = {k: m.to(device) for k, (m, _) in models.items()}
-    batch_size = batch_size or _batch(device)
+    batch_size = batch_size or _batch(device, x)
     rows = []
     for src, (net, seed) in models.items():
         with measuring(seed, device):
@@ -217,7 +217,7 @@ def strength(model: nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float],
     (eps, k) and FGSM at every eps, each from `seed`. At eps 0 every attack is the identity,
     so the curves start at the clean accuracy."""
     model.eval().to(device)
-    batch_size = batch_size or _batch(device)
+    batch_size = batch_size or _batch(device, x)
     points = []
     for eps in eps_list:
         for attack, steps in [("fgsm", 1), *(("pgd", k) for k in steps_list)]:

@@ -175,7 +175,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     rows = []
     # `last` goes last: its presence marks the whole cell as stored.
     rule = selection.rule(r.params.selection)
-    batch, aa_batch = eval_batch_sizes(opts.device)
+    batch, aa_batch = eval_batch_sizes(opts.device, r.spec.image_size)
     versions, commit, device = _versions(), _git_commit(), _device_name(opts.device)
     done: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for name in sorted(finals, key=lambda n: n == "last"):

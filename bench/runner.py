@@ -32,13 +32,11 @@ from bench import (
     selection,
 )
 from bench.cells import Resolved
-from bench.compute import Compute, NonFiniteLoss, Tally
+from bench.compute import Compute, NonFiniteLoss, Tally, eval_batch_sizes
 from bench.evaluate import Threat, accuracy, judged, worst_class
 from bench.models import create_model
 from bench.swa import recompute_bn
 from bench.teachers import load_weights
-
-SELECT_BATCH = 512
 
 
 @dataclass(frozen=True)
@@ -134,8 +132,11 @@ class Trainer:
             self.train_set = data.load(c.dataset, "train", root=root, augment=True,
                                        holdout=holdout)
             self.sel_x, self.sel_y = data.as_tensors(data.load(c.dataset, c.select, root=root))
+        # the evaluation suite's batch: one size for the selection and the tutor log, whose
+        # PGD-10 must draw the same random starts for the selection's to stand in for it
+        self.sel_batch = eval_batch_sizes(self.device, self.r.spec.image_size)[0]
         self.tutor_log = analysis.TutorLog(self.method, self.sel_x, self.sel_y,
-                                           Threat(self.r.spec.eps), c.seed, SELECT_BATCH,
+                                           Threat(self.r.spec.eps), c.seed, self.sel_batch,
                                            self.device)
 
     def _batches(self, epoch: int, shuffle: bool = True):
@@ -237,14 +238,14 @@ class Trainer:
             # function of the network, and never moves the training run's random draws
             with analysis.measuring(self.r.cell.seed, self.device):
                 hits, *others = judged(net, judges, self.sel_x, self.sel_y, rule.attack,
-                                       threat, SELECT_BATCH, self.device)
+                                       threat, self.sel_batch, self.device)
             if not prefix:
                 on_student = {k: h.sum().item() / len(h)
                               for k, h in zip(tutors, others, strict=True)}
             log[prefix + rule.attack] = hits.sum().item() / len(hits)
             clean = None
             if rule.score == "clean+adv" or (rule.best_clean and not prefix):
-                clean = accuracy(net, self.sel_x, self.sel_y, "clean", threat, SELECT_BATCH,
+                clean = accuracy(net, self.sel_x, self.sel_y, "clean", threat, self.sel_batch,
                                  self.device)
                 log[prefix + "clean"] = clean
             if rule.score == "acc+worst":

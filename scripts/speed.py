@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+TEST_BATCH = 128  # the authors' test loaders (IAD, CIARD: 128; ABSLD: 100)
 
 
 def make_cifar(root: Path, train: int, test: int) -> Path:
@@ -98,7 +99,7 @@ def straight(a: argparse.Namespace) -> None:
                                                num_workers=a.workers)
 
         def test_tensors():
-            xs, ys = zip(*torch.utils.data.DataLoader(test, batch_size=512,
+            xs, ys = zip(*torch.utils.data.DataLoader(test, batch_size=TEST_BATCH,
                                                       num_workers=a.workers), strict=True)
             return torch.cat(xs), torch.cat(ys)
     swa = AveragedModel(m.student) if p.swa else None
@@ -121,11 +122,11 @@ def straight(a: argparse.Namespace) -> None:
         for name, model in nets.items():
             # the tutor (peer or teacher) judges the student's examples, and is attacked itself
             judges = [model, *([tutor] if tutor is not None and name == "best" else [])]
-            hits = judged(model, judges, x_test, y_test, "pgd10", threat, 512)
+            hits = judged(model, judges, x_test, y_test, "pgd10", threat, TEST_BATCH)
             acc = hits[0].float().mean().item()
             if len(hits) > 1:
                 print("tutor on student", hits[1].float().mean().item(),
-                      tutor_alone(tutor, x_test, y_test, threat, seed=0))
+                      tutor_alone(tutor, x_test, y_test, threat, seed=0, batch_size=TEST_BATCH))
             if acc > best.get(name, (-1,))[0]:
                 best[name] = (acc, copy.deepcopy(model.state_dict()))
                 torch.save(model.state_dict(), out / f"{name}.pt")
@@ -136,7 +137,8 @@ def straight(a: argparse.Namespace) -> None:
         finals[name].load_state_dict(state)
     x_test, y_test = test_tensors()
     for name, model in finals.items():
-        accs = {k: accuracy(model, x_test, y_test, k, threat, 256) for k in a.attacks.split(",")}
+        accs = {k: accuracy(model, x_test, y_test, k, threat, TEST_BATCH)
+                for k in a.attacks.split(",")}
         print(name, accs)
     print(f"train+eval {time.perf_counter() - t0:.1f}s")
 

@@ -18,7 +18,8 @@ import torch
 import torchvision.datasets.cifar as tv_cifar
 
 from bench import data, devicedata, registry
-from bench.compute import Compute, NonFiniteLoss, Tally
+from bench.compute import Compute, NonFiniteLoss, Tally, eval_batch_sizes
+from bench.evaluate import Threat, adversarial, judged
 from bench.gpucheck import attack_objective
 from bench.models import create_model
 from bench.perf import reference_step
@@ -34,7 +35,7 @@ BF16_SIGN_AGREEMENT = {"trades": 0.8}
 # fp32 against a float64 run of the same math, relative (each gradient tensor norm-wise):
 # NCHW lands within 1e-4; channels_last, another summation order (on the CPU also its own
 # BatchNorm kernel), within 1e-5 for the loss but only ~5e-3 for small gradients (the peer's):
-# one reason the CPU default stays NCHW.
+# one reason the CPU keeps NCHW below 32 px, where channels_last gains nothing.
 NCHW_GRAD_RTOL, CHANNELS_LAST_RTOL, CHANNELS_LAST_GRAD_RTOL = 1e-4, 1e-5, 2e-2
 
 
@@ -156,6 +157,34 @@ def test_defaults_per_device() -> None:
     assert (cuda.precision, cuda.channels_last, cuda.compile) == ("bf16", True, False)
     assert Compute.for_run("cuda", epochs=300).compile
     assert Compute.for_run("cpu", "tf32").precision == "tf32"
+
+
+@pytest.mark.parametrize("size", [8, 32])
+def test_cpu_evaluation_batches_change_the_speed_not_the_results(size: int) -> None:
+    """The CPU's small evaluation batches (cache-sized, for speed) give every image the same
+    examples, bit for bit, as one batch of 256: the random starts are drawn in order and an
+    eval-mode network treats each image alone."""
+    batch = eval_batch_sizes("cpu", size)[0]
+    assert batch == (64 if size >= 32 else 128) and eval_batch_sizes("cuda", size)[0] == 1024
+    channels = 3 if size == 32 else 1
+    compute = Compute.for_run("cpu", image_size=size)
+    torch.manual_seed(0)
+    nets = [compute.prepare(create_model("small_cnn", num_classes=10, in_channels=channels,
+                                         image_size=size)).eval() for _ in range(2)]
+    x, y = compute.input(torch.rand(256, channels, size, size)), torch.randint(0, 10, (256,))
+    threat = Threat(8 / 255)
+    torch.manual_seed(1)
+    whole = adversarial(nets[0], x, y, "pgd10", threat)
+    torch.manual_seed(1)
+    parts = torch.cat([adversarial(nets[0], x[i:i + batch], y[i:i + batch], "pgd10", threat)
+                       for i in range(0, 256, batch)])
+    assert torch.equal(whole, parts)
+    assert not torch.equal(whole, x)  # it did attack
+    hits = []
+    for b in (256, batch):
+        torch.manual_seed(2)
+        hits.append(judged(nets[0], nets, x, y, "pgd20", threat, b))
+    assert all(torch.equal(a, b) for a, b in zip(*hits, strict=True))
 
 
 def test_the_runner_trains_on_either_data_path_and_records_how(cifar_files: Path,
