@@ -66,12 +66,14 @@ FIGURE_MODULES: list[str] = ["bench.plots", "bench.analysis_plots"]
 
 def method_colors(methods: list[str]) -> dict[str, Any]:
     """A colour per method, the same in every figure: a colour-blind-safe palette indexed by
-    the method's place among all registered methods (plugins after the built-ins)."""
+    the method's place among all registered methods (plugins after the built-ins). The
+    palette's yellow and pink are left out: thin lines of them all but vanish on white."""
     import seaborn as sns
 
     from bench import registry
 
     known = registry.names()
     order = known + sorted(m for m in set(methods) if m not in known)
-    palette = sns.color_palette("colorblind", 10) + sns.color_palette("dark", 10)
+    bright = sns.color_palette("colorblind", 10)
+    palette = [c for i, c in enumerate(bright) if i not in (6, 8)] + sns.color_palette("dark", 10)
     return {m: palette[order.index(m) % len(palette)] for m in methods}

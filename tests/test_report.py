@@ -271,6 +271,24 @@ def test_every_figure_kind_is_a_real_image_naming_every_method(store: Path, tmp_
     assert len(seen) == 3
 
 
+def test_method_colours_are_distinct_and_visible_on_white() -> None:
+    """Every built-in method its own colour, each at least 2:1 in contrast with a white
+    background (WCAG's relative luminance; the colour-blind palette's yellow has 1.4:1, its
+    pink 1.7:1)."""
+    from bench import registry
+    from bench.figures import method_colors
+
+    colours = method_colors(registry.names())
+    assert len({tuple(c) for c in colours.values()}) == len(colours)
+
+    def luminance(rgb) -> float:
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    for m, c in colours.items():
+        assert 1.05 / (luminance(c) + 0.05) >= 2.0, (m, c)
+
+
 def test_plot_lists_kinds_and_rejects_bad_ones(store: Path, capsys) -> None:
     from bench.cli import main
 
