@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.distiller import FAITHFUL, Preset, Schedule, TeacherTraining, paper
+from bench.distributed import global_means, global_subset_mean
 from bench.registry import register
 from methods.mtard import Balanced, MTARDParams, ce_attack, hand_kl
 
@@ -117,10 +118,15 @@ class CIARD(Balanced):
         self.update_weights(l1, l2)
         total = self.w_adv * l1 + self.w_nat * l2 if q.adaptive else 1 * l1 + 1 * l2
         wrong = t_nat_adv.argmax(1) != y
-        if not wrong.any():
+        n_wrong = wrong.sum()
+        l3 = (hand_kl(t_nat_adv[wrong], s_adv[wrong] / q.push_t, q.kl_eps) if n_wrong > 0
+              else s_adv.new_zeros(()))
+        # under torchrun the scale and the mean come from the global batch's mistakes
+        l3_all, factor = global_subset_mean(l3, n_wrong, self.shard_weight)
+        if l3_all is None:
             return total
-        l3 = hand_kl(t_nat_adv[wrong], s_adv[wrong] / q.push_t, q.kl_eps)
-        return total - magnitude_scale(l1.item(), l2.item(), l3.item()) * l3
+        l1_all, l2_all = global_means([l1, l2], self.shard_weight)
+        return total - magnitude_scale(l1_all.item(), l2_all.item(), l3_all.item()) * factor * l3
 
     def teacher_loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor | None:
         t_adv, self._t_adv = self._t_adv, None

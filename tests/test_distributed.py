@@ -23,8 +23,8 @@ def _bench(args: list[str], nproc: int) -> subprocess.CompletedProcess:
     return res
 
 
-def _student(out: Path) -> dict[str, torch.Tensor]:
-    (ckpt,) = out.glob("runs/*/ckpt.pt")
+def _student(out: Path, method: str = "") -> dict[str, torch.Tensor]:
+    (ckpt,) = out.glob(f"runs/{method}*/ckpt.pt")
     return torch.load(ckpt, weights_only=True)["models"]["student"]
 
 
@@ -75,3 +75,62 @@ def test_adaptive_weights_and_temperatures_are_the_global_batchs_under_torchrun(
         assert abs(a[k] - b[k]) < 3e-5, (k, a[k], b[k])
     for k, v in one["models"]["student"].items():
         assert torch.allclose(v, two["models"]["student"][k], atol=1e-5), k
+
+
+
+def _ciard_grads(x_adv_wrong_on_even: bool = True) -> list[torch.Tensor]:
+    """CIARD's loss on a fixed digits batch (this process's shard under a process group),
+    backward, gradients averaged over ranks as DDP does. The clean teacher is wrong on
+    the even images only, all of which land on rank 0 of two (`shard` takes every 2nd)."""
+    from bench import data, distributed, registry
+    from bench.models import create_model
+
+    torch.manual_seed(0)
+    spec = data.spec("digits")
+
+    def net() -> torch.nn.Module:
+        return create_model("small_cnn_nobn", num_classes=10, in_channels=1, image_size=8)
+
+    m = registry.create("ciard", student=net(), teacher=net(), clean_teacher=net(),
+                        dataset="digits", budget=spec.budget)
+    ds = data.load("digits", "train")
+    x = ds.x[:64]
+    x_adv = (x + torch.empty_like(x).uniform_(-0.1, 0.1)).clamp(0, 1)
+    with torch.no_grad():
+        right = m.clean_teacher(x_adv).argmax(1)
+    y = torch.where(torch.arange(64) % 2 == 0, (right + 1) % 10, right)
+    xs, ys, weight = distributed.shard(x, y)
+    xas, _, _ = distributed.shard(x_adv, y)
+    m.shard_weight = weight
+    (m.loss(xs, xas, ys) * weight).backward()
+    grads = [p.grad for p in m.student.parameters()]
+    if distributed.world_size() > 1:
+        for g in grads:
+            torch.distributed.all_reduce(g)
+            g /= distributed.world_size()
+    return grads
+
+
+def _ciard_rank(rank: int, init: str, out: str) -> None:
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank))
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    grads = _ciard_grads()
+    if rank == 0:
+        torch.save(grads, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_ciards_push_term_is_the_global_batchs_under_torchrun(tmp_path: Path) -> None:
+    """CIARD pushes the student away from its clean teacher on the images that teacher gets
+    wrong: a mean over them, scaled to the other terms' magnitude. Under torchrun both come
+    from the global batch's mistakes, so two ranks step as one process does even when every
+    mistake lands on one rank (each rank's own mean and scale: rank 1 would push not at all,
+    rank 0 with half the weight)."""
+    import torch.multiprocessing as mp
+
+    one = _ciard_grads()
+    out = tmp_path / "grads.pt"
+    mp.spawn(_ciard_rank, args=(f"file://{tmp_path / 'init'}", str(out)), nprocs=2)
+    two = torch.load(out, weights_only=True)
+    for a, b in zip(one, two, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), (a - b).abs().max()
