@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import pickle
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +189,36 @@ def test_cpu_evaluation_batches_change_the_speed_not_the_results(size: int) -> N
         torch.manual_seed(2)
         hits.append(judged(nets[0], nets, x, y, "pgd20", threat, b))
     assert all(torch.equal(a, b) for a, b in zip(*hits, strict=True))
+
+
+_FAULTS = """
+import resource, sys, torch
+from bench.compute import Compute
+if sys.argv[1] == "setup":
+    Compute("cpu").setup()
+x = torch.ones(256, 1 << 16)  # 64 MB: above the most glibc's mmap threshold ever rises to
+for _ in range(10):  # (glibc's heap grows for the first few: 64-byte alignment padding)
+    x.add(1)  # a result allocated and freed, like a step's feature maps
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    x.add(1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+PAGES = 5 * (64 << 20) // 4096  # what mapping the 64 MB anew five times faults in
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_cpu_runs_reuse_freed_memory_instead_of_faulting_it_in_again() -> None:
+    """A 64 MB result freed and allocated again: glibc maps and zeroes it anew every time,
+    unless the CPU setup keeps freed memory; BENCH_MALLOC=system opts out."""
+    def faults(*args: str, **env: str) -> int:
+        res = subprocess.run([sys.executable, "-c", _FAULTS, *args], capture_output=True,
+                             text=True, env={**os.environ, **env}, check=True)
+        return int(res.stdout.split()[-1])
+
+    plain, kept = faults("plain"), faults("setup")
+    assert plain > 0.9 * PAGES and kept < 0.01 * PAGES, (plain, kept)
+    assert faults("setup", BENCH_MALLOC="system") > 0.9 * PAGES
 
 
 def test_the_runner_trains_on_either_data_path_and_records_how(cifar_files: Path,
