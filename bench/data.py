@@ -163,6 +163,11 @@ def _digits(split: Source, root: Path | None, augment: bool) -> Dataset:
     return digits_split(*_digits_arrays(root or default_root()), split)
 
 
+def warn(line: str) -> None:
+    """One warning line on stderr (a damaged or unwritable cache: rebuilt, never fatal)."""
+    print(f"warning: {line}", file=sys.stderr)
+
+
 def digits_split(x: Tensor, y: Tensor, split: Source) -> TensorData:
     """The embedded set's fixed 80/20 split of all 1797 digits."""
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
@@ -190,8 +195,7 @@ def _digits_arrays(root: Path) -> tuple[Tensor, Tensor]:
                 blob = checkpoint.load_file(cache)
                 return blob["x"], blob["y"]
             except (BenchError, KeyError, TypeError) as exc:
-                print(f"warning: digits cache {cache} is damaged ({exc}); rebuilding it",
-                      file=sys.stderr)
+                warn(f"digits cache {cache} is damaged ({exc}); rebuilding it")
     from sklearn.datasets import load_digits
 
     d = load_digits()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,6 @@ CACHE_FORMAT = "bench-decoded-1"
 CACHE_DIR = "bench-decoded"  # under the data root
 NO_FLIP = {"svhn"}  # a mirrored digit is another digit
 PAD = 4  # RandomCrop padding of every real data set (32 px and TinyImageNet's 64 px)
-
-
-def _warn(line: str) -> None:
-    print(f"warning: {line}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -111,7 +106,7 @@ def _read_cache(path: Path, key: str) -> tuple[Tensor, Tensor] | None:
         why = "not a decoded cache of these files"
     except (BenchError, KeyError, AttributeError, TypeError) as exc:
         why = str(exc)
-    _warn(f"decoded data cache {path} is damaged ({why}); rebuilding it")
+    data.warn(f"decoded data cache {path} is damaged ({why}); rebuilding it")
     return None
 
 
@@ -168,7 +163,7 @@ def decoded(name: str, source: data.Source, root: Path | None = None) -> tuple[T
             {"format": CACHE_FORMAT, "key": key, "stamp": _stamp(name, source, files),
              "files": [str(f.resolve()) for f in files]}).encode())
     except OSError as exc:
-        _warn(f"cannot write the decoded data cache {path} ({exc.strerror}); not cached")
+        data.warn(f"cannot write the decoded data cache {path} ({exc.strerror}); not cached")
     return x, y
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.distiller import FAITHFUL, Preset, Schedule, TeacherTraining, paper
-from bench.distributed import global_means, global_subset_mean
+from bench.distributed import global_subset_mean
 from bench.registry import register
 from methods.mtard import Balanced, MTARDParams, ce_attack, hand_kl
 
@@ -115,7 +115,7 @@ class CIARD(Balanced):
         l1 = hand_kl(t_adv.detach() / self.tau_adv, s_adv, q.kl_eps)
         l2 = hand_kl(t_nat / self.tau_nat, s_nat, q.kl_eps)
         self.update_temperatures(t_adv.detach(), t_nat)
-        self.update_weights(l1, l2)
+        l1_all, l2_all = self.update_weights(l1, l2)  # the global batch's, as floats
         total = self.w_adv * l1 + self.w_nat * l2 if q.adaptive else 1 * l1 + 1 * l2
         wrong = t_nat_adv.argmax(1) != y
         n_wrong = wrong.sum()
@@ -125,8 +125,7 @@ class CIARD(Balanced):
         l3_all, factor = global_subset_mean(l3, n_wrong, self.shard_weight)
         if l3_all is None:
             return total
-        l1_all, l2_all = global_means([l1, l2], self.shard_weight)
-        return total - magnitude_scale(l1_all.item(), l2_all.item(), l3_all.item()) * factor * l3
+        return total - magnitude_scale(l1_all, l2_all, l3_all.item()) * factor * l3
 
     def teacher_loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor | None:
         t_adv, self._t_adv = self._t_adv, None

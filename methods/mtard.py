@@ -77,9 +77,9 @@ class Balanced(Distiller):
         self.tau_adv, self.tau_nat = 1.0, 1.0
         self.weight_rate, self.temp_rate = self.p.weight_rate, self.p.temp_rate
 
-    def update_weights(self, loss_adv: Tensor, loss_nat: Tensor) -> None:
+    def update_weights(self, loss_adv: Tensor, loss_nat: Tensor) -> tuple[float, float]:
         """The adaptive weights from this step's losses (the global batch's under torchrun),
-        exactly as the authors' python floats."""
+        exactly as the authors' python floats; returns those floats."""
         l_adv, l_nat = (v.item() for v in global_means([loss_adv, loss_nat], self.shard_weight))
         if self.l0 is None:
             self.l0 = (l_adv, l_nat)
@@ -87,7 +87,7 @@ class Balanced(Distiller):
         if self.p.weight_rule == "complement":
             self.w_nat = self.w_nat - a * (self.w_nat - h_nat / (h_adv + h_nat))
             self.w_adv = 1 - self.w_nat
-            return
+            return l_adv, l_nat
         avg = (h_adv + h_nat) / 2
         r_adv, r_nat = h_adv / avg, h_nat / avg
         w_nat = self.w_nat - a * (self.w_nat - r_nat / (r_adv + r_nat))
@@ -95,6 +95,7 @@ class Balanced(Distiller):
         w_adv, w_nat = max(w_adv, 0), max(w_nat, 0)
         coef = 1.0 / (w_adv + w_nat)
         self.w_adv, self.w_nat = w_adv * coef, w_nat * coef
+        return l_adv, l_nat
 
     def update_temperatures(self, t_adv: Tensor, t_nat: Tensor) -> None:
         """B-MTARD: move each temperature towards equal tempered entropies (used next step)."""
