@@ -21,8 +21,9 @@ from pathlib import Path
 
 import click
 
-from bench import BenchError, experiment
-from bench.evaluate import ALL_ATTACKS
+from bench import BenchError
+from bench.eval.evaluate import ALL_ATTACKS
+from bench.train import experiment
 
 DEFAULT_METHODS = "standard,pgdat,trades,peeraid,rslad,ard,adaad,iad"
 PLOT_KINDS = ("accuracy", "robustness", "training")
@@ -38,10 +39,10 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool,
                data_root: Path | None = None, so=None, run: dict | None = None) -> list[str]:
     """Train and evaluate the cells whose rows are not stored; returns one line per failure.
     With sweep options `so`, the missing cells run as submitit jobs (Slurm or local)."""
-    from bench.cells import resolve
-    from bench.pipeline import run_cell, stored
-    from bench.runner import RunOptions
-    from bench.store import Store
+    from bench.core.store import Store
+    from bench.train.cells import resolve
+    from bench.train.pipeline import run_cell, stored
+    from bench.train.runner import RunOptions
 
     store = Store(out)
     resolved = [resolve(c) for c in cells]  # every config error before any training
@@ -58,7 +59,7 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool,
         return []
     opts = RunOptions(out=out, device=device, data_root=data_root, log=say, **(run or {}))
     if so is not None:
-        from bench.sweep import sweep
+        from bench.train.sweep import sweep
 
         try:
             sweep([r.cell for r in todo], opts, ev, so, log=say)
@@ -85,8 +86,9 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
     """Every table and figure of the report from the rows stored under `out`."""
     import pandas as pd
 
-    from bench import html, plots
-    from bench.report import (
+    from bench.core.store import Store
+    from bench.report import html, plots
+    from bench.report.aggregate import (
         aggregate,
         current,
         flat,
@@ -99,8 +101,7 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
         paper_table,
         sections,
     )
-    from bench.reported import compare, comparison_table
-    from bench.store import Store
+    from bench.report.reported import compare, comparison_table
 
     rows, problems = Store(out).read()
     for p in problems:
@@ -226,7 +227,7 @@ def _analysis_figures(out: Path, report_dir: Path) -> list[tuple[str, list[Path]
     analyses: tutor accuracy, transfer, attack strength, ...): (its description, files)."""
     import inspect
 
-    from bench import figures
+    from bench.report import figures
 
     drawn = []
     for name in figures.names():
@@ -244,7 +245,7 @@ def _analysis_figures(out: Path, report_dir: Path) -> list[tuple[str, list[Path]
 
 
 def _suffix(dataset: str, arch: str) -> str:
-    from bench.plots import _slug
+    from bench.report.plots import _slug
 
     return "_" + _slug(dataset, arch)
 
@@ -299,7 +300,7 @@ def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
         slurm_partition: str | None, timeout_min: int, gpus_per_node: int,
         no_train: bool) -> None:
     """Train what is missing of the grid, then write every table and figure of the report."""
-    from bench.pipeline import EvalOptions
+    from bench.train.pipeline import EvalOptions
 
     if aa_samples is not None and aa_samples < 1:
         raise BenchError(f"--aa-samples must be >= 1, got {aa_samples}")
@@ -316,7 +317,7 @@ def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
         torch.set_num_threads(threads)
     so = None
     if executor != "none":
-        from bench.sweep import SweepOptions
+        from bench.train.sweep import SweepOptions
 
         so = SweepOptions(executor=executor, timeout_min=timeout_min, partition=slurm_partition,
                           gpus_per_node=gpus_per_node)
@@ -325,7 +326,7 @@ def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
     else:
         device = experiment.resolve_device(device)
     if precision == "auto":  # as bench run decides it: the same options, the same cells
-        from bench.compute import default_precision
+        from bench.train.compute import default_precision
 
         precision = default_precision(device)
     cells = experiment.grid(methods, datasets, archs, seeds, preset, epochs, sets, sweep,

@@ -10,10 +10,13 @@ from typing import Any
 import click
 from rich.console import Console
 
-from bench import BenchError, data, experiment, registry, selection
-from bench.cells import Cell, Resolved, resolve
-from bench.evaluate import ALL_ATTACKS
+from bench import BenchError
+from bench.core import registry
+from bench.data import datasets
+from bench.eval.evaluate import ALL_ATTACKS
 from bench.models import model_names
+from bench.train import experiment, selection
+from bench.train.cells import Cell, Resolved, resolve
 
 console = Console(highlight=False)
 # Errors and warnings: one line each, however long (never wrapped), and literal (no markup).
@@ -59,9 +62,9 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
 
     Stored cells are skipped; an interrupted one resumes from its last epoch checkpoint.
     """
-    from bench.pipeline import EvalOptions, run_cell
-    from bench.runner import RunOptions
-    from bench.store import Store
+    from bench.core.store import Store
+    from bench.train.pipeline import EvalOptions, run_cell
+    from bench.train.runner import RunOptions
 
     attack_list = tuple(_csv(attacks))
     bad = [a for a in attack_list if a not in ALL_ATTACKS]
@@ -76,7 +79,7 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
     job_device = "cuda" if gpus_per_node else "cpu" if device == "auto" else device
     run_device = job_device if executor != "none" else _device(device)
     if precision == "auto":
-        from bench.compute import default_precision
+        from bench.train.compute import default_precision
 
         precision = default_precision(run_device)
     cells = experiment.grid(
@@ -102,14 +105,14 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
                       data_path=data_path, channels_last=flag[channels_last],
                       compile=flag[compile_], read_every=read_every)
     if executor != "none":
-        from bench.sweep import SweepOptions, sweep
+        from bench.train.sweep import SweepOptions, sweep
 
         so = SweepOptions(executor=executor, timeout_min=timeout_min, partition=slurm_partition,
                           gpus_per_node=gpus_per_node)
         sweep(cells, base, ev, so, redo=redo, log=_plain(console))
         _print_table(store, {r.id for r in resolved})
         return
-    from bench import distributed
+    from bench.core import distributed
 
     main_rank = distributed.is_main()  # under torchrun, only rank 0 talks
     with _progress() as bar:
@@ -127,8 +130,8 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
 def _check_teacher_files(resolved: list[Resolved]) -> None:
     """Load each --teacher / --clean-teacher file into its architecture now: a wrong file
     fails before any training, not after the methods listed before the one that needs it."""
-    from bench.runner import build
-    from bench.teachers import load_weights
+    from bench.train.runner import build
+    from bench.train.teachers import load_weights
 
     done = set()
     for r in resolved:
@@ -171,8 +174,8 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
     """The stored rows (of `ids` only, if given) as one table per data set and arch."""
     import pandas as pd
 
-    from bench import tables
-    from bench.report import current
+    from bench.report import tables
+    from bench.report.aggregate import current
 
     rows, problems = store.read()
     for p in problems:
@@ -185,7 +188,7 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
     df, _ = current(pd.DataFrame(rows))
     opts = opts or tables.TableOptions()
     parts = (tables.reported_view if reported else tables.render)(df, fmt, opts)
-    from bench.report import markdown, rich_table
+    from bench.report.aggregate import markdown, rich_table
 
     for part in parts:
         if isinstance(part, str):
@@ -219,8 +222,8 @@ def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoin
           hours: bool, ours: str | None, reported: bool, worst: bool) -> None:
     """The stored results as paper tables: mean ± std over seeds (with the seed count), the
     best per column in bold, the margin of the best method over the best other."""
-    from bench.store import Store
-    from bench.tables import TableOptions
+    from bench.core.store import Store
+    from bench.report.tables import TableOptions
 
     opts = TableOptions(datasets=tuple(_csv(datasets)), archs=tuple(_csv(archs)),
                         methods=tuple(_csv(methods)), checkpoints=tuple(_csv(checkpoints)),
@@ -230,7 +233,7 @@ def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoin
 
 def _with_worst() -> tuple[str, ...]:
     """Every attack column, each worst-class column right after its attack's."""
-    from bench.report import WORST
+    from bench.report.aggregate import WORST
 
     return tuple(c for a in ALL_ATTACKS for c in (a, f"{a}_worst") if c in (a, *WORST))
 
@@ -244,15 +247,15 @@ def reported_(as_json: bool, datasets: str, methods: str, grades: str) -> None:
     """The published numbers bench knows: value, grade (P / S / T), source and setting."""
     import json
 
-    from bench.report import markdown
-    from bench.reported import GRADES, figures, frame
+    from bench.report.aggregate import markdown
+    from bench.report.reported import GRADES, figures, frame
 
     df = frame()
     for col, wanted in (("dataset", _csv(datasets)), ("method", _csv(methods)),
                         ("grade", _csv(grades))):
         bad = sorted(set(wanted) - set(df[col]) - (set(GRADES) if col == "grade" else set()))
         if bad:
-            from bench.suggest import unknown
+            from bench.core.suggest import unknown
 
             raise unknown(f"{col} among the published figures", bad[0], set(df[col]))
         if wanted:
@@ -276,7 +279,7 @@ class _PlotCommand(click.Command):
     """`bench plot --help` lists every registered figure kind (plugins' and analyses' too)."""
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from bench import figures
+        from bench.report import figures
 
         with formatter.section("Kinds"):
             formatter.write_dl([(n, figures.get(n).doc) for n in figures.names()])
@@ -296,8 +299,8 @@ def plot(ctx: click.Context, kind: str | None, out: str, dest: str | None) -> No
     (--dataset, --arch, --methods, --checkpoint, --param, ...) go to the figure."""
     import inspect
 
-    from bench import figures
-    from bench.suggest import unknown
+    from bench.core.suggest import unknown
+    from bench.report import figures
 
     if kind is None:
         raise BenchError("bench plot needs a KIND (valid: " + ", ".join(figures.names()) + ")")
@@ -340,14 +343,14 @@ def _pct(v: Any) -> str:
 
 
 def _test_set(config: dict[str, Any], data_root: str | None):
-    return data.as_tensors(data.load(config["dataset"], "test", root=data_root))
+    return datasets.as_tensors(datasets.load(config["dataset"], "test", root=data_root))
 
 
 def _write_json(path: str | None, obj: Any) -> None:
     import json
 
     if path is not None:
-        from bench.store import atomic_write_bytes
+        from bench.core.files import atomic_write_bytes
 
         try:
             atomic_write_bytes(Path(path), json.dumps(obj, indent=1).encode())
@@ -368,7 +371,7 @@ def history(run: str, as_json: bool, out: str) -> None:
 
     from rich.table import Table
 
-    from bench import runs
+    from bench.train import runs
 
     r = runs.find(Path(out), run)
     hist = r.history()
@@ -412,19 +415,20 @@ def transfer(models: tuple[str, ...], attack: str, json_file: str | None, out: s
     """
     from rich.table import Table
 
-    from bench import analysis, runs
-    from bench.evaluate import Threat
+    from bench.eval import analysis
+    from bench.eval.evaluate import Threat
+    from bench.train import runs
 
     picked = [(runs.find(Path(out), run), ck) for run, ck in map(runs.parse_model, models)]
-    datasets = {r.config["dataset"] for r, _ in picked}
-    if len(datasets) > 1:
+    sets = {r.config["dataset"] for r, _ in picked}
+    if len(sets) > 1:
         raise BenchError(f"models of different data sets cannot attack each other: "
-                         f"{', '.join(sorted(datasets))}")
+                         f"{', '.join(sorted(sets))}")
     dev = _device(device)
     nets = {f"{r.id}:{ck}": (runs.load(Path(out), r, ck), int(r.config["seed"]))
             for r, ck in picked}
     x, y = _test_set(picked[0][0].config, data_root)
-    eps = data.spec(datasets.pop()).eps
+    eps = datasets.spec(sets.pop()).eps
     rows = analysis.transfer_matrix(nets, x, y, attack, Threat(eps), device=dev)
     labels = {f"{r.id}:{ck}": f"{r.label}:{ck}" for r, ck in picked}
     if len(set(labels.values())) < len(labels):
@@ -463,8 +467,9 @@ def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out
     """
     from rich.table import Table
 
-    from bench import analysis, runs
-    from bench.report import fmt_eps
+    from bench.eval import analysis
+    from bench.report.aggregate import fmt_eps
+    from bench.train import runs
 
     run, ck = runs.parse_model(model, default="best")
     eps_list, steps_list = analysis.parse_eps(eps_text), analysis.parse_steps(steps_text)
@@ -493,7 +498,7 @@ def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out
 
 def _aa_flags(out: Path, cell_id: str, ckpt: str) -> list[str]:
     """AutoAttack's own flags from the run's stored row for `ckpt`, if it ran."""
-    from bench.store import Store
+    from bench.core.store import Store
 
     store = Store(out)
     if not store.has(f"{cell_id}--{ckpt}"):
@@ -524,8 +529,8 @@ def list_() -> None:
     d = Table(title="datasets")
     for col in ("name", "classes", "shape", "default arch", "description"):
         d.add_column(col)
-    for name in data.dataset_names():
-        s = data.spec(name)
+    for name in datasets.dataset_names():
+        s = datasets.spec(name)
         d.add_row(name, str(s.num_classes), f"{s.channels}x{s.image_size}x{s.image_size}",
                   s.default_arch, s.doc)
     console.print(d)
@@ -562,11 +567,11 @@ def perf(ctx: click.Context) -> None:
     """Training throughput of methods/presets side by side (see `bench perf --help`)."""
     args = list(ctx.args)
     if args[:2] == ["--suite", "gpu"] or "--suite=gpu" in args[:1]:
-        from bench import gpucheck  # the GPU check: its own options (--device, --tiny, ...)
+        from bench.perf import gpucheck  # the GPU check: its own options (--device, --tiny, ...)
 
         gpucheck.main(args[1 if "=" in args[0] else 2:])
         return
-    from bench import perf as perf_mod
+    from bench.perf import throughput as perf_mod
 
     perf_mod.main(args)
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench.methods.rslad import RSLADParams, rslad_kl, soft_label_pgd
 from torch import Tensor
 
-from bench.distiller import FAITHFUL, Distiller, Preset, paper
-from bench.registry import register
-from methods.rslad import RSLADParams, rslad_kl, soft_label_pgd
+from bench.core.distiller import FAITHFUL, Distiller, Preset, paper
+from bench.core.registry import register
 
 
 @dataclass(frozen=True)

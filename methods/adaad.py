@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bench.attacks import KLReduction, kl, pgd
-from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
-from bench.registry import register
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.registry import register
+from bench.eval.attacks import KLReduction, kl, pgd
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from bench.methods.mtard import Balanced, MTARDParams, ce_attack, hand_kl
 from torch import Tensor
 
-from bench.distiller import FAITHFUL, Preset, Schedule, TeacherTraining, paper
-from bench.distributed import global_subset_mean
-from bench.registry import register
-from methods.mtard import Balanced, MTARDParams, ce_attack, hand_kl
+from bench.core.distiller import FAITHFUL, Preset, Schedule, TeacherTraining, paper
+from bench.core.distributed import global_subset_mean
+from bench.core.registry import register
 
 
 @dataclass(frozen=True)

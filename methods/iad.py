@@ -18,12 +18,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from bench.methods.ard import FIXED, train_mode_pgd
 from torch import Tensor
 
-from bench.attacks import KLReduction, kl
-from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
-from bench.registry import register
-from methods.ard import FIXED, train_mode_pgd
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.registry import register
+from bench.eval.attacks import KLReduction, kl
 
 
 @dataclass(frozen=True)

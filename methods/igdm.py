@@ -16,12 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from bench.methods.adaad import adaad_pgd
 from torch import Tensor
 
-from bench.attacks import KLReduction, kl
-from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
-from bench.registry import register
-from methods.adaad import adaad_pgd
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.registry import register
+from bench.eval.attacks import KLReduction, kl
 
 
 @dataclass(frozen=True)

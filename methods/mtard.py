@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from bench.methods.rslad import rslad_kl
 from torch import Tensor
 
-from bench.attacks import pgd
-from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
-from bench.distributed import global_means
-from bench.registry import register
-from methods.rslad import rslad_kl
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.distributed import global_means
+from bench.core.registry import register
+from bench.eval.attacks import pgd
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.attacks import pgd
-from bench.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
-from bench.registry import register
+from bench.core.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
+from bench.core.registry import register
+from bench.eval.attacks import pgd
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.attacks import kl, pgd
-from bench.distiller import FAITHFUL, Distiller, Params, Preset, paper
-from bench.registry import register
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.registry import register
+from bench.eval.attacks import kl, pgd
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.distiller import Distiller
-from bench.registry import register
+from bench.core.distiller import Distiller
+from bench.core.registry import register
 
 
 @register("standard")

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.attacks import KLReduction, kl, pgd
-from bench.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
-from bench.registry import register
+from bench.core.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
+from bench.core.registry import register
+from bench.eval.attacks import KLReduction, kl, pgd
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ TEST_BATCH = 128  # the authors' test loaders (IAD, CIARD: 128; ABSLD: 100)
 def make_cifar(root: Path, train: int, test: int) -> Path:
     """torchvision's cifar-10-batches-py (the GPU check's fake files); existing files are kept:
     rewriting them would invalidate bench's decoded cache."""
-    from bench.gpucheck import fake_cifar
+    from bench.perf.gpucheck import fake_cifar
 
     if (root / "cifar-10-batches-py" / "batches.meta").exists():
         return root
@@ -55,16 +55,17 @@ def straight(a: argparse.Namespace) -> None:
     import torch
     from torch.optim.swa_utils import AveragedModel, update_bn
 
-    from bench import data, registry
-    from bench.analysis import tutor_alone
-    from bench.evaluate import Threat, accuracy, judged
+    from bench.core import registry
+    from bench.data import datasets
+    from bench.eval.analysis import tutor_alone
+    from bench.eval.evaluate import Threat, accuracy, judged
     from bench.models import create_model
-    from bench.perf import reference_step
+    from bench.perf.throughput import reference_step
 
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    spec = data.spec(a.dataset)
+    spec = datasets.spec(a.dataset)
     cls = registry.get(a.method)
 
     def net():
@@ -83,13 +84,14 @@ def straight(a: argparse.Namespace) -> None:
 
         d = load_digits()
         x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        train, test = (data.digits_split(x, torch.tensor(d.target), s) for s in ("train", "test"))
+        train, test = (datasets.digits_split(x, torch.tensor(d.target), s)
+                       for s in ("train", "test"))
     else:
-        train = data.load(a.dataset, "train", root=root, augment=True)
-        test = data.load(a.dataset, "test", root=root)
-    if isinstance(train, data.TensorData):
+        train = datasets.load(a.dataset, "train", root=root, augment=True)
+        test = datasets.load(a.dataset, "test", root=root)
+    if isinstance(train, datasets.TensorData):
         def train_loader():
-            return data.batches(train, p.batch_size, shuffle=True)
+            return datasets.batches(train, p.batch_size, shuffle=True)
 
         def test_tensors():
             return test.x, test.y

@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import analysis, data
-from bench.cells import Cell
 from bench.cli import main
-from bench.pipeline import EvalOptions, run_cell
-from bench.runner import RunOptions, Trainer
-from bench.store import Store
+from bench.core.store import Store
+from bench.data import datasets as data
+from bench.eval import analysis
+from bench.train.cells import Cell
+from bench.train.pipeline import EvalOptions, run_cell
+from bench.train.runner import RunOptions, Trainer
 
 EPOCHS = 5
 ATTACKED_ALONE: dict[str, list[int]] = {}  # per method and epoch: tutor_alone calls
@@ -80,7 +81,7 @@ def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 @pytest.mark.parametrize("method", ["peeraid", "rslad"])
 def test_tutor_accuracy_recorded_every_epoch_and_recomputed(results, method: str) -> None:
     out, rows, snaps = results
-    from bench import runs
+    from bench.train import runs
 
     hist = runs.find(out, f"{method}-").history()
     assert [h["epoch"] for h in hist] == list(range(EPOCHS))
@@ -161,7 +162,7 @@ def test_strength_curves_fall_with_eps_and_start_at_clean(results, tmp_path) -> 
 
 def test_per_class_accuracies_weighted_by_counts_are_the_overall(results) -> None:
     _, rows, _ = results
-    from bench.evaluate import subset
+    from bench.eval.evaluate import subset
 
     _, y = data.as_tensors(data.load("digits", "test"))
     for (method, ckpt), r in rows.items():
@@ -227,7 +228,7 @@ def test_figures_of_the_analyses(results, tmp_path, capsys) -> None:
 
 
 def test_masking_signs_fire_on_masked_curves_only() -> None:
-    from bench.analysis import masking_signs
+    from bench.eval.analysis import masking_signs
 
     def pts(fgsm: float, by_steps: dict[int, float]) -> list[dict]:
         return [{"eps": 0.1, "steps": 1, "attack": "fgsm", "accuracy": fgsm, "n": 100},
@@ -241,7 +242,7 @@ def test_masking_signs_fire_on_masked_curves_only() -> None:
 
 
 def test_ablation_points_are_seed_means_of_the_swept_rows(tmp_path, capsys) -> None:
-    from bench.analysis_plots import ablation_points
+    from bench.report.analysis_plots import ablation_points
 
     main(["run", "--methods", "standard", "--sweep", "lr=0.01,0.1", "--seeds", "0,1",
           "--epochs", "1", "--attacks", "clean,pgd20", "--threads", "1", "--out", str(tmp_path)])

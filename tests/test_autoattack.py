@@ -8,8 +8,9 @@ import pytest
 import torch
 from pyautoattack import AutoAttack
 
-from bench import data, registry
-from bench.evaluate import Threat, accuracy, autoattack, evaluate, subset
+from bench.core import registry
+from bench.data import datasets as data
+from bench.eval.evaluate import Threat, accuracy, autoattack, evaluate, subset
 from bench.models import create_model
 
 EPS = 0.1

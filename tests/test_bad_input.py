@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import registry
 from bench.cli import main
+from bench.core import registry
 from bench.models import create_model
 
 BENCH = str(Path(sys.executable).with_name("bench"))

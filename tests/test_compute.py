@@ -21,12 +21,14 @@ import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
 
-from bench import data, devicedata, registry
-from bench.compute import Compute, NonFiniteLoss, Tally, eval_batch_sizes
-from bench.evaluate import Threat, adversarial, judged
-from bench.gpucheck import attack_objective
+from bench.core import registry
+from bench.data import datasets as data
+from bench.data import devicedata
+from bench.eval.evaluate import Threat, adversarial, eval_batch_sizes, judged
 from bench.models import create_model
-from bench.perf import reference_step
+from bench.perf.gpucheck import attack_objective
+from bench.perf.throughput import reference_step
+from bench.train.compute import Compute, NonFiniteLoss, Tally
 
 # bf16 (8 significant bits) against fp32 on the embedded set's CNN (untrained), at a random
 # point of the eps ball: each loss within 1e-4 relative as measured, asserted to 5e-3 (or
@@ -223,11 +225,11 @@ def test_cpu_runs_reuse_freed_memory_instead_of_faulting_it_in_again() -> None:
 
 def test_the_runner_trains_on_either_data_path_and_records_how(cifar_files: Path,
                                                                tmp_path: Path) -> None:
-    from bench.cells import Cell, resolve
-    from bench.checkpoint import load_file
-    from bench.pipeline import EvalOptions, run_cell
-    from bench.runner import RunOptions
-    from bench.store import Store
+    from bench.core.store import Store
+    from bench.train.cells import Cell, resolve
+    from bench.train.checkpoint import load_file
+    from bench.train.pipeline import EvalOptions, run_cell
+    from bench.train.runner import RunOptions
 
     cell = Cell("pgdat", "cifar10", "small_cnn", overrides=(("batch_size", 16), ("epochs", 1)))
     rows = {}

@@ -17,14 +17,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import BenchError, checkpoint, registry
-from bench.attacks import pgd
-from bench.cells import Cell, resolve
+from bench import BenchError
 from bench.cli import main
-from bench.compute import Compute
-from bench.distiller import Distiller, TeacherTraining, scheduled_lr
+from bench.core import registry
+from bench.core.distiller import Distiller, TeacherTraining, scheduled_lr
+from bench.eval.attacks import pgd
 from bench.models import create_model
-from bench.runner import RunOptions, Trainer
+from bench.train import checkpoint
+from bench.train.cells import Cell, resolve
+from bench.train.compute import Compute
+from bench.train.runner import RunOptions, Trainer
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 QUICK = (("epochs", 3), ("steps", 2), ("milestones", (2,)))
@@ -290,29 +292,57 @@ def test_plugin_wanting_a_builtin_name_is_refused(clashing_plugin: Path) -> None
     assert not (clashing_plugin.parent / "imported").exists()  # the plugin's code never ran
 
 
-def _imports(path: Path) -> set[str]:
-    """The bench modules `path` imports, at module level or inside functions."""
+REPO = Path(__file__).resolve().parents[1]
+# The wings of bench/, bottom to top: a module imports only from its own wing and those below
+# (bench/__init__.py, BenchError, is below them all). docs/architecture.md draws the same order.
+WINGS = ("core", "data", "models", "eval", "methods", "train", "report", "perf", "cli")
+TOP = {"bench.cli": "cli", "bench.options": "cli"}  # the command line: modules, not a package
+# The registry loads the in-tree methods on first use, as it loads plugins' entry points.
+UPWARD = {("bench.core.registry", "bench.methods")}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the installed package by its dotted name; methods/ installs as
+    bench.methods (pyproject's package-dir)."""
+    out = {}
+    for base, prefix in ((REPO / "bench", "bench"), (REPO / "methods", "bench.methods")):
+        for f in base.rglob("*.py"):
+            name = ".".join((prefix, *f.relative_to(base).with_suffix("").parts))
+            out[name.removesuffix(".__init__")] = f
+    return out
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The bench modules `path` imports, at module level or inside functions
+    (`from bench.core import registry` is bench.core.registry)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bench"):
-            if node.module == "bench":
-                out |= {f"bench.{a.name}" for a in node.names}
-            else:
-                out.add(node.module)
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.add(sub if sub in modules else node.module)
         elif isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.startswith("bench.")}
     return out
 
 
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {k: {d for d in _imports(f, modules) if d in modules and d != k}
+            for k, f in modules.items()}
+
+
+def _wing(module: str) -> str | None:
+    """The wing `module` belongs to; None for the package root (bench/__init__.py)."""
+    if module == "bench":
+        return None
+    return TOP.get(module) or module.split(".")[1]
+
+
 def test_the_layers_read_top_down() -> None:
     """No import cycle among bench's modules, function-level imports included (the teachers
     module once imported the runner and the cells back)."""
-    root = Path(__file__).resolve().parents[1] / "bench"
-    graph = {}
-    for f in root.rglob("*.py"):
-        name = "bench." + ".".join(f.relative_to(root).with_suffix("").parts)
-        graph[name.removesuffix(".__init__")] = _imports(f)
-    graph = {k: {d for d in v if d in graph and d != k} for k, v in graph.items()}
+    graph = _graph()
     seen, stack = set(), []
 
     def visit(n: str) -> None:
@@ -327,8 +357,38 @@ def test_the_layers_read_top_down() -> None:
 
     for n in sorted(graph):
         visit(n)
-    assert "bench.runner" not in graph["bench.teachers"]
-    assert "bench.cells" not in graph["bench.teachers"]
+    assert "bench.train.runner" not in graph["bench.train.teachers"]
+    assert "bench.train.cells" not in graph["bench.train.teachers"]
+
+
+def test_no_wing_imports_one_above_it() -> None:
+    """Each module sits in a wing, and imports only from its wing and the wings below."""
+    graph = _graph()
+    stray = sorted(m for m in graph if m != "bench" and _wing(m) not in WINGS)
+    assert not stray, f"modules outside the wings {WINGS}: {stray}"
+    upward = sorted(f"{a} -> {b}" for a, deps in graph.items() for b in deps
+                    if _wing(b) is not None and _wing(a) is not None
+                    and WINGS.index(_wing(b)) > WINGS.index(_wing(a)) and (a, b) not in UPWARD)
+    assert not upward, "imports up the layers: " + "; ".join(upward)
+    for a, b in UPWARD:  # each exception is still needed, or it goes
+        assert b in graph[a]
+
+
+def test_each_wing_is_an_installed_package_that_says_what_it_may_import() -> None:
+    """pyproject lists every wing (a new one left out would be missing from a wheel), and each
+    wing's __init__ docstring says what it may import."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {m for m, f in _modules().items() if f.name == "__init__.py"}
+    assert set(setup["packages"]) == packages
+    assert setup["package-dir"] == {"bench.methods": "methods"}
+    for pkg in packages - {"bench"}:
+        doc = ast.get_docstring(ast.parse(_modules()[pkg].read_text())) or ""
+        assert "May import:" in doc or "Imports nothing" in doc, pkg
 
 
 

@@ -19,8 +19,9 @@ from PIL import Image
 from torch.utils.data import Subset
 from torchvision import transforms as T
 
-from bench import BenchError, devicedata
-from bench.data import TensorData, batches, dataset_names, load, spec
+from bench import BenchError
+from bench.data import devicedata
+from bench.data.datasets import TensorData, batches, dataset_names, load, spec
 
 rng = np.random.default_rng(0)
 
@@ -355,7 +356,7 @@ def test_digits_are_cached_as_tensors_and_a_damaged_cache_is_rebuilt(
         tmp_path: Path, monkeypatch, capsys) -> None:
     from sklearn.datasets import load_digits
 
-    from bench.data import _digits_arrays
+    from bench.data.datasets import _digits_arrays
 
     d = load_digits()
     x, y = _digits_arrays(tmp_path)

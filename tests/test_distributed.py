@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bench.store import Store
+from bench.core.store import Store
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -82,7 +82,8 @@ def _ciard_grads(x_adv_wrong_on_even: bool = True) -> list[torch.Tensor]:
     """CIARD's loss on a fixed digits batch (this process's shard under a process group),
     backward, gradients averaged over ranks as DDP does. The clean teacher is wrong on
     the even images only, all of which land on rank 0 of two (`shard` takes every 2nd)."""
-    from bench import data, distributed, registry
+    from bench.core import distributed, registry
+    from bench.data import datasets as data
     from bench.models import create_model
 
     torch.manual_seed(0)

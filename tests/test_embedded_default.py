@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.cells import Cell
-from bench.pipeline import EvalOptions, run_cell
-from bench.runner import RunOptions
-from bench.store import Store
+from bench.core.store import Store
+from bench.train.cells import Cell
+from bench.train.pipeline import EvalOptions, run_cell
+from bench.train.runner import RunOptions
 
 ROBUST = ["pgdat", "trades", "peeraid", "rslad", "ard", "adaad", "iad", "igdm", "saad", "absld",
           "mtard", "bmtard", "ciard"]

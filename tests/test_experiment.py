@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from cli_run import cli
 
-from bench import BenchError, experiment
-from bench.cells import resolve
+from bench import BenchError
 from bench.cli import main, run
-from bench.store import Store
+from bench.core.store import Store
+from bench.train import experiment
+from bench.train.cells import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--methods", "standard,pgdat", "--archs", "small_cnn,small_cnn_nobn", "--seeds", "0,1",
@@ -181,7 +182,7 @@ def test_bad_experiment_file_is_one_line(text, needle, tmp_path: Path, capsys) -
 
 
 def test_all_methods_and_report_keys(tmp_path: Path, capsys) -> None:
-    from bench import registry
+    from bench.core import registry
 
     assert experiment.grid("all", "digits", None, "0").methods == registry.names()
     f = tmp_path / "exp.toml"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.cells import Cell, resolve
-from bench.pipeline import row_key
-from bench.store import Store
+from bench.core.store import Store
+from bench.train.cells import Cell, resolve
+from bench.train.pipeline import row_key
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import registry
+from bench.core import registry
 
 DATASETS = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200}
 EPS, STEP = 8 / 255, 2 / 255

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import perf
+from bench.perf import throughput as perf
 
 
 def test_perf_reports_each_pair(tmp_path: Path) -> None:

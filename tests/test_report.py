@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cells import Cell, resolve
-from bench.pipeline import row_key
-from bench.store import Store
+from bench.core.store import Store
+from bench.train.cells import Cell, resolve
+from bench.train.pipeline import row_key
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("pgdat", "rslad")
@@ -212,7 +212,7 @@ def test_empty_store_and_bad_options(tmp_path: Path) -> None:
 def test_setups_split_and_stale_cells_dropped() -> None:
     import pandas as pd
 
-    from bench.report import aggregate, current
+    from bench.report.aggregate import aggregate, current
 
     def row(cell, seed, t, created, pgd):
         return {"method": "rslad", "preset": "faithful", "dataset": "digits", "arch": "a",
@@ -234,11 +234,11 @@ def test_every_figure_kind_is_a_real_image_naming_every_method(store: Path, tmp_
                                                                monkeypatch, capsys) -> None:
     """`bench plot KIND` for each report figure: PNG + PDF, every method in the legend, the
     same colour for a method in every figure, labelled axes."""
+    import bench.plots
     import matplotlib.image
 
-    import bench.plots
     from bench.cli import main
-    from bench.figures import method_colors
+    from bench.report.figures import method_colors
 
     seen: dict[str, list] = {}
     save = bench.plots._save
@@ -275,8 +275,8 @@ def test_method_colours_are_distinct_and_visible_on_white() -> None:
     """Every built-in method its own colour, each at least 2:1 in contrast with a white
     background (WCAG's relative luminance; the colour-blind palette's yellow has 1.4:1, its
     pink 1.7:1)."""
-    from bench import registry
-    from bench.figures import method_colors
+    from bench.core import registry
+    from bench.report.figures import method_colors
 
     colours = method_colors(registry.names())
     assert len({tuple(c) for c in colours.values()}) == len(colours)

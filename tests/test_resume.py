@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import checkpoint
-from bench.store import Store
+from bench.core.store import Store
+from bench.train import checkpoint
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 # One thread: the thread count changes float summation order, hence the bits of the weights.

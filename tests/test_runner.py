@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import data
-from bench.cells import Cell, resolve
-from bench.checkpoint import load_latest
 from bench.cli import main
-from bench.evaluate import Threat, evaluate
-from bench.pipeline import EvalOptions, _twin, run_cell
-from bench.runner import RunOptions, Trainer
-from bench.store import Store
+from bench.core.store import Store
+from bench.data import datasets as data
+from bench.eval.evaluate import Threat, evaluate
+from bench.train.cells import Cell, resolve
+from bench.train.checkpoint import load_latest
+from bench.train.pipeline import EvalOptions, _twin, run_cell
+from bench.train.runner import RunOptions, Trainer
 
 
 def _quiet(out: Path) -> RunOptions:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from test_methods import DATASETS, EPS, KL, STEP, TOL, _assert_same_buffers, _batch, _nets, ref_pgd
 
-from bench import registry
+from bench.core import registry
 
 E2E = 1e-12
 
@@ -249,7 +249,7 @@ def test_saad_entropy_weights_by_hand():
                           dtype=torch.float64)
     p = logits.softmax(1)
     h = [-(row * (row + 1e-12).log()).sum().item() for row in p]
-    from methods.saad import entropy, entropy_weights
+    from bench.methods.saad import entropy, entropy_weights
 
     torch.testing.assert_close(entropy(logits), torch.tensor(h, dtype=torch.float64))
     w, wn = entropy_weights(entropy(logits), 5.0)
@@ -347,7 +347,7 @@ def test_named_presets_and_teachers():
 def test_swa_bn_recompute_weights_images_or_batches():
     """PeerAiD's per-image weighting (momentum b / (n + b)) against a hand computation with an
     uneven last batch; SAAD's torch update_bn weighs each batch equally."""
-    from bench.swa import recompute_bn
+    from bench.train.swa import recompute_bn
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3)).double()
@@ -376,7 +376,7 @@ def test_swa_bn_recompute_weights_images_or_batches():
 # --- model selection per paper -------------------------------------------------------------
 
 def test_selection_rules_schedules_and_scores():
-    from bench.selection import RULES, score, worst_class
+    from bench.train.selection import RULES, score, worst_class
 
     every = {name: [e for e in range(300) if r.due(e, 300, 1)] for name, r in RULES.items()}
     # RSLAD: 1-based 20, 40, ..., 200 before 215, then 215..300; ABSLD: every 10 before 215
@@ -404,11 +404,11 @@ def test_paper_presets_name_their_papers_rules_and_faithful_keeps_the_common_one
 
 def test_selection_rules_in_a_run(tmp_path):
     """A rule decides what is evaluated, kept and reported; every row names its rule."""
-    from bench.cells import Cell
-    from bench.checkpoint import load_latest
-    from bench.pipeline import EvalOptions, run_cell
-    from bench.runner import RunOptions
-    from bench.store import Store
+    from bench.core.store import Store
+    from bench.train.cells import Cell
+    from bench.train.checkpoint import load_latest
+    from bench.train.pipeline import EvalOptions, run_cell
+    from bench.train.runner import RunOptions
 
     opts, store = RunOptions(out=tmp_path, log=lambda *_: None), Store(tmp_path)
     ev = EvalOptions(attacks=("clean",))
@@ -439,7 +439,7 @@ def test_selection_rules_in_a_run(tmp_path):
 
 def test_unknown_or_impossible_selection_is_one_line():
     from bench import BenchError
-    from bench.cells import Cell, resolve
+    from bench.train.cells import Cell, resolve
 
     with pytest.raises(BenchError, match="unknown selection rule 'rsald'.*rslad"):
         resolve(Cell("standard", overrides=(("selection", "rsald"),)))
@@ -448,8 +448,8 @@ def test_unknown_or_impossible_selection_is_one_line():
 
 
 def test_autoattack_runs_on_the_checkpoints_the_rule_reports():
-    from bench.pipeline import EvalOptions
-    from bench.selection import RULES
+    from bench.train.pipeline import EvalOptions
+    from bench.train.selection import RULES
 
     ev = EvalOptions(attacks=("clean", "aa"))
     assert ev.attacks_for("best") == ("clean", "aa") and ev.attacks_for("last") == ("clean",)
@@ -467,11 +467,12 @@ class _Killed(Exception):
 def _absld_run(out, monkeypatch, kill_at: tuple[int, int] | None):
     """ABSLD for 3 epochs on digits; `kill_at` = (epoch, batch) stops it there once (before
     that batch's step: the epoch's sums and temperatures are lost with the process)."""
-    from bench.cells import Cell
-    from bench.pipeline import EvalOptions, run_cell
-    from bench.runner import RunOptions
-    from bench.store import Store
-    from methods.absld import ABSLD
+    from bench.methods.absld import ABSLD
+
+    from bench.core.store import Store
+    from bench.train.cells import Cell
+    from bench.train.pipeline import EvalOptions, run_cell
+    from bench.train.runner import RunOptions
 
     cell = Cell("absld", overrides=(("epochs", 3), ("milestones", (1,))))
     opts, ev = RunOptions(out=out, log=lambda *_: None), EvalOptions(attacks=("clean",))
@@ -491,7 +492,7 @@ def _absld_run(out, monkeypatch, kill_at: tuple[int, int] | None):
 
 
 def test_absld_resumes_bit_identically_with_its_temperatures(tmp_path, monkeypatch):
-    from bench.checkpoint import load_file
+    from bench.train.checkpoint import load_file
 
     ref = _absld_run(tmp_path / "ref", monkeypatch, None)
     shutil.copytree(tmp_path / "ref" / "teachers", tmp_path / "got" / "teachers")  # same bits
@@ -534,10 +535,10 @@ def _zoo_checkpoint(root, dataset: str, name: str):
 def test_teacher_normalize_overrides_a_robustbench_models_own(tmp_path):
     """--teacher-normalize on a RobustBench teacher replaces the model's own normalisation
     (Rebuffi2021Fixing_R18_ddpm normalises with CIFAR-100 statistics inside)."""
-    from bench.cells import Cell, resolve
-    from bench.pipeline import teacher_for
-    from bench.runner import RunOptions
-    from bench.teachers import NORMALIZATIONS
+    from bench.train.cells import Cell, resolve
+    from bench.train.pipeline import teacher_for
+    from bench.train.runner import RunOptions
+    from bench.train.teachers import NORMALIZATIONS
 
     name = "Rebuffi2021Fixing_R18_ddpm"
     ref = _zoo_checkpoint(tmp_path, "cifar100", name)
@@ -559,9 +560,9 @@ def test_teacher_normalize_overrides_a_robustbench_models_own(tmp_path):
 
 def test_teacher_normalize_refused_for_a_zoo_model_without_its_own(tmp_path):
     from bench import BenchError
-    from bench.cells import Cell, resolve
-    from bench.pipeline import teacher_for
-    from bench.runner import RunOptions
+    from bench.train.cells import Cell, resolve
+    from bench.train.pipeline import teacher_for
+    from bench.train.runner import RunOptions
 
     _zoo_checkpoint(tmp_path, "cifar10", "Sehwag2021Proxy_R18")
     r = resolve(Cell("rslad", "cifar10", teacher="robustbench:Sehwag2021Proxy_R18",
@@ -573,7 +574,7 @@ def test_teacher_normalize_refused_for_a_zoo_model_without_its_own(tmp_path):
 
 
 def test_rslad_paper_cifar100_teacher_normalises_as_rslad_did(tmp_path):
-    from bench.cells import Cell, resolve
+    from bench.train.cells import Cell, resolve
 
     assert resolve(Cell("rslad", "cifar100", preset="paper")).config["teacher_normalize"] == \
         "cifar10"
@@ -588,7 +589,7 @@ def test_rslad_paper_cifar100_teacher_normalises_as_rslad_did(tmp_path):
 def test_iad_paper_teacher_is_its_own_pgdat_recipe():
     """IAD's paper preset trains its own teacher: PGD-AT ResNet-18, attack in EVAL mode, LR
     decayed at 0-based epochs 99 and 149 (pre_train/AT.py's piecewise schedule)."""
-    from bench.cells import Cell, resolve
+    from bench.train.cells import Cell, resolve
 
     r = resolve(Cell("iad", "cifar10", preset="paper"))
     assert r.teacher_cell == Cell("pgdat", "cifar10", "resnet18", preset="iad-teacher")

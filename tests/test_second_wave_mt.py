@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from bench.methods.ciard import magnitude_scale
 from test_methods import EPS, STEP, TOL, Net, _assert_same_buffers, _batch, ref_pgd
 
-from bench import checkpoint, registry
-from bench.cells import Cell, resolve
-from bench.compute import Compute
+from bench.core import registry
 from bench.models import create_model
-from bench.runner import RunOptions, Trainer
-from methods.ciard import magnitude_scale
+from bench.train import checkpoint
+from bench.train.cells import Cell, resolve
+from bench.train.compute import Compute
+from bench.train.runner import RunOptions, Trainer
 
 CASES = [("mtard", "faithful"), ("mtard", "paper"), ("bmtard", "faithful"), ("bmtard", "paper"),
          ("ciard", "faithful"), ("ciard", "paper"), ("ciard", "fixed")]
@@ -481,7 +482,7 @@ def test_selection_rules_of_the_scripts():
     """The epochs at which the scripts evaluate (1-based): MTARD and B-MTARD `epoch == 1`, every
     20 before 215 and every epoch from 215; CIARD `epoch == 1 or epoch % 10 == 0 or epoch >=
     250`. Both score (clean + PGD-20 at step 0.003) / 2."""
-    from bench.selection import rule
+    from bench.train.selection import rule
 
     code = {"bmtard": lambda e: e == 1 or (e % 20 == 0 and e < 215) or e >= 215,
             "ciard": lambda e: e == 1 or e % 10 == 0 or e >= 250}

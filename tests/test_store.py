@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.store import Store
+from bench.core.store import Store
 
 WRITERS, ROWS = 8, 50
 # A writer process: waits for the start signal, then puts its rows (each one rewritten once,

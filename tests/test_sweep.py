@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cells import Cell
-from bench.pipeline import EvalOptions
-from bench.runner import RunOptions
-from bench.store import Store
-from bench.sweep import SweepOptions, sweep
+from bench.core.store import Store
+from bench.train.cells import Cell
+from bench.train.pipeline import EvalOptions
+from bench.train.runner import RunOptions
+from bench.train.sweep import SweepOptions, sweep
 
 
 def test_local_sweep_stores_every_cell_and_trains_the_teacher_once(tmp_path: Path,

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from cli_run import cli
 
-from bench.cells import Cell, resolve
-from bench.pipeline import row_key
-from bench.store import Store
+from bench.core.store import Store
+from bench.train.cells import Cell, resolve
+from bench.train.pipeline import row_key
 
 METHODS = ("peeraid", "rslad", "pgdat")
 SEEDS = (0, 1, 2)
@@ -226,7 +226,7 @@ def test_reported_figure_names_every_method_and_grade(store, tmp_path, capsys,
                                                       monkeypatch) -> None:
     import matplotlib.image
 
-    from bench import plots
+    from bench.report import plots
 
     legends = {}
     save = plots._save

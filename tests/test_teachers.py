@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bench import BenchError
-from bench.checkpoint import save_weights
 from bench.models import create_model
-from bench.teachers import NORMALIZATIONS, Normalized, load_weights, robustbench_model
+from bench.train.checkpoint import save_weights
+from bench.train.teachers import NORMALIZATIONS, Normalized, load_weights, robustbench_model
 
 ZOO_MODEL = "Sehwag2021Proxy_R18"  # a CIFAR ResNet-18 in RobustBench's Linf zoo
 

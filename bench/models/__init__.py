@@ -2,6 +2,8 @@
 
 Each factory takes (num_classes, in_channels, image_size) so the same name serves
 CIFAR (32x32), TinyImageNet (64x64) and the embedded 8x8 digits.
+
+May import: bench.core.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from bench.suggest import unknown
+from bench.core.suggest import unknown
 
 Factory = Callable[..., nn.Module]
 _MODELS: dict[str, Factory] = {}

@@ -1,0 +1,278 @@
+"""The Distiller contract every method implements, and its typed, preset-driven parameters.
+
+A method file holds only its math: the training-time `attack`, the training `loss`, and its
+hyper-parameters as a dataclass with named presets. The runner owns everything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from bench import BenchError
+from bench.core.suggest import unknown
+
+Schedule = Literal["multistep", "ard", "cosine-exp", "off-cosine-exp"]
+
+
+def scheduled_lr(kind: Schedule, base: float, milestones: tuple[int, ...], decay: float,
+                 epochs: int, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+    """The LR of batch `step` of 0-based `epoch` under schedule `kind` (one mechanism for all).
+
+    "multistep": base * decay ** #{m <= epoch}. "ard": the factor applied to the INITIAL LR
+    at each milestone (ARD's script: it stays base * decay after the first). "cosine-exp"
+    (CIARD): base until milestones[0] = s, then base * (1/2 + 1/2 cos(pi u)) * exp(-0.01 u^2)
+    with u = (epoch - s) / (epochs - 1 - s), so the last epoch runs at LR 0; "off-cosine-exp"
+    is 0 before s (CIARD's teacher). The cosine ones change per epoch, as the authors' code
+    sets them (every step, from the integer epoch); `step` is there for per-step schedules.
+    """
+    if kind in ("multistep", "ard"):
+        passed = sum(epoch >= m for m in milestones)
+        return base * decay ** (min(passed, 1) if kind == "ard" else passed)
+    start = milestones[0] if milestones else 0
+    if epoch < start:
+        return base if kind == "cosine-exp" else 0.0
+    u = (epoch - start) / max(epochs - 1 - start, 1)
+    return base * (0.5 + 0.5 * math.cos(math.pi * u)) * math.exp(-0.01 * u * u)
+
+
+@dataclass(frozen=True)
+class Params:
+    """Training budget shared by every method (CIFAR-10 scale defaults).
+
+    Milestones are 0-based epoch indices at which the LR is multiplied by `lr_decay`
+    (epoch e runs at lr * lr_decay ** #{m <= e}); `lr_schedule` names the rule
+    (`scheduled_lr`): "ard" reproduces ARD's official script, the cosine ones CIARD's.
+    """
+
+    eps: float = 8 / 255
+    step: float = 2 / 255
+    steps: int = 10
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    milestones: tuple[int, ...] = (100, 150)
+    lr_decay: float = 0.1
+    lr_schedule: Schedule = "multistep"
+    swa: bool = False  # equal-weight SWA of the student, at the end of every epoch from ...
+    swa_start: int | None = None  # ... this 0-based epoch (None: the first milestone)
+    swa_bn: Literal["batch"] | None = None  # SWA's BN recompute: None weighs each image
+    # equally (PeerAiD's code), "batch" each batch (torch's update_bn, SAAD's code)
+    selection: str | None = None  # a rule of bench.selection (None: the common protocol)
+    seed: int | None = None  # the seed the authors' code fixes, if any (documentation only)
+
+    def lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        """Learning rate of the student (and peer) at batch `step` of 0-based `epoch`."""
+        return scheduled_lr(self.lr_schedule, self.lr, self.milestones, self.lr_decay,
+                            self.epochs, epoch, step, steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class TeacherTraining(Params):
+    """Params of a method whose teacher keeps training (`trains_teacher`): the teacher's own
+    SGD settings and LR schedule (`scheduled_lr` with the teacher_* values)."""
+
+    teacher_lr: float = 1e-4
+    teacher_momentum: float = 0.9
+    teacher_weight_decay: float = 2e-4
+    teacher_lr_schedule: Schedule = "multistep"
+    teacher_milestones: tuple[int, ...] = ()
+    teacher_lr_decay: float = 0.1
+
+    def teacher_lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        return scheduled_lr(self.teacher_lr_schedule, self.teacher_lr, self.teacher_milestones,
+                            self.teacher_lr_decay, self.epochs, epoch, step, steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of overrides: `common` for every data set, then `per_dataset[dataset]`.
+
+    Keys of `per_dataset` are data set names or "dataset:arch" for arch-specific schedules.
+    A `full_scale` preset ignores the embedded data set's scaled-down budget. `teachers` names
+    the teacher a distillation preset uses per data set: "robustbench:NAME", or a
+    (method, arch) pair, or (method, arch, preset), that the harness trains and caches; with
+    `teacher_normalize[dataset]` the prescribed teacher normalises its input with those
+    statistics (overriding a RobustBench model's own); `clean_teachers` likewise names
+    the non-robust teacher (e.g. ("standard", "resnet56")) of a multi-teacher method.
+    """
+
+    doc: str
+    common: dict[str, Any] = field(default_factory=dict)
+    per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    base: str | None = None
+    full_scale: bool = False
+    teachers: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    clean_teachers: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    teacher_normalize: dict[str, str] = field(default_factory=dict)  # per data set, see cells
+
+
+FAITHFUL = Preset("the authors' code, to the letter (docs/methods.md)")
+PAPER = Preset("faithful math with the paper's full schedule, even on the embedded data",
+               base="faithful", full_scale=True)
+
+
+def paper(selection: str | None = None, clean: dict[str, str | tuple[str, ...]] | None = None,
+          normalize: dict[str, str] | None = None, **teachers: str | tuple[str, ...]) -> Preset:
+    """The `paper` preset of a method: its paper's teacher per data set (and clean teacher per
+    data set, `clean`; the statistics a teacher normalises with, `normalize`), and the rule by
+    which the paper picked the checkpoints it reported (`bench.selection`)."""
+    return dataclasses.replace(PAPER, teachers=teachers, clean_teachers=clean or {},
+                               teacher_normalize=normalize or {},
+                               common=dict(selection=selection) if selection else {})
+
+
+class Distiller(ABC):
+    """One adversarial training / distillation method: attack + loss + hyper-parameters."""
+
+    name: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = False  # a robust teacher, `self.teacher`
+    needs_clean_teacher: ClassVar[bool] = False  # a non-robust teacher, `self.clean_teacher`
+    needs_peer: ClassVar[bool] = False
+    trains_teacher: ClassVar[bool] = False  # the teacher keeps training (`teacher_loss`)
+    Params: ClassVar[type] = Params
+    presets: ClassVar[dict[str, Preset]] = {"faithful": FAITHFUL, "paper": PAPER}
+
+    def __init__(self, *, student: nn.Module, teacher: nn.Module | None = None,
+                 peer: nn.Module | None = None, clean_teacher: nn.Module | None = None,
+                 params: Params) -> None:
+        if self.needs_teacher and teacher is None:
+            raise BenchError(f"method {self.name!r} needs a teacher")
+        if self.needs_clean_teacher and clean_teacher is None:
+            raise BenchError(f"method {self.name!r} needs a clean (non-robust) teacher")
+        if self.needs_peer and peer is None:
+            raise BenchError(f"method {self.name!r} needs a peer network")
+        self.student, self.teacher, self.peer, self.p = student, teacher, peer, params
+        self.clean_teacher = clean_teacher
+        self.epoch = 0  # 0-based epoch, set by the runner before each epoch
+        self.step = 0  # 0-based batch index within the epoch, set by the runner before each step
+        self.shard_weight = 1.0  # this rank's share of the step's batch (torchrun), ditto
+        self._sums: dict[str, Tensor] = {}  # per-class sums asked for by `accumulate`
+        fixed = [clean_teacher] + ([] if self.trains_teacher else [teacher])
+        for net in fixed:  # a fixed teacher: frozen, eval mode, never trained
+            if net is not None:
+                net.eval().requires_grad_(False)
+
+    @classmethod
+    def description(cls) -> str:
+        """First line of the class docstring, for `bench list`."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def chain(cls, preset: str) -> list[Preset]:
+        """`preset` and its bases, most specific first."""
+        if preset not in cls.presets:
+            raise unknown(f"preset of {cls.name}", preset, cls.presets)
+        out, name = [], preset
+        while name is not None:
+            out.append(cls.presets[name])
+            name = cls.presets[name].base
+        return out
+
+    @classmethod
+    def preset_teacher(cls, preset: str, dataset: str,
+                       kind: str = "teacher") -> str | tuple[str, ...] | None:
+        """The teacher (`kind` "teacher" or "clean_teacher") `preset` prescribes on `dataset`,
+        or with `kind` "teacher_normalize" the statistics that teacher normalises with."""
+        field_ = {"teacher": "teachers", "clean_teacher": "clean_teachers"}.get(kind, kind)
+        return next((getattr(p, field_)[dataset] for p in cls.chain(preset)
+                     if dataset in getattr(p, field_)), None)
+
+    @classmethod
+    def resolve(cls, preset: str = "faithful", dataset: str = "cifar10", arch: str | None = None,
+                budget: dict[str, Any] | None = None, **overrides: Any) -> Params:
+        """Resolved hyper-parameters: defaults < data set budget < preset chain < overrides.
+
+        `budget` is the embedded data set's scaled-down training budget (eps, epochs, ...).
+        """
+        chain = cls.chain(preset)
+        values: dict[str, Any] = {}
+        if budget and not any(p.full_scale for p in chain):
+            values.update(budget)
+        for p in reversed(chain):
+            values.update(p.common)
+            values.update(p.per_dataset.get(dataset, {}))
+            if arch is not None:
+                values.update(p.per_dataset.get(f"{dataset}:{arch}", {}))
+        values.update(overrides)
+        return make_params(cls.Params, values)
+
+    @abstractmethod
+    def attack(self, x: Tensor, y: Tensor) -> Tensor:
+        """The method's training-time adversarial examples for the clean batch (x, y)."""
+
+    @abstractmethod
+    def loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
+        """The scalar training objective; puts each network in the mode its spec says."""
+
+    def trainable(self) -> list[nn.Module]:
+        """The modules `loss()` trains (one SGD per module, stepped together)."""
+        return [self.student] if self.peer is None else [self.student, self.peer]
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network the runner trains and checkpoints, by name: student, peer, and a
+        teacher that keeps training (its own optimizer, schedule and `teacher_loss`)."""
+        nets = {"student": self.student}
+        if self.peer is not None:
+            nets["peer"] = self.peer
+        if self.trains_teacher and self.teacher is not None:
+            nets["teacher"] = self.teacher
+        return nets
+
+    # -- state and hooks: no-ops by default, so a first-wave method stays its math alone ------
+    def teacher_loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor | None:
+        """The objective of a teacher that keeps training (`trains_teacher`), which the runner
+        steps AFTER the student's step; None: no teacher step for this batch."""
+        raise NotImplementedError(f"method {self.name!r} does not train its teacher")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that changes during training (adaptive weights, temperatures, ...):
+        tensors and plain Python values, saved in every epoch checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (on resume)."""
+        return None
+
+    def after_step(self) -> None:
+        """Called by the runner after the optimizer steps of every batch (student, peer and
+        trained teacher), with `self.epoch` and `self.step` still those of the batch."""
+        return None
+
+    def accumulate(self, name: str, values: Tensor, y: Tensor, num_classes: int) -> None:
+        """Add per-sample `values` into per-class sums under `name`, on the device (no host
+        sync); the runner hands the epoch's sums to `on_epoch_end` and clears them."""
+        v = values.detach().float()
+        total = self._sums.get(name)
+        if total is None:
+            total = torch.zeros(num_classes, device=v.device)
+        self._sums[name] = total.index_add(0, y, v)
+
+    def on_epoch_end(self, sums: dict[str, Tensor]) -> None:
+        """Called by the runner at the end of every training epoch with the per-class sums
+        `accumulate` gathered during it (all-reduced across ranks under DDP)."""
+        return None
+
+    def pop_sums(self) -> dict[str, Tensor]:
+        """The per-class sums gathered since the last call (the runner's side of `accumulate`)."""
+        out, self._sums = self._sums, {}
+        return out
+
+
+def make_params(cls: type, values: dict[str, Any]) -> Params:
+    """Build a Params dataclass, with a clear error for an unknown field."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise unknown(f"hyper-parameter of {cls.__name__}", key, names)
+    if "milestones" in values:
+        values = {**values, "milestones": tuple(values["milestones"])}
+    return cls(**values)

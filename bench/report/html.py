@@ -1,0 +1,170 @@
+"""The report as one self-contained HTML page: inline CSS and JavaScript, figures inline as
+base64, no network. Tables sort by any column (click a header); every line's full
+configuration opens on demand; published numbers always carry their grade.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
+max-width:1300px;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right;vertical-align:top;
+white-space:nowrap}
+th{background:#f3f3f3;cursor:pointer;user-select:none;white-space:nowrap}
+th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
+td.text,th.text{text-align:left}tfoot td{font-style:italic;background:#fafafa}
+b.best{font-weight:700}.flag{color:#b00;font-weight:700}
+details pre{text-align:left;font-size:.8em;max-width:40em;overflow:auto;white-space:pre-wrap}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}p.note{color:#555;font-size:.9em}
+"""
+
+JS = """
+function sortTable(th){
+  const table=th.closest('table'), body=table.tBodies[0], idx=th.cellIndex;
+  const dir=th.getAttribute('aria-sort')==='ascending'?'descending':'ascending';
+  for(const h of table.tHead.rows[0].cells){h.removeAttribute('aria-sort');}
+  th.setAttribute('aria-sort',dir);
+  const key=r=>{const c=r.cells[idx];const v=c.dataset.sort!==undefined?c.dataset.sort:
+    c.textContent.trim();const n=parseFloat(v);return isNaN(n)||v===''?v:n;};
+  const rows=Array.from(body.rows);
+  rows.sort((a,b)=>{const x=key(a),y=key(b);let c;
+    if(typeof x==='number'&&typeof y==='number'){c=x-y;}
+    else if(typeof x==='number'){c=-1;}else if(typeof y==='number'){c=1;}
+    else{c=String(x).localeCompare(String(y));}
+    return dir==='ascending'?c:-c;});
+  for(const r of rows){body.appendChild(r);}
+}
+document.addEventListener('DOMContentLoaded',()=>{
+  for(const th of document.querySelectorAll('table.sortable thead th')){
+    th.addEventListener('click',()=>sortTable(th));}
+});
+"""
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _cell(text: str, sort: Any = None, cls: str = "") -> str:
+    attrs = f' class="{cls}"' if cls else ""
+    if sort is not None and sort == sort:  # NaN sorts as text
+        attrs += f' data-sort="{esc(sort)}"'
+    return f"<td{attrs}>{text}</td>"
+
+
+def section_table(agg: pd.DataFrame, rows: pd.DataFrame, metrics: list[str],
+                  margin: tuple[str, str, dict[str, float]] | None) -> str:
+    """One (data set, arch) section: a line per (method, checkpoint), sortable; the numbers
+    are `agg`'s (mean ± sample std over seeds), the configuration is the rows'."""
+    from bench.report.aggregate import LABELS, best_means, cell_text, image_counts, is_best
+
+    best = best_means(agg, metrics)
+    heads = ["method", "checkpoint", "epochs", "seeds",
+             *(f"{LABELS.get(m, m)} (n={image_counts(agg, m)})" for m in metrics),
+             "train (s)", "configuration"]
+    out = ['<table class="sortable"><thead><tr>']
+    out += [f'<th class="{"text" if i < 2 or h == "configuration" else ""}">{esc(h)}</th>'
+            for i, h in enumerate(heads)]
+    out.append("</tr></thead><tbody>")
+    for _, r in agg.iterrows():
+        cells = [_cell(esc(r["label"]), cls="text"), _cell(esc(r["checkpoint"]), cls="text"),
+                 _cell(esc(r["epochs"]), r["epochs"]),
+                 _cell(esc(r["seeds"]) + (" (no std)" if r["seeds"] == 1 else ""), r["seeds"])]
+        for m in metrics:
+            text = esc(cell_text(r, m, r["seeds"]))
+            if is_best(r, m, best):
+                mean = f"{r[m]:.2f}"
+                text = text.replace(mean, f'<b class="best">{mean}</b>', 1)
+            cells.append(_cell(text, r[m]))
+        t = r.get("train_seconds", float("nan"))
+        cells.append(_cell("–" if t != t else f"{t:.1f}", t))
+        cells.append(_cell(_config(rows, r), cls="text"))
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody>")
+    if margin is not None:
+        ck, label, vals = margin
+        foot = [f'<td class="text">{esc(label)}</td>', f'<td class="text">{esc(ck)}</td>',
+                "<td></td><td></td>"]
+        foot += [f"<td>{vals[m]:+.2f}</td>" if m in vals else "<td></td>" for m in metrics]
+        out.append("<tfoot><tr>" + "".join(foot) + "<td></td><td></td></tr></tfoot>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _config(rows: pd.DataFrame, line: pd.Series) -> str:
+    """The line's cells: id, seed and the full resolved configuration, in a <details>."""
+    g = rows[(rows["label"] == line["label"]) & (rows["checkpoint"] == line["checkpoint"])]
+    cells = []
+    for _, r in g.sort_values("seed").iterrows():
+        cfg = r["config"] if isinstance(r.get("config"), dict) else {}
+        cells.append({"cell_id": r["cell_id"], "seed": r["seed"], "device": r.get("device"),
+                      "git_commit": r.get("git_commit"), "config": cfg})
+    text = json.dumps(cells, indent=1, default=str, sort_keys=True)
+    return (f"<details><summary>{len(cells)} cell(s)</summary><pre>{esc(text)}</pre>"
+            "</details>")
+
+
+def reported_table(cmp: pd.DataFrame) -> str:
+    """Reproduced beside published (sortable); a published number never without its grade."""
+    from bench.report.reported import comparison_table
+
+    t = comparison_table(cmp)
+    out = ['<table class="sortable reported"><thead><tr>']
+    out += [f'<th class="text">{esc(c)}</th>' for c in t.columns]
+    out.append("</tr></thead><tbody>")
+    for (_, r), (_, c) in zip(t.iterrows(), cmp.iterrows(), strict=True):
+        sort = {"reproduced": c["reproduced"], "published": c["published"],
+                "difference": c["difference"]}
+        tds = []
+        for col in t.columns:
+            text = esc(r[col])
+            if col == "difference" and c["flag"]:
+                text = f'<span class="flag" title="larger than max(1 pp, 2 std)">{text}</span>'
+            tds.append(_cell(text, sort.get(col), "" if col in sort else "text"))
+        out.append("<tr>" + "".join(tds) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def image(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def page(title: str, intro: str, sections: list[dict[str, Any]], reported: str,
+         appendix: str = "") -> str:
+    """The whole page. `sections`: dicts with title, table (HTML), how (text), notes (list of
+    text) and figures (list of (png path, alt))."""
+    body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(intro)}</p>"]
+    toc = "".join(f'<li><a href="#s{i}">{esc(s["title"])}</a></li>'
+                  for i, s in enumerate(sections))
+    body.append(f'<ul>{toc}<li><a href="#reported">Reproduced vs published</a></li></ul>')
+    for i, s in enumerate(sections):
+        body.append(f'<section id="s{i}" class="results"><h2>{esc(s["title"])}</h2>')
+        body.append(s["table"])
+        body.append(f'<p class="note">{esc(s["how"])}</p>')
+        body += [f'<p class="note">{esc(n)}</p>' for n in s["notes"]]
+        body += [image(p, alt) for p, alt in s["figures"]]
+        body.append("</section>")
+    body.append('<section id="reported"><h2>Reproduced vs published</h2>'
+                '<p class="note">Published numbers are data of bench (bench/reported.toml), '
+                "never mixed with measured rows. Grades: P = the authors' own artifact, "
+                "S = a faithful copy of a paper table or a later paper's own table, T = "
+                "third-party notes, unchecked against the paper. Differences are reproduced "
+                "minus published, in points; ! marks one larger than max(1 pp, 2 std over "
+                "seeds).</p>" + reported + "</section>")
+    body.append(appendix)
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{esc(title)}</title><style>{CSS}</style><script>{JS}</script></head>"
+            "<body>" + "\n".join(body) + "</body></html>\n")

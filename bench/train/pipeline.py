@@ -1,0 +1,220 @@
+"""One cell end to end: resolve, get its teachers, train (or resume), evaluate, store rows.
+
+A teacher the harness trains is a cell of its own, trained here once and cached under
+`<out>/teachers/`; the teachers module only loads weights into networks.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench import __version__
+from bench.core import distributed
+from bench.core.store import Store
+from bench.data import datasets, devicedata
+from bench.eval import analysis
+from bench.eval.evaluate import ALL_ATTACKS, Threat, eval_batch_sizes, evaluate, restrict
+from bench.train import checkpoint, selection
+from bench.train.cells import Cell, Resolved, resolve
+from bench.train.runner import RunOptions, Trainer, build
+from bench.train.teachers import ZOO, load_weights, normalized, renormalized, robustbench_model
+
+EMBEDDED_AA_SAMPLES = 100  # AutoAttack's Square attack dominates a CPU run; seeded subset
+
+
+AA_ON = ("best", "all", "none")
+REPORTED = selection.COMMON.reported  # the common protocol's: best (and swa_best)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """The evaluation protocol: which attacks, AutoAttack on how many test images and on
+    which checkpoints (the cheap attacks run on every checkpoint)."""
+
+    attacks: tuple[str, ...] = ALL_ATTACKS
+    aa_samples: int | None = None  # None: the data set's default (all images for real sets)
+    aa_on: str = "best"  # "best": the reported checkpoints only; "all"; "none"
+
+    def attacks_for(self, checkpoint: str, reported: tuple[str, ...] = REPORTED
+                    ) -> tuple[str, ...]:
+        """AutoAttack, the costly one, only where `aa_on` asks for it (`reported`: the
+        checkpoints the cell's selection rule reports)."""
+        aa = self.aa_on == "all" or (self.aa_on == "best" and checkpoint in reported)
+        return tuple(a for a in self.attacks if a != "aa" or aa)
+
+
+def _versions() -> dict[str, str]:
+    out = {"bench": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "pyautoattack"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+        return res.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _device_name(device: str) -> str:
+    d = torch.device(device)
+    if d.type == "cuda":
+        return torch.cuda.get_device_name(d)
+    return f"{d.type} ({platform.processor() or platform.machine()})"
+
+
+def train_teacher(cell: Cell, opts: RunOptions) -> Path:
+    """The cached weights of the teacher `cell` (its best checkpoint), trained if missing."""
+    tr = resolve(cell)
+    cached = opts.out / "teachers" / f"{tr.id}.pt"
+    if not cached.exists():
+        opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
+        best = Trainer(tr, opts, None).train()["best"]
+        if distributed.is_main():
+            checkpoint.save_weights(cached, best, id=tr.id)
+        distributed.barrier()
+    return cached
+
+
+def teacher_for(r: Resolved, opts: RunOptions, kind: str = "teacher") -> nn.Module | None:
+    """The cell's fixed `kind` teacher ("teacher" or "clean_teacher"): a RobustBench model, a
+    file, or trained and cached here; None when the method needs none."""
+    source = r.config.get(kind)  # the cell's --teacher / --clean-teacher, or its preset's
+    if source is None:
+        return None
+    norm = r.config["teacher_normalize"] if kind == "teacher" else None
+    if source.startswith(ZOO):
+        root = opts.data_root or datasets.default_root()
+        model = robustbench_model(source[len(ZOO):], r.cell.dataset, root / "robustbench")
+        return renormalized(model, norm, source[len(ZOO):]) if norm else model
+    file, cell = ((r.teacher_file, r.teacher_cell) if kind == "teacher"
+                  else (r.clean_teacher_file, r.clean_teacher_cell))
+    what = f"{kind.replace('_', ' ')} checkpoint"
+    if file is None:
+        file, what = train_teacher(cell, opts), f"cached {kind.replace('_', ' ')}"
+    model = load_weights(build(r, kind, r.config[f"{kind}_arch"]), file, what)
+    return normalized(model, norm)
+
+
+def row_key(r: Resolved, checkpoint: str) -> str:
+    return f"{r.id}--{checkpoint}"
+
+
+def stored(r: Resolved, store: Store) -> bool:
+    """Whether the cell's rows are already in the store (its `last` row is written last)."""
+    return store.has(row_key(r, "last"))
+
+
+def _aa_state(path: Path) -> Path:
+    """The AutoAttack state file, dropped if cut short: pyautoattack rewrites it in place, so
+    a kill mid-write leaves truncated JSON that would otherwise fail every rerun."""
+    try:
+        if path.exists():
+            json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        path.unlink()
+    return path
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _twin(finals: dict[str, nn.Module], name: str, attacks: tuple[str, ...],
+          done: dict[str, tuple[tuple[str, ...], dict[str, Any]]]) -> str | None:
+    """An evaluated checkpoint with the same weights and buffers whose attacks began with
+    `attacks`: evaluating `name` afresh would give exactly its numbers (the seed is reset
+    per checkpoint and the attacks draw in order), so a short run, or one whose last epoch
+    is its best, evaluates once."""
+    return next((n for n, (ran, _) in done.items() if ran[:len(attacks)] == attacks
+                 and _same_weights(finals[n], finals[name])), None)
+
+
+def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
+             redo: bool = False, resume: bool = True) -> list[dict[str, Any]]:
+    """Train and evaluate one cell, unless its rows are already stored; returns new rows.
+
+    An unfinished cell continues from its last epoch checkpoint unless `resume` is False;
+    `redo` retrains a stored cell from scratch.
+    """
+    r = resolve(cell)
+    if stored(r, store) and not redo:
+        opts.log(f"skip {r.id}: already in the store (use --redo to run it again)")
+        return []
+    trainer = Trainer(r, opts, teacher_for(r, opts), teacher_for(r, opts, "clean_teacher"))
+    if (redo or not resume) and distributed.is_main():  # one rank deletes, then all start
+        for f in [*trainer.dir.glob("*.pt"), *trainer.dir.glob("aa_state_*.json")]:
+            f.unlink()
+    distributed.barrier()
+    t0 = time.perf_counter()
+    finals = trainer.train()
+    wall = time.perf_counter() - t0
+    if not distributed.is_main():  # under torchrun, rank 0 evaluates and stores
+        return []
+    if opts.data_path == "device":  # decoded once (cached), on the device
+        x, y = devicedata.tensors(cell.dataset, "test", opts.data_root)
+        x, y = devicedata.to_float(x.to(opts.device)), y.to(opts.device)
+    else:
+        x, y = datasets.as_tensors(datasets.load(cell.dataset, "test", root=opts.data_root))
+    n_aa = ev.aa_samples if ev.aa_samples is not None else (
+        EMBEDDED_AA_SAMPLES if r.spec.embedded else None)
+    rows = []
+    # `last` goes last: its presence marks the whole cell as stored.
+    rule = selection.rule(r.params.selection)
+    batch, aa_batch = eval_batch_sizes(opts.device, r.spec.image_size)
+    versions, commit, device = _versions(), _git_commit(), _device_name(opts.device)
+    done: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
+    for name in sorted(finals, key=lambda n: n == "last"):
+        t1 = time.perf_counter()
+        attacks = ev.attacks_for(name, rule.reported)
+        twin = _twin(finals, name, attacks, done)
+        if twin is not None:
+            metrics = {**restrict(done[twin][1], attacks), "same_weights_as": twin}
+        else:
+            # Random starts drawn afresh per checkpoint: a row depends on its weights only,
+            # not on what ran before it (a resumed AutoAttack skips the finished one's draws).
+            torch.manual_seed(cell.seed)
+            metrics = evaluate(finals[name], x, y, Threat(r.spec.eps), attacks=attacks,
+                               aa_samples=n_aa, device=opts.device,
+                               batch_size=batch, aa_batch_size=aa_batch,
+                               aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
+                               num_classes=r.spec.num_classes)
+            done[name] = attacks, metrics
+        row = {
+            "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
+            "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
+            "selection": r.params.selection or "common", "reported": name in rule.reported,
+            "eps": r.spec.eps, "train_eps": r.params.eps, **metrics,
+            **analysis.final_tutor(trainer.history),  # the last selection epoch's
+            "train_seconds": round(trainer.train_seconds, 2),
+            "wall_seconds": round(wall, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
+            "config_hash": r.id.rsplit("-", 1)[1], "cell_id": r.id, "config": r.config,
+            "versions": versions, "git_commit": commit,
+            "device": device, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "precision": trainer.compute.precision,
+            "eval_precision": "tf32" if trainer.compute.precision == "tf32" else "fp32",
+            "channels_last": trainer.compute.channels_last,
+            "compile": trainer.compute.compile, "data_path": opts.data_path,
+        }
+        store.put(row_key(r, name), row)
+        rows.append(row)
+        opts.log(f"  [{cell.method}] {name}: " + "  ".join(
+            f"{a} {metrics[a]:.3f}" for a in ev.attacks if a in metrics))
+    return rows
