@@ -5,7 +5,7 @@
     python run_all.py --methods standard,pgdat --epochs 3 --aa-samples 20 --out /tmp/ra
     python run_all.py --config experiments/peeraid_table1_cifar10.toml --data-root /data
 
-Cells come from bench.experiment, as for `bench run`: the same options (or the same
+Cells come from bench.train.experiment, as for `bench run`: the same options (or the same
 experiment file) give the same cells, and stored cells are reused.
 
 The report (<out>/report by default) covers every row in the store: results.md (tables per
@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from bench import BenchError
-from bench.eval.evaluate import ALL_ATTACKS
+from bench.options import GridOptions, GroupedCommand, RunControl, file_keys, options_of
 from bench.train import experiment
 
 DEFAULT_METHODS = "standard,pgdat,trades,peeraid,rslad,ard,adaad,iad"
@@ -35,14 +35,14 @@ def say(msg: str = "", err: bool = False) -> None:
 
 # --- training ---------------------------------------------------------------------------
 
-def train_grid(cells: list, out: Path, device: str, ev, no_train: bool,
-               data_root: Path | None = None, so=None, run: dict | None = None) -> list[str]:
+def train_grid(cells: list, out: Path, device: str, ev, no_train: bool, so=None,
+               grid: GridOptions | None = None) -> list[str]:
     """Train and evaluate the cells whose rows are not stored; returns one line per failure.
-    With sweep options `so`, the missing cells run as submitit jobs (Slurm or local)."""
+    With sweep options `so`, the missing cells run as submitit jobs (Slurm or local); `grid`
+    gives the runner's options (data path, memory format, compile), defaults without it."""
     from bench.core.store import Store
     from bench.train.cells import resolve
     from bench.train.pipeline import run_cell, stored
-    from bench.train.runner import RunOptions
 
     store = Store(out)
     resolved = [resolve(c) for c in cells]  # every config error before any training
@@ -57,7 +57,8 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool,
            else f"{len(todo)} to train"))
     if no_train or not todo:
         return []
-    opts = RunOptions(out=out, device=device, data_root=data_root, log=say, **(run or {}))
+    grid = grid or GridOptions()
+    opts = grid.run_options(out, device, log=say)
     if so is not None:
         from bench.train.sweep import sweep
 
@@ -186,7 +187,7 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
         tex.append("")
     cmp = compare(df)
     md.append("## Reproduced vs published\n")
-    md.append("Published numbers come from `bench/reported.toml` (`bench reported` lists "
+    md.append("Published numbers come from `bench/report/reported.toml` (`bench reported` lists "
               "them), each with its grade: P = the authors' own artifact, S = a faithful copy "
               "of a paper table or a later paper's own table, T = third-party notes, "
               "unchecked. Difference = reproduced − published (points); `!` marks one larger "
@@ -279,70 +280,24 @@ def _problems_md(problems: list[str]) -> str:
 
 # --- command line -------------------------------------------------------------------------
 
-# Options of `bench run` about how the cells run, not which: an experiment file may hold
-# them, and this script reads past them (one that decides the cells is an error here).
-RUN_ONLY_KEYS = frozenset({"redo", "resume", "restart", "detect-anomaly", "num-workers"})
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@experiment.grid_options(default_methods=DEFAULT_METHODS)
+@click.command(cls=GroupedCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@options_of(GridOptions, methods=DEFAULT_METHODS)
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
               help="Where the report goes [default: <out>/report].")
 @click.option("--no-train", is_flag=True, help="Train nothing: only rebuild the report.")
-@experiment.config_option(lambda: RUN_ONLY_KEYS)
-def cli(methods: str, datasets: str, archs: str | None, seeds: str, preset: str,
-        epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...],
-        teacher: str | None, teacher_normalize: str | None, teacher_method: str | None,
-        teacher_arch: str | None, clean_teacher: str | None, clean_teacher_arch: str | None,
-        peer_arch: str | None, select: str, select_every: int, attacks: str,
-        aa_samples: int | None, aa_on: str, device: str, precision: str, data_path: str,
-        channels_last: str, compile_: str, data_root: str | None,
-        out: str, report_dir: str | None, threads: int | None, executor: str,
-        slurm_partition: str | None, timeout_min: int, gpus_per_node: int,
-        no_train: bool) -> None:
+# `bench run`'s own options (how its cells resume) may stand in a file: read past here.
+@experiment.config_option(lambda: file_keys(RunControl))
+def cli(grid: GridOptions, report_dir: str | None, no_train: bool) -> None:
     """Train what is missing of the grid, then write every table and figure of the report."""
-    from bench.train.pipeline import EvalOptions
-
-    if aa_samples is not None and aa_samples < 1:
-        raise BenchError(f"--aa-samples must be >= 1, got {aa_samples}")
-    if threads is not None and threads < 1:
-        raise BenchError(f"--threads must be >= 1, got {threads}")
-    attack_list = tuple(experiment.csv(attacks))
-    bad = [a for a in attack_list if a not in ALL_ATTACKS]
-    if bad or not attack_list:
-        raise BenchError(f"unknown attack {bad[0] if bad else attacks!r} "
-                         f"(valid: {', '.join(ALL_ATTACKS)})")
-    if threads is not None and not no_train:
-        import torch
-
-        torch.set_num_threads(threads)
-    so = None
-    if executor != "none":
-        from bench.train.sweep import SweepOptions
-
-        so = SweepOptions(executor=executor, timeout_min=timeout_min, partition=slurm_partition,
-                          gpus_per_node=gpus_per_node)
-        # The jobs' machines, not this one, decide: a GPU job runs on cuda.
-        device = "cuda" if gpus_per_node else "cpu" if device == "auto" else device
-    else:
-        device = experiment.resolve_device(device)
-    if precision == "auto":  # as bench run decides it: the same options, the same cells
-        from bench.train.compute import default_precision
-
-        precision = default_precision(device)
-    cells = experiment.grid(methods, datasets, archs, seeds, preset, epochs, sets, sweep,
-                            teacher=teacher, teacher_normalize=teacher_normalize,
-                            teacher_method=teacher_method, teacher_arch=teacher_arch,
-                            clean_teacher=clean_teacher, clean_teacher_arch=clean_teacher_arch,
-                            peer_arch=peer_arch, select=select, select_every=select_every,
-                            precision=precision).cells()
-    out_path = experiment.writable(Path(out))
-    say(f"grid: {len(cells)} cell(s) on {datasets}, results in {out_path}")
-    flag = {"auto": None, "on": True, "off": False}
-    run = {"data_path": data_path, "channels_last": flag[channels_last],
-           "compile": flag[compile_]}
-    failures = train_grid(cells, out_path, device,
-                          EvalOptions(attacks=attack_list, aa_samples=aa_samples, aa_on=aa_on),
-                          no_train, Path(data_root) if data_root else None, so, run)
+    grid.check()
+    if not no_train:
+        grid.use_threads()
+    device = grid.run_device()
+    cells = grid.cells(device)  # precision auto as bench run decides it: the same cells
+    out_path = experiment.writable(Path(grid.out))
+    say(f"grid: {len(cells)} cell(s) on {grid.datasets}, results in {out_path}")
+    failures = train_grid(cells, out_path, device, grid.eval_options(), no_train,
+                          grid.sweep_options(), grid)
     report = Path(report_dir) if report_dir else out_path / "report"
     written = write_report(out_path, report)
     say(f"report in {report}:")

@@ -15,6 +15,7 @@ from bench.core import registry
 from bench.data import datasets
 from bench.eval.evaluate import ALL_ATTACKS
 from bench.models import model_names
+from bench.options import GridOptions, GroupedCommand, RunControl, options_of
 from bench.train import experiment, selection
 from bench.train.cells import Cell, Resolved, resolve
 
@@ -23,8 +24,8 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
-# The option parsers live in bench.experiment (shared with run_all.py); the short names stay.
-_csv, _seeds, _overrides = experiment.csv, experiment.seeds, experiment.overrides
+# The option parsers live in bench.train.experiment (shared with run_all.py).
+_csv = experiment.csv
 _device, _writable = experiment.resolve_device, experiment.writable
 
 
@@ -33,83 +34,37 @@ def cli() -> None:
     """bench: train, attack and compare adversarial distillation methods side by side."""
 
 
-@cli.command()
-@experiment.grid_options(default_methods="peeraid,rslad")
-@click.option("--redo", is_flag=True, help="Retrain cells already in the store.")
-@click.option("--resume/--restart", default=True, show_default=True,
-              help="Continue an unfinished cell from its last epoch checkpoint, or start it "
-                   "over.")
-@click.option("--detect-anomaly", is_flag=True, help="torch autograd anomaly detection.")
-@click.option("--num-workers", type=int, default=0, show_default=True,
-              help="DataLoader workers for torchvision data sets.")
-@click.option("--read-every", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Read the loss back every N steps (a host-device sync) to show it in the "
-                   "progress bar and stop a non-finite run early; 0: once per epoch.")
+@cli.command(cls=GroupedCommand)
+@options_of(GridOptions, methods="peeraid,rslad")
+@options_of(RunControl)
 @experiment.config_option()
-def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
-        epochs: int | None, sets: tuple[str, ...], sweep: tuple[str, ...], teacher: str | None,
-        teacher_normalize: str | None,
-        teacher_arch: str | None, teacher_method: str | None, clean_teacher: str | None,
-        clean_teacher_arch: str | None, peer_arch: str | None, select: str,
-        select_every: int, attacks: str, aa_samples: int | None, aa_on: str, device: str,
-        precision: str, data_path: str, channels_last: str, compile_: str,
-        data_root: str | None, out: str, redo: bool, resume: bool, detect_anomaly: bool,
-        num_workers: int, read_every: int, executor: str, slurm_partition: str | None,
-        timeout_min: int,
-        gpus_per_node: int, threads: int | None) -> None:
+def run(grid: GridOptions, control: RunControl) -> None:
     """Train the grid (data sets x archs x methods x sweeps x seeds), evaluate, store the
     rows and print one table per data set and arch.
 
     Stored cells are skipped; an interrupted one resumes from its last epoch checkpoint.
     """
     from bench.core.store import Store
-    from bench.train.pipeline import EvalOptions, run_cell
-    from bench.train.runner import RunOptions
+    from bench.train.pipeline import run_cell
 
-    attack_list = tuple(_csv(attacks))
-    bad = [a for a in attack_list if a not in ALL_ATTACKS]
-    if bad or not attack_list:
-        raise BenchError(f"unknown attack {bad[0] if bad else attacks!r} "
-                         f"(valid: {', '.join(ALL_ATTACKS)})")
-    if aa_samples is not None and aa_samples < 1:
-        raise BenchError(f"--aa-samples must be >= 1, got {aa_samples}")
-    if num_workers < 0:
-        raise BenchError(f"--num-workers must be >= 0, got {num_workers}")
-    # The jobs' machines, not this one, decide: a GPU job runs on cuda.
-    job_device = "cuda" if gpus_per_node else "cpu" if device == "auto" else device
-    run_device = job_device if executor != "none" else _device(device)
-    if precision == "auto":
-        from bench.train.compute import default_precision
-
-        precision = default_precision(run_device)
-    cells = experiment.grid(
-        methods, datasets, archs, seeds, preset, epochs, sets, sweep, peer_arch=peer_arch,
-        teacher=teacher, teacher_arch=teacher_arch, teacher_method=teacher_method,
-        select=select, select_every=select_every, teacher_normalize=teacher_normalize,
-        clean_teacher=clean_teacher, clean_teacher_arch=clean_teacher_arch,
-        precision=precision).cells()
+    grid.check()
+    if control.num_workers < 0:
+        raise BenchError(f"--num-workers must be >= 0, got {control.num_workers}")
+    run_device = grid.run_device()
+    cells = grid.cells(run_device)
     resolved = [resolve(c) for c in cells]  # every error (teachers' too) before any training
     _check_teacher_files(resolved)
-    if threads is not None and threads < 1:
-        raise BenchError(f"--threads must be >= 1, got {threads}")
-    if threads is not None:
-        import torch
+    grid.use_threads()
+    store = Store(_writable(Path(grid.out)))
+    ev = grid.eval_options()
+    base = grid.run_options(store.root, run_device, num_workers=control.num_workers,
+                            detect_anomaly=control.detect_anomaly,
+                            read_every=control.read_every)
+    so = grid.sweep_options()
+    if so is not None:
+        from bench.train.sweep import sweep
 
-        torch.set_num_threads(threads)
-    store = Store(_writable(Path(out)))
-    ev = EvalOptions(attacks=attack_list, aa_samples=aa_samples, aa_on=aa_on)
-    flag = {"auto": None, "on": True, "off": False}
-    base = RunOptions(out=store.root, device=run_device,
-                      data_root=Path(data_root) if data_root else None,
-                      num_workers=num_workers, detect_anomaly=detect_anomaly,
-                      data_path=data_path, channels_last=flag[channels_last],
-                      compile=flag[compile_], read_every=read_every)
-    if executor != "none":
-        from bench.train.sweep import SweepOptions, sweep
-
-        so = SweepOptions(executor=executor, timeout_min=timeout_min, partition=slurm_partition,
-                          gpus_per_node=gpus_per_node)
-        sweep(cells, base, ev, so, redo=redo, log=_plain(console))
+        sweep(cells, base, ev, so, redo=control.redo, log=_plain(console))
         _print_table(store, {r.id for r in resolved})
         return
     from bench.core import distributed
@@ -122,7 +77,7 @@ def run(methods: str, datasets: str, archs: str | None, preset: str, seeds: str,
         for c in cells:
             opts.log(f"{c.method} on {c.dataset}" + (f" / {c.arch}" if c.arch else "")
                      + f", seed {c.seed}")
-            run_cell(c, opts, ev, store, redo=redo, resume=resume)
+            run_cell(c, opts, ev, store, redo=control.redo, resume=control.resume)
     if main_rank:
         _print_table(store, {r.id for r in resolved})
 
@@ -328,7 +283,7 @@ def plot(ctx: click.Context, kind: str | None, out: str, dest: str | None) -> No
         click.echo(str(p))
 
 
-# --- analyses: measurements on stored runs (bench.runs, bench.analysis) --------------------
+# --- analyses: measurements on stored runs (bench.train.runs, bench.eval.analysis) ----------
 
 _OUT = click.option("--out", type=click.Path(file_okay=False), default="results",
                     show_default=True, help="Results folder (rows, runs, analyses).")

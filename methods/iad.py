@@ -45,7 +45,8 @@ class IADParams(Params):
 
 def weighted_kl(target: Tensor, input: Tensor, w: Tensor | None, reduction: KLReduction,
                 t: float = 1.0) -> Tensor:
-    """sum_i w_i KL_i(softmax(target/t) || softmax(input/t)), reduced like `bench.attacks.kl`."""
+    """sum_i w_i KL_i(softmax(target/t) || softmax(input/t)), reduced like
+    `bench.eval.attacks.kl`."""
     if w is None:
         return kl(target, input, reduction, t)
     rows = F.kl_div(F.log_softmax(input / t, dim=1), F.softmax(target / t, dim=1),

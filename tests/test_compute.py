@@ -1,4 +1,4 @@
-"""How a step is computed (bench.compute): the fast path computes the reference loop's math.
+"""How a step is computed (bench.train.compute): the fast path computes the reference loop's math.
 
 fp32 on the device data path equals the authors'-style loop (PIL DataLoader, plain SGD) bit
 for bit in NCHW, and to float rounding in channels_last (another summation order); bf16
@@ -195,7 +195,7 @@ def test_cpu_evaluation_batches_change_the_speed_not_the_results(size: int) -> N
 
 _FAULTS = """
 import resource, sys, torch
-from bench.compute import Compute
+from bench.train.compute import Compute
 if sys.argv[1] == "setup":
     Compute("cpu").setup()
 x = torch.ones(256, 1 << 16)  # 64 MB: above the most glibc's mmap threshold ever rises to

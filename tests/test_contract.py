@@ -403,3 +403,18 @@ def test_wrong_clean_teacher_file_is_one_line_before_training(tmp_path: Path, ca
     assert not (tmp_path / "runs").exists()
     r = resolve(Cell("mtard", clean_teacher=str(path), clean_teacher_arch="small_cnn_nobn"))
     assert r.config["clean_teacher_arch"] == "small_cnn_nobn"
+
+
+def test_installed_names(tmp_path: Path) -> None:
+    """Outside the checkout, the methods import as bench.methods and never as a top-level
+    `methods`; the distribution is advdistill-bench (`bench` on the index is another)."""
+    probe = ("import importlib.metadata as m, importlib.util as u\n"
+             "print(u.find_spec('methods') is None, u.find_spec('bench.methods').origin)\n"
+             "print(m.distribution('advdistill-bench').entry_points['bench'].value)\n")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": ""})
+    assert res.returncode == 0, res.stderr
+    first, second = res.stdout.splitlines()
+    top_level_absent, origin = first.split(" ", 1)
+    assert top_level_absent == "True" and origin.endswith(os.path.join("methods", "__init__.py"))
+    assert second == "bench.cli:main"

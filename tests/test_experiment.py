@@ -3,6 +3,7 @@ and run_all.py; stored cells are never trained twice."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -38,12 +39,12 @@ def _cells(out: Path) -> dict[str, dict]:
 
 @pytest.fixture
 def no_training(monkeypatch):
-    import bench.runner
+    import bench.train.runner
 
     def refuse(self):
         raise AssertionError(f"trained {self.r.id} again")
 
-    monkeypatch.setattr(bench.runner.Trainer, "train", refuse)
+    monkeypatch.setattr(bench.train.runner.Trainer, "train", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +130,9 @@ def test_sweep_2x2_over_2_seeds_is_8_cells_and_a_rerun_trains_nothing(
     got = sorted((r["config"]["params"]["lr"], r["config"]["params"]["steps"], r["seed"])
                  for r in cells.values())
     assert got == sorted((lr, st, s) for lr in (0.05, 0.1) for st in (1, 2) for s in (0, 1))
-    import bench.runner
+    import bench.train.runner
 
-    monkeypatch.setattr(bench.runner.Trainer, "train",
+    monkeypatch.setattr(bench.train.runner.Trainer, "train",
                         lambda self: pytest.fail(f"trained {self.r.id} again"))
     code, out, err = cli(["run", *SWEEP, "--out", str(tmp_path)], capsys)
     assert code == 0, err
@@ -225,3 +226,53 @@ def test_shipped_experiments_resolve(path: Path) -> None:
         assert len(cells) == 6 * 2 * 3  # six methods x two students x three seeds
         assert {c.arch for c in cells} == {"resnet18", "wrn34_10"}
         assert {c.preset for c in cells} == {"paper"}
+
+
+def _run_all():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_run_and_run_all_take_one_declared_option_list() -> None:
+    """Both commands' grid options come from GridOptions' fields: the same names, flags and
+    defaults (but the methods each runs), listed under their groups' headings."""
+    import click
+
+    from bench.options import GridOptions, RunControl
+
+    def options(command: click.Command) -> dict[str, tuple]:
+        return {p.name: (tuple(p.opts), p.default) for p in command.params
+                if isinstance(p, click.Option)}
+
+    ours, report = options(run), options(_run_all().cli)
+    fields = [f.name for f in dataclasses.fields(GridOptions)]
+    assert all(ours[n] == report[n] for n in fields if n != "methods")
+    assert set(ours) - set(fields) == {f.name for f in dataclasses.fields(RunControl)} | {"config"}
+    assert set(report) - set(fields) == {"report_dir", "no_train", "config"}
+    ctx = click.Context(run)
+    text = run.get_help(ctx)
+    for heading in ("What to train:", "Teachers and peers:", "Selection and evaluation:",
+                    "How it computes:", "Output and cluster jobs:", "Resuming and debugging:"):
+        assert heading in text
+    assert text.index("--teacher-arch") > text.index("Teachers and peers:") > text.index(
+        "--sweep")
+
+
+def test_run_all_reads_past_every_option_of_bench_run_alone(tmp_path: Path, capsys) -> None:
+    """An experiment file written for `bench run` (resume, read-every, ...) serves run_all.py
+    too: its keys are read past there, not rejected."""
+    f = tmp_path / "exp.toml"
+    f.write_text('methods = "pgdat"\nread-every = 5\nnum-workers = 0\nrestart = true\n'
+                 'redo = true\ndetect-anomaly = false\n')
+    rc = _run_all().main(["--config", str(f), "--out", str(tmp_path / "o"), "--no-train"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "1 missing (--no-train: not trained)" in out
+    (tmp_path / "bad.toml").write_text('methods = "pgdat"\nread-evry = 5\n')
+    assert _run_all().main(["--config", str(tmp_path / "bad.toml"), "--no-train",
+                            "--out", str(tmp_path / "o")]) != 0
+    assert "read-evry" in capsys.readouterr().err

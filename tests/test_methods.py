@@ -4,7 +4,7 @@ For each method and each data set's `faithful` preset: the loss value, its gradi
 points), the BatchNorm running statistics it leaves (order and count of train-mode forwards),
 the training attack (modes, random start, objective), the LR schedule and the preset values.
 The KL, the PGD loop and the forward sequences below never call the methods' helpers or
-`bench.attacks`. Everything runs in float64 on tiny models, so comparisons are tight.
+`bench.eval.attacks`. Everything runs in float64 on tiny models, so comparisons are tight.
 """
 
 from __future__ import annotations

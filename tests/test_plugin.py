@@ -13,8 +13,8 @@ PLUGIN = '''
 
 import torch.nn.functional as F
 
-from bench.attacks import pgd
-from bench.distiller import Distiller
+from bench.eval.attacks import pgd
+from bench.core.distiller import Distiller
 
 
 class MixAT(Distiller):

@@ -184,13 +184,13 @@ def test_foreign_files_reported_not_fatal(report) -> None:
 
 def test_stored_cells_are_reused_not_trained(store: Path, tmp_path: Path,
                                              monkeypatch) -> None:
-    import bench.pipeline
+    import bench.train.pipeline
 
     def no_training(*a, **k):
         raise AssertionError("run_all trained a stored cell")
 
     reports = []
-    monkeypatch.setattr(bench.pipeline, "run_cell", no_training)
+    monkeypatch.setattr(bench.train.pipeline, "run_cell", no_training)
     monkeypatch.setattr(run_all, "write_report", lambda *a: reports.append(a) or [])
     rc, out, err = run(["--methods", ",".join(METHODS), "--seeds", "0,1", "--epochs",
                         str(EPOCHS), "--out", str(store), "--device", "cpu",
@@ -234,14 +234,14 @@ def test_every_figure_kind_is_a_real_image_naming_every_method(store: Path, tmp_
                                                                monkeypatch, capsys) -> None:
     """`bench plot KIND` for each report figure: PNG + PDF, every method in the legend, the
     same colour for a method in every figure, labelled axes."""
-    import bench.plots
     import matplotlib.image
 
+    import bench.report.plots
     from bench.cli import main
     from bench.report.figures import method_colors
 
     seen: dict[str, list] = {}
-    save = bench.plots._save
+    save = bench.report.plots._save
 
     def spy(fig, out_dir, stem):
         seen[stem] = fig
@@ -258,7 +258,7 @@ def test_every_figure_kind_is_a_real_image_naming_every_method(store: Path, tmp_
             assert tuple(got)[:3] == pytest.approx(tuple(color)[:3], abs=1e-6), (stem, m)
         return save(fig, out_dir, stem)
 
-    monkeypatch.setattr(bench.plots, "_save", spy)
+    monkeypatch.setattr(bench.report.plots, "_save", spy)
     for kind in ("accuracy", "robustness", "training"):
         main(["plot", kind, "--out", str(store), "--dest", str(tmp_path), "--dataset", "digits"])
         printed = capsys.readouterr().out.split()

@@ -20,7 +20,7 @@ WRITERS, ROWS = 8, 50
 WRITER = """
 import sys, time
 from pathlib import Path
-from bench.store import Store
+from bench.core.store import Store
 
 root, w = Path(sys.argv[1]), int(sys.argv[2])
 while not (root / "go").exists():

@@ -66,7 +66,7 @@ class Params:
     swa_start: int | None = None  # ... this 0-based epoch (None: the first milestone)
     swa_bn: Literal["batch"] | None = None  # SWA's BN recompute: None weighs each image
     # equally (PeerAiD's code), "batch" each batch (torch's update_bn, SAAD's code)
-    selection: str | None = None  # a rule of bench.selection (None: the common protocol)
+    selection: str | None = None  # a rule of bench.train.selection (None: the common protocol)
     seed: int | None = None  # the seed the authors' code fixes, if any (documentation only)
 
     def lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
@@ -124,7 +124,7 @@ def paper(selection: str | None = None, clean: dict[str, str | tuple[str, ...]] 
           normalize: dict[str, str] | None = None, **teachers: str | tuple[str, ...]) -> Preset:
     """The `paper` preset of a method: its paper's teacher per data set (and clean teacher per
     data set, `clean`; the statistics a teacher normalises with, `normalize`), and the rule by
-    which the paper picked the checkpoints it reported (`bench.selection`)."""
+    which the paper picked the checkpoints it reported (`bench.train.selection`)."""
     return dataclasses.replace(PAPER, teachers=teachers, clean_teachers=clean or {},
                                teacher_normalize=normalize or {},
                                common=dict(selection=selection) if selection else {})

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from bench import BenchError
+from bench.core.files import load_file, write_file
 from bench.core.suggest import unknown
 
 Split = Literal["train", "val", "test"]
@@ -180,8 +181,6 @@ def _digits_arrays(root: Path) -> tuple[Tensor, Tensor]:
     """scikit-learn's digits (pixels / 16, labels), cached as tensors under `root` keyed by
     its data file: importing scikit-learn takes about a second, more than an embedded epoch.
     A damaged cache is rebuilt with one warning line."""
-    from bench.core import files
-
     found = importlib.util.find_spec("sklearn")
     src = Path((found.submodule_search_locations or [""])[0]) / "datasets/data/digits.csv.gz" \
         if found else Path()
@@ -192,7 +191,7 @@ def _digits_arrays(root: Path) -> tuple[Tensor, Tensor]:
         cache = root / "bench-decoded" / f"digits-{key}.pt"
         if cache.exists():
             try:
-                blob = files.load_file(cache)
+                blob = load_file(cache)
                 return blob["x"], blob["y"]
             except (BenchError, KeyError, TypeError) as exc:
                 warn(f"digits cache {cache} is damaged ({exc}); rebuilding it")
@@ -204,7 +203,7 @@ def _digits_arrays(root: Path) -> tuple[Tensor, Tensor]:
     if cache is not None:
         with contextlib.suppress(OSError):  # an unwritable root just goes uncached
             cache.parent.mkdir(parents=True, exist_ok=True)
-            files.write_file(cache, {"x": x, "y": y})
+            write_file(cache, {"x": x, "y": y})
     return x, y
 
 

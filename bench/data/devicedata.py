@@ -28,8 +28,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from bench import BenchError
-from bench.core import files
-from bench.core.files import atomic_write_bytes
+from bench.core.files import atomic_write_bytes, load_file, write_file
 from bench.data import datasets
 
 CACHE_FORMAT = "bench-decoded-1"
@@ -99,7 +98,7 @@ def _decode(ds: Dataset) -> tuple[Tensor, Tensor]:
 def _read_cache(path: Path, key: str) -> tuple[Tensor, Tensor] | None:
     """The cached tensors, or None (with one warning line) when the file is damaged."""
     try:
-        blob = files.load_file(path)  # CRC-checked, weights only
+        blob = load_file(path)  # CRC-checked, weights only
         ok = (isinstance(blob, dict) and blob.get("format") == CACHE_FORMAT
               and blob.get("key") == key and blob["x"].dtype == torch.uint8
               and blob["x"].dim() == 4 and len(blob["x"]) == len(blob["y"]))
@@ -160,7 +159,7 @@ def decoded(name: str, source: datasets.Source, root: Path | None = None) -> tup
     x, y = _decode(ds)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        files.write_file(path, {"format": CACHE_FORMAT, "key": key, "x": x, "y": y})
+        write_file(path, {"format": CACHE_FORMAT, "key": key, "x": x, "y": y})
         atomic_write_bytes(_index(root, name, source), json.dumps(
             {"format": CACHE_FORMAT, "key": key, "stamp": _stamp(name, source, files),
              "files": [str(f.resolve()) for f in files]}).encode())

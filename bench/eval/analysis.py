@@ -1,6 +1,6 @@
 """Measurements on models, not training: tutor accuracy, transfer matrices, attack strength.
 
-They reuse the evaluation suite's attacks (bench.evaluate), models in eval mode, and every
+They reuse the evaluation suite's attacks (bench.eval.evaluate), models in eval mode, and every
 measurement draws its random starts from its own seeded generator state, so measuring never
 changes a training run's trajectory and the same models give the same numbers. What they
 measure goes next to the run (`<out>/runs/<cell>/strength.json`, the epoch history) or under

@@ -1,5 +1,5 @@
 """The GPU check: `bench perf --suite gpu` (or scripts/gpu_check.sh, `python -m
-bench.gpucheck`), torch and bench only.
+bench.perf.gpucheck`), torch and bench only.
 
 On one CUDA GPU in under 8 minutes, with no network: (1) the fp32 fast path (device data,
 channels_last, fused SGD) computes the reference loop's loss and gradients on a fixed batch;

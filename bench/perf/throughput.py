@@ -1,4 +1,5 @@
-"""Training throughput, side by side: `python -m bench.perf` (torch only) or `bench perf`.
+"""Training throughput, side by side: `python -m bench.perf.throughput` (torch only) or
+`bench perf`.
 
 Every configuration trains the same method, model, batch size and data; configurations are
 interleaved round by round (A B A B ... after warm-up) in one process, so machine noise hits
@@ -8,7 +9,7 @@ Plain mode compares (method, preset) pairs, each stepping bench's trainer on a f
 `--reference` compares bench's trainer, fed by the device data path, with a straight loop
 written like the authors' code: fp32, NCHW, a torchvision DataLoader with PIL augmentation,
 `.item()` every step, no compile. `--synthetic` uses random images of the data set's shape.
-The GPU check that builds on this is `bench perf --suite gpu` (bench.gpucheck).
+The GPU check that builds on this is `bench perf --suite gpu` (bench.perf.gpucheck).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def _load() -> None:
         importlib.import_module(mod)
 
 
-FIGURE_MODULES: list[str] = ["bench.plots", "bench.analysis_plots"]
+FIGURE_MODULES: list[str] = ["bench.report.plots", "bench.report.analysis_plots"]
 
 
 def method_colors(methods: list[str]) -> dict[str, Any]:

@@ -158,7 +158,7 @@ def page(title: str, intro: str, sections: list[dict[str, Any]], reported: str,
         body += [image(p, alt) for p, alt in s["figures"]]
         body.append("</section>")
     body.append('<section id="reported"><h2>Reproduced vs published</h2>'
-                '<p class="note">Published numbers are data of bench (bench/reported.toml), '
+                '<p class="note">Published numbers are data of bench (bench/report/reported.toml), '
                 "never mixed with measured rows. Grades: P = the authors' own artifact, "
                 "S = a faithful copy of a paper table or a later paper's own table, T = "
                 "third-party notes, unchecked against the paper. Differences are reproduced "

@@ -46,7 +46,7 @@ class Cell:
     teacher_normalize: str | None = None  # the teacher normalises its input with these stats
     clean_teacher: str | None = None  # the non-robust teacher: file, "robustbench:NAME", None
     clean_teacher_arch: str | None = None  # None: the preset's, else the student's
-    precision: str = "fp32"  # training precision (bench.compute); evaluation is always fp32
+    precision: str = "fp32"  # training precision (bench.train.compute); evaluation is always fp32
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 It owns loops, devices, optimizers, LR schedules, SWA, model selection, checkpoints and
 logging; a method supplies `attack` and `loss` (and, if it has them, its state, hooks and a
-trained teacher's `teacher_loss`: see `bench.distiller.Distiller`).
+trained teacher's `teacher_loss`: see `bench.core.distiller.Distiller`).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ class RunOptions:
     log: Any = print  # a callable taking one line (the CLI passes rich's console.print)
     progress: Any = None  # optional callable(label, done, total, loss or None), every batch
     data_path: str = "device"  # "device": decoded once, augmented on the device; "torchvision"
-    channels_last: bool | None = None  # None: the device's default (bench.compute)
-    compile: bool | None = None  # None: compile long CUDA runs only (bench.compute)
+    channels_last: bool | None = None  # None: the device's default (bench.train.compute)
+    compile: bool | None = None  # None: compile long CUDA runs only (bench.train.compute)
     read_every: int = 0  # also read the loss back every N steps (0: once per epoch)
 
 

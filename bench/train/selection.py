@@ -24,7 +24,7 @@ class Rule:
     """How one paper picked the networks it reported."""
 
     doc: str
-    attack: str = "pgd10"  # the selection attack (an attack of bench.evaluate, eval mode)
+    attack: str = "pgd10"  # the selection attack (an attack of bench.eval.evaluate, eval mode)
     # acc+worst: + the worst class's accuracy; clean+adv: (clean acc + attack acc) / 2
     score: Literal["acc", "acc+worst", "clean+adv"] = "acc"
     every: int | None = None  # evaluate at 1-based epochs every, 2 every, ...; None: the cell's

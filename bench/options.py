@@ -1,0 +1,260 @@
+"""The options of a grid, declared once as data: `bench run` and run_all.py take the same ones
+(and so read the same experiment files), and click fills one `GridOptions` from them.
+
+Each field of `GridOptions` (and of `RunControl`, the options only `bench run` has) is also
+its click option: `opt(group, *flags, ...)` holds the flags, the help and click's settings,
+and `--help` lists the options under their groups' headings.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench import BenchError
+from bench.eval.evaluate import ALL_ATTACKS
+from bench.train import experiment
+from bench.train.cells import Cell
+from bench.train.teachers import NORMALIZATIONS
+
+GRID = "What to train"
+TEACHERS = "Teachers and peers"
+EVALUATION = "Selection and evaluation"
+COMPUTE = "How it computes"
+JOBS = "Output and cluster jobs"
+RUNNING = "Resuming and debugging"
+ON_OFF = click.Choice(["auto", "on", "off"])
+FLAG = {"auto": None, "on": True, "off": False}
+
+
+def opt(group: str, *flags: str, help: str, default: Any = None, **click_kw: Any) -> Any:
+    """A dataclass field that is also a click option (its default shown when it has one)."""
+    click_kw.setdefault("show_default", default not in (None, ()))
+    return field(default=default, metadata={"group": group, "flags": flags, "help": help,
+                                            "click": click_kw})
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    """Which cells a grid has and how they run, as the command line or a file gave them."""
+
+    methods: str = opt(GRID, "--methods", default="peeraid,rslad",
+                       help="Comma-separated method names (see `bench list`), or all.")
+    datasets: str = opt(GRID, "--datasets", "--dataset", default="digits",
+                        help="Comma-separated data sets; the default is the embedded, offline "
+                             "digits set.")
+    archs: str | None = opt(GRID, "--archs", "--arch",
+                            help="Comma-separated student architectures [default: each data "
+                                 "set's].")
+    preset: str = opt(GRID, "--preset", default="faithful", help="Hyper-parameter preset.")
+    seeds: str = opt(GRID, "--seeds", default="0", help="Comma-separated seeds.")
+    epochs: int | None = opt(GRID, "--epochs", type=int, help="Override the preset's epochs.")
+    sets: tuple[str, ...] = opt(GRID, "--set", default=(), multiple=True, metavar="KEY=VALUE",
+                                help="Override any hyper-parameter (repeatable), e.g. --set t=4.")
+    sweep: tuple[str, ...] = opt(GRID, "--sweep", default=(), multiple=True, metavar="KEY=V1,V2",
+                                 help="One cell per value (repeatable: one per combination), "
+                                      "typed and checked like --set, e.g. --sweep g2=0.01,0.1,1.")
+    teacher: str | None = opt(TEACHERS, "--teacher",
+                              help="Teacher checkpoint file or robustbench:NAME [default: train "
+                                   "one with --teacher-method, cached].")
+    teacher_normalize: str | None = opt(
+        TEACHERS, "--teacher-normalize", type=click.Choice(sorted(NORMALIZATIONS)),
+        help="The teacher normalises its [0,1] input with these mean/std inside.")
+    teacher_arch: str | None = opt(TEACHERS, "--teacher-arch",
+                                   help="Teacher architecture [default: student's].")
+    teacher_method: str | None = opt(TEACHERS, "--teacher-method",
+                                     help="Method that trains the teacher when none is given "
+                                          "[default: the preset's teacher, else pgdat].")
+    clean_teacher: str | None = opt(TEACHERS, "--clean-teacher",
+                                    help="Clean (non-robust) teacher of a multi-teacher method: "
+                                         "file or robustbench:NAME [default: the preset's, else "
+                                         "trained with standard].")
+    clean_teacher_arch: str | None = opt(TEACHERS, "--clean-teacher-arch",
+                                         help="Clean teacher architecture [default: the "
+                                              "preset's, else student's].")
+    peer_arch: str | None = opt(TEACHERS, "--peer-arch",
+                                help="PeerAiD's peer architecture [default: student's].")
+    select: str = opt(EVALUATION, "--select", type=click.Choice(["test", "val"]), default="test",
+                      help="Split for best-checkpoint selection (PGD-10).")
+    select_every: int = opt(EVALUATION, "--select-every", type=int, default=1,
+                            help="Epochs between selection evaluations.")
+    attacks: str = opt(EVALUATION, "--attacks", default=",".join(ALL_ATTACKS),
+                       help="Evaluation attacks.")
+    aa_samples: int | None = opt(EVALUATION, "--aa-samples", type=int,
+                                 help="AutoAttack on a fixed seeded subset of N test images "
+                                      "[default: 100 on the embedded set, all otherwise].")
+    aa_on: str = opt(EVALUATION, "--aa-on", type=click.Choice(["best", "all", "none"]),
+                     default="best",
+                     help="Checkpoints AutoAttack runs on: best = the ones papers report (best, "
+                          "and swa_best for PeerAiD); the other attacks run on every checkpoint.")
+    device: str = opt(COMPUTE, "--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    precision: str = opt(COMPUTE, "--precision",
+                         type=click.Choice(["auto", "fp32", "tf32", "bf16"]), default="auto",
+                         help="Training precision (part of the cell id): auto = bf16 autocast "
+                              "on CUDA, fp32 on the CPU. Evaluation attacks always run in fp32 "
+                              "(tf32 with tf32).")
+    data_path: str = opt(COMPUTE, "--data-path", type=click.Choice(["device", "torchvision"]),
+                         default="device",
+                         help="device: decode each data set once (cached beside it), augment "
+                              "whole batches on the device; torchvision: PIL per image in a "
+                              "DataLoader.")
+    channels_last: str = opt(COMPUTE, "--channels-last", type=ON_OFF, default="auto",
+                             help="channels_last memory format [auto: on for CUDA, and on the "
+                                  "CPU for images of 32 px or more].")
+    compile_: str = opt(COMPUTE, "--compile", type=ON_OFF, default="auto",
+                        help="torch.compile the networks [auto: CUDA runs of 30 epochs or "
+                             "more].")
+    data_root: str | None = opt(COMPUTE, "--data-root", type=click.Path(file_okay=False),
+                                help="Folder holding (or receiving) torchvision data sets.")
+    threads: int | None = opt(COMPUTE, "--threads", type=int,
+                              help="CPU threads for torch [default: torch's choice]; 1 is "
+                                   "fastest for tiny models on a busy machine.")
+    out: str = opt(JOBS, "--out", type=click.Path(file_okay=False), default="results",
+                   help="Results folder (rows, checkpoints, teachers).")
+    executor: str = opt(JOBS, "--executor", type=click.Choice(["none", "local", "slurm", "debug"]),
+                        default="none",
+                        help="Run the cells as submitit jobs: Slurm, local processes, or "
+                             "in-process.")
+    slurm_partition: str | None = opt(JOBS, "--slurm-partition",
+                                      help="Slurm partition for --executor slurm.")
+    timeout_min: int = opt(JOBS, "--timeout-min", type=int, default=24 * 60,
+                           help="Per-job time limit for --executor.")
+    gpus_per_node: int = opt(JOBS, "--gpus-per-node", type=int, default=0,
+                             help="GPUs per job for --executor.")
+
+    def attack_list(self) -> tuple[str, ...]:
+        return tuple(experiment.csv(self.attacks))
+
+    def check(self) -> None:
+        """The checks a value needs beyond its click type, before any work."""
+        attacks = self.attack_list()
+        bad = [a for a in attacks if a not in ALL_ATTACKS]
+        if bad or not attacks:
+            raise BenchError(f"unknown attack {bad[0] if bad else self.attacks!r} "
+                             f"(valid: {', '.join(ALL_ATTACKS)})")
+        if self.aa_samples is not None and self.aa_samples < 1:
+            raise BenchError(f"--aa-samples must be >= 1, got {self.aa_samples}")
+        if self.threads is not None and self.threads < 1:
+            raise BenchError(f"--threads must be >= 1, got {self.threads}")
+
+    def run_device(self) -> str:
+        """Where the cells train: the jobs' machines decide under --executor (a GPU job runs
+        on cuda), else this machine's device, checked."""
+        if self.executor != "none":
+            return "cuda" if self.gpus_per_node else "cpu" if self.device == "auto" else self.device
+        return experiment.resolve_device(self.device)
+
+    def cells(self, device: str) -> list[Cell]:
+        """The grid's cells; precision auto is decided by `device`, as for every command."""
+        precision = self.precision
+        if precision == "auto":
+            from bench.train.compute import default_precision
+
+            precision = default_precision(device)
+        return experiment.grid(
+            self.methods, self.datasets, self.archs, self.seeds, self.preset, self.epochs,
+            self.sets, self.sweep, peer_arch=self.peer_arch, teacher=self.teacher,
+            teacher_arch=self.teacher_arch, teacher_method=self.teacher_method,
+            select=self.select, select_every=self.select_every,
+            teacher_normalize=self.teacher_normalize, clean_teacher=self.clean_teacher,
+            clean_teacher_arch=self.clean_teacher_arch, precision=precision).cells()
+
+    def use_threads(self) -> None:
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+
+    def eval_options(self):
+        from bench.train.pipeline import EvalOptions
+
+        return EvalOptions(attacks=self.attack_list(), aa_samples=self.aa_samples,
+                           aa_on=self.aa_on)
+
+    def run_options(self, out: Path, device: str, **more: Any):
+        """The runner's options from these (`more`: the caller's own, e.g. its logger)."""
+        from bench.train.runner import RunOptions
+
+        return RunOptions(out=out, device=device,
+                          data_root=Path(self.data_root) if self.data_root else None,
+                          data_path=self.data_path, channels_last=FLAG[self.channels_last],
+                          compile=FLAG[self.compile_], **more)
+
+    def sweep_options(self):
+        """submitit's options, or None when the cells run in this process."""
+        if self.executor == "none":
+            return None
+        from bench.train.sweep import SweepOptions
+
+        return SweepOptions(executor=self.executor, timeout_min=self.timeout_min,
+                            partition=self.slurm_partition, gpus_per_node=self.gpus_per_node)
+
+
+@dataclass(frozen=True)
+class RunControl:
+    """Options of `bench run` alone: how its cells resume and what it shows while training."""
+
+    redo: bool = opt(RUNNING, "--redo", default=False, is_flag=True, show_default=False,
+                     help="Retrain cells already in the store.")
+    resume: bool = opt(RUNNING, "--resume/--restart", default=True,
+                       help="Continue an unfinished cell from its last epoch checkpoint, or "
+                            "start it over.")
+    detect_anomaly: bool = opt(RUNNING, "--detect-anomaly", default=False, is_flag=True,
+                               show_default=False, help="torch autograd anomaly detection.")
+    num_workers: int = opt(RUNNING, "--num-workers", type=int, default=0,
+                           help="DataLoader workers for torchvision data sets.")
+    read_every: int = opt(RUNNING, "--read-every", type=click.IntRange(min=0), default=0,
+                          help="Read the loss back every N steps (a host-device sync) to show it "
+                               "in the progress bar and stop a non-finite run early; 0: once "
+                               "per epoch.")
+
+
+def _group_of() -> dict[str, str]:
+    return {f.name: f.metadata["group"] for cls in (GridOptions, RunControl) for f in fields(cls)}
+
+
+def file_keys(cls: type) -> frozenset[str]:
+    """The experiment-file keys of `cls`'s options (every long flag, dashes dropped)."""
+    return frozenset(name.lstrip("-") for f in fields(cls) for flag in f.metadata["flags"]
+                     for name in flag.split("/"))
+
+
+def options_of(cls: type, **defaults: Any) -> Callable[[Callable], Callable]:
+    """Click options for every field of `cls`; the command receives one `cls` object, after
+    those of `options_of` decorators above this one (`defaults` replace the declared ones,
+    e.g. the methods a command runs)."""
+    names = [f.name for f in fields(cls)]
+
+    def apply(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:  # args: objects of options stacked above
+            return fn(*args, cls(**{n: kwargs.pop(n) for n in names}), **kwargs)
+
+        for f in reversed(fields(cls)):
+            kw = dict(f.metadata["click"])
+            default = defaults.get(f.name, f.default)
+            command = click.option(*f.metadata["flags"], f.name, default=default,
+                                   help=f.metadata["help"], **kw)(command)
+        return command
+
+    return apply
+
+
+class GroupedCommand(click.Command):
+    """A command whose --help lists the declared options under their groups' headings."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        group_of, sections = _group_of(), {}
+        for p in self.get_params(ctx):
+            record = p.get_help_record(ctx)
+            if record:
+                sections.setdefault(group_of.get(p.name, "Other options"), []).append(record)
+        for title, records in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(records)
+
