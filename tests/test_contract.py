@@ -255,8 +255,8 @@ def test_second_register_of_a_name_names_both_classes() -> None:
     with pytest.raises(BenchError) as err:
         registry.register("pgdat")(Other)
     msg = str(err.value)
-    assert "methods.pgdat.PGDAT" in msg and "test_contract" in msg and "Other" in msg
-    assert registry.get("pgdat").__module__ == "methods.pgdat"
+    assert "bench.methods.pgdat.PGDAT" in msg and "test_contract" in msg and "Other" in msg
+    assert registry.get("pgdat").__module__ == "bench.methods.pgdat"
 
 
 @pytest.fixture
@@ -270,7 +270,7 @@ def clashing_plugin(tmp_path: Path, monkeypatch) -> Path:
     (info / "entry_points.txt").write_text("[bench.methods]\npgdat = clash_mod:Fake\n")
     (site / "clash_mod.py").write_text(textwrap.dedent(f"""
         open({str(tmp_path / "imported")!r}, "w").close()
-        from methods.standard import Standard as Fake
+        from bench.methods.standard import Standard as Fake
         """))
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(registry, "_loaded", False)
@@ -279,9 +279,9 @@ def clashing_plugin(tmp_path: Path, monkeypatch) -> Path:
 
 
 def test_plugin_wanting_a_builtin_name_is_refused(clashing_plugin: Path) -> None:
-    assert registry.get("pgdat").__module__ == "methods.pgdat"
+    assert registry.get("pgdat").__module__ == "bench.methods.pgdat"
     why = registry.broken()["pgdat"]
-    assert why.startswith("refused: clash_mod.Fake wants the name of methods.pgdat.PGDAT")
+    assert why.startswith("refused: clash_mod.Fake wants the name of bench.methods.pgdat.PGDAT")
     res = subprocess.run([BENCH, "list"], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200",
                               "PYTHONPATH": os.pathsep.join(

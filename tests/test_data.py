@@ -277,15 +277,15 @@ def test_decoded_cache_is_used_invalidated_and_rebuilt(tmp_path: Path, no_md5, m
     _dump(base / "meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
     first = devicedata.decoded("cifar100", "test", tmp_path)
     (cache,) = (tmp_path / devicedata.CACHE_DIR).glob("*.pt")
-    decode, raw = devicedata._decode, devicedata.data.raw
+    decode, raw = devicedata._decode, devicedata.datasets.raw
     monkeypatch.setattr(devicedata, "_decode", lambda ds: pytest.fail("decoded again"))
     # unchanged files: the cache is read without running the loader (md5 sums, unpickling)
-    monkeypatch.setattr(devicedata.data, "raw", lambda *a: pytest.fail("the loader ran"))
+    monkeypatch.setattr(devicedata.datasets, "raw", lambda *a: pytest.fail("the loader ran"))
     assert torch.equal(devicedata.decoded("cifar100", "test", tmp_path)[0], first[0])
     new = _images(6, 100)[0]
     _dump(base / "test", {"data": new, "fine_labels": [2] * 6})  # a changed file: a new key
     monkeypatch.setattr(devicedata, "_decode", decode)
-    monkeypatch.setattr(devicedata.data, "raw", raw)
+    monkeypatch.setattr(devicedata.datasets, "raw", raw)
     x, y = devicedata.decoded("cifar100", "test", tmp_path)
     assert torch.equal(devicedata.to_float(x), _as_x(new)) and y.tolist() == [2] * 6
     (cache,) = set((tmp_path / devicedata.CACHE_DIR).glob("*.pt")) - {cache}

@@ -1,5 +1,6 @@
 """Files bench writes and reads back: atomic (a reader sees the old file or the whole new
 one) and, for tensors, loadable with `torch.load(weights_only=True)` only (never runs code).
+torch is imported where tensors are handled: the results store writes JSON without it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from bench import BenchError
 
@@ -35,6 +34,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def serialized(obj: Any) -> bytes:
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
@@ -52,6 +53,8 @@ def load_file(path: Path) -> Any:
     and would load flipped bits as weights. Torch's warnings are silenced: the outcome is
     the value or one BenchError, never extra lines on stderr.
     """
+    import torch
+
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
