@@ -9,8 +9,9 @@ Cells come from bench.train.experiment, as for `bench run`: the same options (or
 experiment file) give the same cells, and stored cells are reused.
 
 The report (<out>/report by default) covers every row in the store: results.md (tables per
-data set / architecture, image counts, how measured), results.csv (every row, flat),
-results.tex (the main table as a LaTeX tabular) and the figures as PNG and PDF.
+data set / architecture, image counts, how measured), results.csv (every row: accuracies in
+percent, nested fields as JSON), results.tex (the main table as a LaTeX tabular) and the
+figures as PNG and PDF. `--names peeraid=PeerAiD-ours` renames a method in all of them.
 """
 
 from __future__ import annotations
@@ -42,14 +43,16 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool, so=None,
     gives the runner's options (data path, memory format, compile), defaults without it."""
     from bench.core.store import Store
     from bench.train.cells import resolve
-    from bench.train.pipeline import run_cell, stored
+    from bench.train.pipeline import reusable, run_cell, stored
 
     store = Store(out)
     resolved = [resolve(c) for c in cells]  # every config error before any training
-    todo = [r for r in resolved if not stored(r, store)]
+    grid = grid or GridOptions()
+    todo = [r for r in resolved if not reusable(r, store, grid.keep_stale)]
     todo_ids = {r.id for r in todo}
     for r in resolved:
-        state = "reuse" if r.id not in todo_ids else ("MISSING" if no_train else "train")
+        state = ("reuse" if r.id not in todo_ids else "stale" if stored(r, store)
+                 else "MISSING" if no_train else "train")
         say(f"  {state:7s} {r.cell.method:8s} {r.cell.dataset}/{r.arch} seed {r.cell.seed}  "
             f"({r.id})")
     say(f"{len(resolved) - len(todo)} cell(s) reused from {out}, "
@@ -57,7 +60,6 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool, so=None,
            else f"{len(todo)} to train"))
     if no_train or not todo:
         return []
-    grid = grid or GridOptions()
     opts = grid.run_options(out, device, log=say)
     if so is not None:
         from bench.train.sweep import sweep
@@ -83,13 +85,16 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool, so=None,
 
 # --- report -----------------------------------------------------------------------------
 
-def write_report(out: Path, report_dir: Path) -> list[Path]:
-    """Every table and figure of the report from the rows stored under `out`."""
+def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = None
+                 ) -> list[Path]:
+    """Every table and figure of the report from the rows stored under `out`; `names`
+    overrides methods' display names (method id -> name)."""
     import pandas as pd
 
     from bench.core.store import Store
     from bench.report import html, plots
     from bench.report.aggregate import (
+        BOLD_NOTE,
         aggregate,
         current,
         flat,
@@ -102,7 +107,13 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
         paper_table,
         sections,
     )
-    from bench.report.reported import compare, comparison_table
+    from bench.report.reported import (
+        GRADES_NOTE,
+        compare,
+        comparison_table,
+        not_comparable,
+        not_comparable_table,
+    )
 
     rows, problems = Store(out).read()
     for p in problems:
@@ -126,24 +137,31 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
 
     df, old = current(df)  # a cell re-run under a new id replaces the old one, not averaged
     table = flat(pd.concat([df.assign(in_report=True), old.assign(in_report=False)])
-                 .sort_index().drop(columns=["setup"]))
+                 .sort_index().drop(columns=["setup"]), names)
     put("results.csv", table.to_csv(index=False))
-    for kind in PLOT_KINDS:  # figures of sections no longer in the store must not linger
-        for stale in [*report_dir.glob(f"{kind}_*.png"), *report_dir.glob(f"{kind}_*.pdf")]:
-            stale.unlink()
-    figures = {
-        "accuracy": plots.accuracy_bars(df, report_dir),
-        "robustness": plots.robustness_scatter(df, report_dir),
-        "training": plots.training_curves(df, out / "runs", report_dir),
-    }
-    written += [p for ps in figures.values() for p in ps]
-    analyses = _analysis_figures(out, report_dir)
+    from bench.report import figures as kinds
+
+    for kind in {*PLOT_KINDS, *kinds.names()}:  # figures no longer drawn must not linger
+        for stale in report_dir.glob(f"{kind}_*"):  # (transfer-*: their former names)
+            if stale.suffix in (".png", ".pdf", ".txt"):
+                stale.unlink()
+    for stale in [*report_dir.glob("transfer-*.png"), *report_dir.glob("transfer-*.pdf")]:
+        stale.unlink()
+    figures = {}  # per section: the accuracy and robustness figures of its main checkpoint
+    for key, sec in sections(df):  # (best where it has it), and its training curves
+        figures[key] = {
+            "accuracy": plots.accuracy_bars(sec, report_dir, None, names),
+            "robustness": plots.robustness_scatter(sec, report_dir, None, names),
+            "training": plots.training_curves(sec, out / "runs", report_dir, names),
+        }
+        written += [p for ps in figures[key].values() for p in ps]
+    analyses = _analysis_figures(out, report_dir, names)
     written += [p for _, ps in analyses for p in ps]
     _, missing_hist = plots.histories(df, out / "runs")
 
     intro = (f"Generated {time.strftime('%Y-%m-%d %H:%M')} by run_all.py from the "
              f"{len(df) + len(old)} rows in {out / 'rows'}. Accuracy (%) under attack; mean ± "
-             f"sample std over seeds; the best mean of each column and checkpoint in bold.")
+             f"sample std over seeds. {BOLD_NOTE}")
     md = ["# Results: adversarial distillation benchmark\n",
           intro.replace(str(out / "rows"), f"`{out / 'rows'}`")
           + " Every row, with its full configuration, is in `results.csv`; `index.html` is "
@@ -158,7 +176,7 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
     tex = ["% Main table (checkpoint 'best'): accuracy (%) under attack, mean $\\pm$ std "
            "over seeds.", "% Generated by run_all.py; needs \\usepackage{booktabs}.", ""]
     for (dataset, arch), sec in sections(df):
-        agg = aggregate(sec)
+        agg = aggregate(sec, names=names)
         md.append(f"## {dataset} / {arch}\n")
         md.append(markdown(paper_table(agg, bold=True)) + "\n")
         how = how_measured(sec)
@@ -170,16 +188,18 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
         for kind, what in (("accuracy", "Accuracy under each attack"),
                            ("robustness", "Clean vs robust accuracy"),
                            ("training", "Training curves")):
-            png = [p for p in figures[kind] if p.suffix == ".png"
-                   and p.stem.endswith(_suffix(dataset, arch))]
-            for p in png:
-                md.append(f"![{what}, {dataset} / {arch}]({p.name})\n")
-                pngs.append((p, f"{what}, {dataset} / {arch}"))
+            for p in figures[(dataset, arch)][kind]:
+                if p.suffix != ".png":
+                    continue
+                ck = plots.pick_checkpoint(agg, None) if kind != "training" else ""
+                alt = f"{what}, {dataset} / {arch}" + (f", checkpoint '{ck}'" if ck else "")
+                md.append(f"![{alt}]({p.name})\n")
+                pngs.append((p, alt))
         metrics = metrics_of(agg)
         pages.append({"title": f"{dataset} / {arch}", "how": how.replace("**", ""),
                       "notes": notes, "figures": pngs,
-                      "table": html.section_table(agg, sec.assign(label=labels(sec)), metrics,
-                                                  margins(agg, metrics))})
+                      "table": html.section_table(agg, sec.assign(label=labels(sec, names)),
+                                                  metrics, margins(agg, metrics))})
         best = agg[agg["checkpoint"] == "best"]
         main = best if not best.empty else agg
         ckpt = "best" if not best.empty else "all checkpoints"
@@ -188,15 +208,17 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
     cmp = compare(df)
     md.append("## Reproduced vs published\n")
     md.append("Published numbers come from `bench/report/reported.toml` (`bench reported` lists "
-              "them), each with its grade: P = the authors' own artifact, S = a faithful copy "
-              "of a paper table or a later paper's own table, T = third-party notes, "
-              "unchecked. Difference = reproduced − published (points); `!` marks one larger "
-              "than max(1 pp, 2 std over seeds).\n")
+              f"them). {GRADES_NOTE} Difference = reproduced − published (points); `!` marks "
+              "one larger than max(1 pp, 2 std over seeds).\n")
     if cmp.empty:
         md.append("No published figure matches the stored settings (data set, student, "
                   "teacher where known, checkpoint).\n")
     for (dataset, arch), g in cmp.groupby(["dataset", "arch"], sort=True):
         md.append(f"### {dataset} / {arch}\n\n{markdown(comparison_table(g))}\n")
+    apart = not_comparable(df)
+    if not apart.empty:
+        md.append("### Published figures of these settings that are not comparable\n\n"
+                  + markdown(not_comparable_table(apart)) + "\n")
     appendix = ""
     if analyses:
         md.append("## Analyses\n")
@@ -218,12 +240,15 @@ def write_report(out: Path, report_dir: Path) -> list[Path]:
     reported = html.reported_table(cmp) if not cmp.empty else (
         "<p>No published figure matches the stored settings (data set, student, teacher "
         "where known, checkpoint).</p>")
+    if not apart.empty:
+        reported += html.not_comparable_table(apart)
     put("index.html", html.page("Results: adversarial distillation benchmark", intro, pages,
                                 reported, appendix))
     return written
 
 
-def _analysis_figures(out: Path, report_dir: Path) -> list[tuple[str, list[Path]]]:
+def _analysis_figures(out: Path, report_dir: Path, names: dict[str, str] | None = None
+                      ) -> list[tuple[str, list[Path]]]:
     """Every other registered figure kind that draws from the store without options (the
     analyses: tutor accuracy, transfer, attack strength, ...): (its description, files)."""
     import inspect
@@ -236,19 +261,14 @@ def _analysis_figures(out: Path, report_dir: Path) -> list[tuple[str, list[Path]
         params = list(inspect.signature(fig.fn).parameters.values())[2:]
         if name in PLOT_KINDS or any(p.default is p.empty for p in params):
             continue
+        given = {"names": names} if names and any(p.name == "names" for p in params) else {}
         try:
-            paths = fig.fn(out, report_dir)
+            paths = fig.fn(out, report_dir, **given)
         except BenchError:  # nothing of that kind stored (or it needs an option)
             continue
         if paths:
             drawn.append((fig.doc, paths))
     return drawn
-
-
-def _suffix(dataset: str, arch: str) -> str:
-    from bench.report.plots import _slug
-
-    return "_" + _slug(dataset, arch)
 
 
 def _notes(sec, agg, missing_hist: list[str]) -> list[str]:
@@ -285,21 +305,30 @@ def _problems_md(problems: list[str]) -> str:
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
               help="Where the report goes [default: <out>/report].")
 @click.option("--no-train", is_flag=True, help="Train nothing: only rebuild the report.")
+@click.option("--names", "names", multiple=True,
+              help="Display names in the report's tables and figures, METHOD=NAME (comma list "
+                   "or repeated; e.g. peeraid=PeerAiD-ours) [default: each method's own].")
 # `bench run`'s own options (how its cells resume) may stand in a file: read past here.
 @experiment.config_option(lambda: file_keys(RunControl))
-def cli(grid: GridOptions, report_dir: str | None, no_train: bool) -> None:
+def cli(grid: GridOptions, report_dir: str | None, no_train: bool,
+        names: tuple[str, ...]) -> None:
     """Train what is missing of the grid, then write every table and figure of the report."""
+    from bench.report.aggregate import known_methods, parse_names
+
     grid.check()
-    if not no_train:
-        grid.use_threads()
+    out_dir = Path(grid.out)
+    renames = parse_names(names, known_methods(out_dir if out_dir.is_dir() else None)) \
+        if names else {}
     device = grid.run_device()
     cells = grid.cells(device)  # precision auto as bench run decides it: the same cells
+    if not no_train:
+        grid.use_threads(cells, device)
     out_path = experiment.writable(Path(grid.out))
     say(f"grid: {len(cells)} cell(s) on {grid.datasets}, results in {out_path}")
     failures = train_grid(cells, out_path, device, grid.eval_options(), no_train,
                           grid.sweep_options(), grid)
     report = Path(report_dir) if report_dir else out_path / "report"
-    written = write_report(out_path, report)
+    written = write_report(out_path, report, renames or None)
     say(f"report in {report}:")
     for p in written:
         say(f"  {p.name}")

@@ -12,14 +12,15 @@ from rich.console import Console
 
 from bench import BenchError
 from bench.core import registry
+from bench.core.distiller import landmarks
 from bench.data import datasets
 from bench.eval.evaluate import ALL_ATTACKS
 from bench.models import model_names
 from bench.options import GridOptions, GroupedCommand, RunControl, options_of
 from bench.train import experiment, selection
-from bench.train.cells import Cell, Resolved, resolve
+from bench.train.cells import Cell, Resolved, budget_note, resolve
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # log lines never wrapped: grep finds them
 # Errors and warnings: one line each, however long (never wrapped), and literal (no markup).
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
@@ -54,7 +55,7 @@ def run(grid: GridOptions, control: RunControl) -> None:
     cells = grid.cells(run_device)
     resolved = [resolve(c) for c in cells]  # every error (teachers' too) before any training
     _check_teacher_files(resolved)
-    grid.use_threads()
+    grid.use_threads(cells, run_device)
     store = Store(_writable(Path(grid.out)))
     ev = grid.eval_options()
     base = grid.run_options(store.root, run_device, num_workers=control.num_workers,
@@ -74,9 +75,11 @@ def run(grid: GridOptions, control: RunControl) -> None:
         opts = dataclasses.replace(base, device=distributed.setup(run_device),
                                    log=_plain(bar.console) if main_rank else lambda _: None,
                                    progress=_updater(bar) if main_rank else None)
-        for c in cells:
+        for c, r in zip(cells, resolved, strict=True):
             opts.log(f"{c.method} on {c.dataset}" + (f" / {c.arch}" if c.arch else "")
                      + f", seed {c.seed}")
+            if note := budget_note(r):  # e.g. `paper` on the embedded set: 300 epochs, not 15
+                opts.log(note)
             run_cell(c, opts, ev, store, redo=control.redo, resume=control.resume)
     if main_rank:
         _print_table(store, {r.id for r in resolved})
@@ -143,7 +146,7 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
     df, _ = current(pd.DataFrame(rows))
     opts = opts or tables.TableOptions()
     parts = (tables.reported_view if reported else tables.render)(df, fmt, opts)
-    from bench.report.aggregate import markdown, rich_table
+    from bench.report.aggregate import BOLD_NOTE, markdown, rich_table
 
     for part in parts:
         if isinstance(part, str):
@@ -152,7 +155,9 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
         title, table = part
         if console.is_terminal:  # a log file gets the markdown only: no cramped boxes
             console.print(rich_table(table, title))
-        console.print(f"{title}\n\n{markdown(table)}\n", soft_wrap=True, markup=False)
+        else:
+            console.print(f"{title}\n\n{markdown(table)}\n", soft_wrap=True, markup=False)
+        console.print(f"{BOLD_NOTE}\n", soft_wrap=True, markup=False)
 
 
 @cli.command()
@@ -173,16 +178,23 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
               help="Reproduced mean ± std beside the published figures of the same setting.")
 @click.option("--worst", is_flag=True,
               help="Add the worst class's accuracy beside clean, PGD-20 and AutoAttack.")
+@click.option("--names", multiple=True,
+              help="Display names, METHOD=NAME (comma list or repeated; e.g. "
+                   "peeraid=PeerAiD-ours) [default: each method's own].")
 def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoints: str,
-          hours: bool, ours: str | None, reported: bool, worst: bool) -> None:
+          hours: bool, ours: str | None, reported: bool, worst: bool,
+          names: tuple[str, ...]) -> None:
     """The stored results as paper tables: mean ± std over seeds (with the seed count), the
-    best per column in bold, the margin of the best method over the best other."""
+    a column's best in bold when significantly better than the runner-up (else both marked
+    with a tie), the margin of the best method over the best other."""
     from bench.core.store import Store
+    from bench.report.aggregate import known_methods, parse_names
     from bench.report.tables import TableOptions
 
     opts = TableOptions(datasets=tuple(_csv(datasets)), archs=tuple(_csv(archs)),
                         methods=tuple(_csv(methods)), checkpoints=tuple(_csv(checkpoints)),
-                        hours=hours, ours=ours, metrics=_with_worst() if worst else None)
+                        hours=hours, ours=ours, metrics=_with_worst() if worst else None,
+                        names=parse_names(names, known_methods(out)) if names else None)
     _print_table(Store(out), None, fmt, opts, reported)
 
 
@@ -193,17 +205,45 @@ def _with_worst() -> tuple[str, ...]:
     return tuple(c for a in ALL_ATTACKS for c in (a, f"{a}_worst") if c in (a, *WORST))
 
 
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Results folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tests as JSON.")
+def compare(a: str, b: str, out: str, as_json: bool) -> None:
+    """Is A better than B? Each side is METHOD or CELL_ID, with :CHECKPOINT (default best).
+
+    Per seed and attack, McNemar's exact test on the images A and B were both measured on;
+    over seeds, the mean difference with its 95 % t-interval.
+    """
+    import json
+
+    from bench.core.store import Store
+    from bench.report.compare import Side, render
+    from bench.report.compare import compare as paired_tests
+
+    sides = Side.parse(a), Side.parse(b)
+    per_seed, over = paired_tests(Store(out).read()[0], *sides)
+    if as_json:
+        click.echo(json.dumps({"per_seed": per_seed.to_dict("records"),
+                               "over_seeds": over.to_dict("records")}, indent=1))
+        return
+    click.echo(render(per_seed, over, *sides))
+
+
 @cli.command("reported")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per published figure.")
 @click.option("--dataset", "datasets", default="", help="Only these data sets (comma list).")
 @click.option("--methods", default="", help="Only these methods (comma list).")
-@click.option("--grade", "grades", default="", help="Only these grades (comma list of P, S, T).")
+@click.option("--grade", "grades", default="", help="Only these grades (comma list of R, P, S, T).")
 def reported_(as_json: bool, datasets: str, methods: str, grades: str) -> None:
-    """The published numbers bench knows: value, grade (P / S / T), source and setting."""
+    """The published numbers bench knows: value, grade (R / P / S / T) and what it rests on,
+    pinned source, setting, metric as the source states it, and notes."""
     import json
 
     from bench.report.aggregate import markdown
-    from bench.report.reported import GRADES, figures, frame
+    from bench.report.reported import GRADES, evidence, figures, frame, graded
 
     df = frame()
     for col, wanted in (("dataset", _csv(datasets)), ("method", _csv(methods)),
@@ -221,13 +261,26 @@ def reported_(as_json: bool, datasets: str, methods: str, grades: str) -> None:
         return
     for grade, why in GRADES.items():
         console.print(f"{grade}: {why}", markup=False)
-    for (paper, table), g in df.groupby(["paper", "table"], sort=False):
-        t = g.assign(value=[f"{v:.2f} ({gr})" for v, gr in zip(g["value"], g["grade"],
-                                                              strict=True)])
+    keys = ["paper", "table", "grade", "evidence", "source", "pin"]
+    for (paper, table, *_), g in df.groupby(keys, sort=False):
+        t = g.assign(value=[graded(v, gr) for v, gr in zip(g["value"], g["grade"],
+                                                           strict=True)],
+                     compared=[c or "not comparable" for c in g["column"]])
         t = t[["method", "published_as", "dataset", "arch", "teacher", "checkpoint", "metric",
-               "value"]]
-        click.echo(f"\n### {paper}: {table}\n\nsource: {g['source'].iloc[0]}\n\n"
-                   f"{markdown(t)}")
+               "compared", "value"]].rename(columns={"compared": "bench column"})
+        f = g.iloc[0]
+        click.echo(f"\n### {paper}: {table}\n\ngrade {evidence(f)}\nsource: {f['source']} "
+                   f"({f['pin']})\n\n{markdown(t)}\n")
+        for m in g[g["column"] == ""].drop_duplicates("metric").itertuples():
+            click.echo(f"metric {m.metric}: {m.about}; not comparable: {m.unlike}")
+        setting = g["published_as"] + ", " + g["arch"] + ", " + g["checkpoint"]
+        rows = g.assign(setting=setting).drop_duplicates(["setting", "note"])
+        one = rows["note"].nunique() == 1
+        for r in rows[rows["note"] != ""].drop_duplicates("note" if one else "setting") \
+                .itertuples():
+            click.echo(f"note{'' if one else f' ({r.setting})'}: {r.note}")
+        for r in g.assign(setting=setting)[g["figure_note"] != ""].itertuples():
+            click.echo(f"note on {r.setting}, {r.metric}: {r.figure_note}")
 
 
 class _PlotCommand(click.Command):
@@ -248,20 +301,31 @@ class _PlotCommand(click.Command):
               help="Results folder (rows, runs, analyses).")
 @click.option("--dest", type=click.Path(file_okay=False), default=None,
               help="Where the PNG and PDF files go [default: <out>/figures].")
+@click.option("--names", multiple=True,
+              help="Display names, METHOD=NAME (comma list or repeated; e.g. "
+                   "peeraid=PeerAiD-ours) [default: each method's own].")
 @click.pass_context
-def plot(ctx: click.Context, kind: str | None, out: str, dest: str | None) -> None:
-    """Draw one figure KIND from the stored results, as PNG and PDF. Other options
-    (--dataset, --arch, --methods, --checkpoint, --param, ...) go to the figure."""
+def plot(ctx: click.Context, kind: str | None, out: str, dest: str | None,
+         names: tuple[str, ...]) -> None:
+    """Draw one figure KIND from the stored results, as PNG and PDF, named for what it shows
+    (kind, data set, arch, checkpoint: e.g. accuracy_cifar10_resnet18_best.png). Other
+    options (--dataset, --arch, --methods, --checkpoint, --param, ...) go to the figure."""
     import inspect
 
     from bench.core.suggest import unknown
     from bench.report import figures
+    from bench.report.aggregate import known_methods, parse_names
 
     if kind is None:
         raise BenchError("bench plot needs a KIND (valid: " + ", ".join(figures.names()) + ")")
     fig = figures.get(kind)
     accepted = [p for p in inspect.signature(fig.fn).parameters][2:]
-    options: dict[str, str] = {}
+    options: dict[str, Any] = {}
+    if names:
+        if "names" not in accepted:
+            raise BenchError(f"bench plot {kind} takes no --names")
+        options["names"] = parse_names(names, known_methods(out))
+        accepted.remove("names")
     args = list(ctx.args)
     while args:
         flag = args.pop(0)
@@ -497,11 +561,22 @@ def list_() -> None:
 @click.option("--dataset", default="cifar10", show_default=True)
 @click.option("--preset", default="faithful", show_default=True)
 @click.option("--arch", default=None)
-def show_preset(method: str, dataset: str, preset: str, arch: str | None) -> None:
+@click.option("--epochs", type=int, default=None,
+              help="A run of this length: the preset's epoch landmarks scale with it.")
+def show_preset(method: str, dataset: str, preset: str, arch: str | None,
+                epochs: int | None) -> None:
     """Print a method's fully resolved hyper-parameters for a data set and preset."""
-    r = resolve(Cell(method, dataset, arch, preset=preset))
+    cell = Cell(method, dataset, arch, preset=preset)
+    base = resolve(cell)
+    over = () if epochs is None else (("epochs", epochs),)
+    r = resolve(dataclasses.replace(cell, overrides=over)) if over else base
     console.print(f"[bold]{method}[/] preset {preset!r} on {dataset} ({r.arch}): "
                   f"{registry.get(method).presets[preset].doc}")
+    scaled = [f"{k} {getattr(base.params, k)!r} -> {getattr(r.params, k)!r}"
+              for k in landmarks(type(r.params)) if getattr(base.params, k) != getattr(r.params, k)]
+    if scaled:
+        console.print(f"  scaled from {base.params.epochs} to {r.params.epochs} epochs: "
+                      + ", ".join(scaled), markup=False, soft_wrap=True)
     for k, v in dataclasses.asdict(r.params).items():
         console.print(f"  {k} = {v!r}", markup=False)
     console.print(f"  checkpoints: {selection.rule(r.params.selection).doc}", markup=False)

@@ -53,7 +53,9 @@ class GridOptions:
                                  "set's].")
     preset: str = opt(GRID, "--preset", default="faithful", help="Hyper-parameter preset.")
     seeds: str = opt(GRID, "--seeds", default="0", help="Comma-separated seeds.")
-    epochs: int | None = opt(GRID, "--epochs", type=int, help="Override the preset's epochs.")
+    epochs: int | None = opt(GRID, "--epochs", type=int,
+                             help="Override the preset's epochs; every epoch landmark of its "
+                                  "schedule (milestones, SWA start, ...) scales with them.")
     sets: tuple[str, ...] = opt(GRID, "--set", default=(), multiple=True, metavar="KEY=VALUE",
                                 help="Override any hyper-parameter (repeatable), e.g. --set t=4.")
     sweep: tuple[str, ...] = opt(GRID, "--sweep", default=(), multiple=True, metavar="KEY=V1,V2",
@@ -112,8 +114,10 @@ class GridOptions:
     data_root: str | None = opt(COMPUTE, "--data-root", type=click.Path(file_okay=False),
                                 help="Folder holding (or receiving) torchvision data sets.")
     threads: int | None = opt(COMPUTE, "--threads", type=int,
-                              help="CPU threads for torch [default: torch's choice]; 1 is "
-                                   "fastest for tiny models on a busy machine.")
+                              help="CPU threads for torch (recorded in every row: the count "
+                                   "changes the order of the sums) [default: 1 for a CPU grid "
+                                   "of embedded data sets, deterministic and fastest on a busy "
+                                   "machine; torch's choice otherwise].")
     out: str = opt(JOBS, "--out", type=click.Path(file_okay=False), default="results",
                    help="Results folder (rows, checkpoints, teachers).")
     executor: str = opt(JOBS, "--executor", type=click.Choice(["none", "local", "slurm", "debug"]),
@@ -126,6 +130,10 @@ class GridOptions:
                            help="Per-job time limit for --executor.")
     gpus_per_node: int = opt(JOBS, "--gpus-per-node", type=int, default=0,
                              help="GPUs per job for --executor.")
+    keep_stale: bool = opt(JOBS, "--keep-stale", default=False, is_flag=True, show_default=False,
+                           help="Reuse stored cells made by other code of their method (or "
+                                "teacher), marked stale in every table, instead of retraining "
+                                "them.")
 
     def attack_list(self) -> tuple[str, ...]:
         return tuple(experiment.csv(self.attacks))
@@ -164,11 +172,20 @@ class GridOptions:
             teacher_normalize=self.teacher_normalize, clean_teacher=self.clean_teacher,
             clean_teacher_arch=self.clean_teacher_arch, precision=precision).cells()
 
-    def use_threads(self) -> None:
-        if self.threads is not None:
-            import torch
+    def use_threads(self, cells: list[Cell], device: str) -> None:
+        """--threads, or its default: one thread when every cell is an embedded set on the CPU
+        (torch's default count made the embedded default 11x slower beside two busy
+        processes on 2 cores, and its sums depend on the count), else torch's choice."""
+        import torch
 
-            torch.set_num_threads(self.threads)
+        from bench.data import datasets
+
+        threads = self.threads
+        if threads is None and torch.device(device).type == "cpu" and all(
+                datasets.spec(c.dataset).embedded for c in cells):
+            threads = 1
+        if threads is not None:
+            torch.set_num_threads(threads)
 
     def eval_options(self):
         from bench.train.pipeline import EvalOptions
@@ -183,7 +200,7 @@ class GridOptions:
         return RunOptions(out=out, device=device,
                           data_root=Path(self.data_root) if self.data_root else None,
                           data_path=self.data_path, channels_last=FLAG[self.channels_last],
-                          compile=FLAG[self.compile_], **more)
+                          compile=FLAG[self.compile_], keep_stale=self.keep_stale, **more)
 
     def sweep_options(self):
         """submitit's options, or None when the cells run in this process."""

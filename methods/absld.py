@@ -43,6 +43,7 @@ class ABSLDParams(RSLADParams):
 class ABSLD(Distiller):
     """ABSLD (Zhao et al. 2024): RSLAD with per-class teacher temperatures set for fairness."""
 
+    display_name = "ABSLD"
     needs_teacher = True
     Params = ABSLDParams
     presets = {

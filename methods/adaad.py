@@ -43,6 +43,7 @@ def adaad_pgd(student: nn.Module, teacher: nn.Module, x: Tensor, eps: float, ste
 class AdaAD(Distiller):
     """AdaAD (Huang et al. 2023): match T(x') on x' maximising KL(T(x')||S(x')) (both eval)."""
 
+    display_name = "AdaAD"
     needs_teacher = True
     Params = AdaADParams
     presets = {

@@ -48,6 +48,7 @@ def train_mode_pgd(student: nn.Module, x: Tensor, y: Tensor, p: Params,
 class ARD(Distiller):
     """ARD (Goldblum et al. 2020): T=30 KD on train-mode PGD; `fixed` repairs the 2nd LR decay."""
 
+    display_name = "ARD"
     needs_teacher = True
     Params = ARDParams
     presets = {

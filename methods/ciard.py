@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ class CIARDParams(MTARDParams, TeacherTraining):
     teacher_lr_schedule: Schedule = "off-cosine-exp"
     teacher_milestones: tuple[int, ...] = (49,)
     teacher_from: int = 50  # first 0-based epoch of teacher steps
+    landmarks: ClassVar[tuple[str, ...]] = ("teacher_from",)  # an epochs override scales it
 
 
 def magnitude_scale(a: float, b: float, c: float) -> float:
@@ -70,6 +71,7 @@ DIGITS = dict(milestones=(7,), teacher_milestones=(2,), teacher_from=3,
 class CIARD(Balanced):
     """CIARD (2025): B-MTARD + push from T_nat's mistakes; the robust teacher keeps training."""
 
+    display_name = "CIARD"
     trains_teacher = True
     Params = CIARDParams
     presets = {

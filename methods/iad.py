@@ -14,7 +14,7 @@ The script also has ARD's LR bug (factor applied to the initial LR): `fixed` rep
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ class IADParams(Params):
     a: float = 1.0  # weight of the distillation terms; (1 - a) weighs CE(S(x), y)
     beta: float = 0.1  # w_i = p_T(y_i | x'_i) ** beta
     warmup: int = 60  # 0-based epoch from which the introspection term is added
+    landmarks: ClassVar[tuple[str, ...]] = ("warmup",)  # an epochs override scales it
     kl_reduction: KLReduction = "batchmean"  # (1/B) * sum_i KL_i
     weight_teacher: bool = False  # the paper's w_i on the teacher term too
     code_forwards: bool = True  # the code's unused S(x') and duplicate S(x) forwards
@@ -62,6 +63,7 @@ IAD_TEACHER = ("pgdat", "resnet18", "iad-teacher")
 class IAD(Distiller):
     """IAD-I (Zhu et al. 2022): ARD, + (1 - p_T(y|x')^0.1)-weighted self-KD from epoch 60."""
 
+    display_name = "IAD"
     needs_teacher = True
     Params = IADParams
     presets = {

@@ -47,6 +47,7 @@ FIXED = Preset("faithful, but the attack runs at eps 8/255 with step 2/255 (not 
 class IGDM(Distiller):
     """IGDM (Lee et al. 2025): AdaAD + matching T(x+d)-T(x-d) (ramped); eps/step swapped."""
 
+    display_name = "IGDM"
     needs_teacher = True
     Params = IGDMParams
     presets = {

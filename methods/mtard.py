@@ -14,7 +14,7 @@ weights there update both w and renormalise, which equals MTARD's 1 - w_nat up t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ class MTARDParams(Params):
     rate_milestones: tuple[int, ...] | None = None  # a, eta x0.1 from these 0-based epochs
     # (None: the LR milestones)
     rate_per_step: bool = False  # CIARD's bug: x0.1 after EVERY step of epochs m - 1
+    landmarks: ClassVar[tuple[str, ...]] = ("rate_milestones",)  # an epochs override scales it
 
 
 def hand_kl(t_logits: Tensor, s_logits: Tensor, eps: float) -> Tensor:
@@ -134,6 +135,7 @@ class Balanced(Distiller):
 class MTARD(Balanced):
     """MTARD (Zhao et al. 2022): robust T(x') + clean T(x) soft labels, adaptive weights."""
 
+    display_name = "MTARD"
     Params = MTARDParams
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={"cifar100": dict(scale=10.0)}),
@@ -166,6 +168,7 @@ class MTARD(Balanced):
 class BMTARD(MTARD):
     """B-MTARD (Zhao et al. 2024): MTARD with a ResNet-56 clean teacher and temperatures."""
 
+    display_name = "B-MTARD"
     Params = MTARDParams
     presets = {
         "faithful": Preset(FAITHFUL.doc, common=dict(weight_rule="renormalise", temp_rate=1e-3),

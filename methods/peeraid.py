@@ -43,6 +43,7 @@ TINY = dict(t=1.0, l1=0.035, l2=35.0, l3=20.0, g1=1.0, g2=100.0, epochs=200, mil
 class PeerAiD(Distiller):
     """PeerAiD (Jung et al. 2024): peer and student trained together on S's adversarial x'."""
 
+    display_name = "PeerAiD"
     needs_peer = True
     Params = PeerAiDParams
     presets = {

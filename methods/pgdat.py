@@ -30,6 +30,7 @@ class PGDATParams(Params):
 class PGDAT(Distiller):
     """PGD-AT (Madry et al. 2018): CE on PGD-10 examples (uniform start); trains teachers."""
 
+    display_name = "PGD-AT"
     Params = PGDATParams
     presets = {
         "faithful": FAITHFUL,

@@ -46,6 +46,7 @@ def soft_label_pgd(student: nn.Module, t_logits: Tensor, x: Tensor, p: Params) -
 class RSLAD(Distiller):
     """RSLAD (Zi et al. 2021): distil a robust teacher's clean soft labels on S's own x'."""
 
+    display_name = "RSLAD"
     needs_teacher = True
     Params = RSLADParams
     presets = {

@@ -73,6 +73,7 @@ def entropy_weights(h: Tensor, scale: float) -> tuple[Tensor, Tensor]:
 class SAAD(Distiller):
     """SAAD (Lee & Chung 2026): entropy-weighted IGDM on a 1st-order teacher attack; SWA."""
 
+    display_name = "SAAD"
     needs_teacher = True
     Params = SAADParams
     presets = {

@@ -13,6 +13,8 @@ from bench.core.registry import register
 class Standard(Distiller):
     """Standard training: CE on clean images, no attack (the non-robust reference)."""
 
+    display_name = "Standard"
+
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
         return x
 

@@ -38,6 +38,7 @@ class TRADESParams(Params):
 class TRADES(Distiller):
     """TRADES (Zhang et al. 2019): CE(S(x)) + 6 KL(S(x)||S(x')) on a KL attack; trains teachers."""
 
+    display_name = "TRADES"
     Params = TRADESParams
     presets = {
         "faithful": FAITHFUL,

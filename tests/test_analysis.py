@@ -130,10 +130,11 @@ def test_transfer_diagonal_is_the_stored_white_box_accuracy(results, tmp_path) -
         assert acc[(f"{m}:best", f"{m}:best")] == rows[(m, "best")]["pgd20"]
     # RSLAD's teacher is the pgdat cell (same config): the same weights, the same number
     assert acc[("rslad:teacher", "rslad:teacher")] == rows[("pgdat", "best")]["pgd20"]
-    # a standard model's examples hurt a robust model far less than its own attack does
+    # a standard model's examples hurt a robust model less than its own attack does (by how
+    # much depends on the run: 9 points against 17 at one thread, under half at two)
     clean = rows[("pgdat", "best")]["clean"]
     own, transferred = acc[("pgdat:best", "pgdat:best")], acc[("standard:best", "pgdat:best")]
-    assert clean - transferred < 0.5 * (clean - own), (clean, own, transferred)
+    assert clean - transferred < clean - own - 0.05, (clean, own, transferred)
     assert acc[("standard:best", "standard:best")] < transferred - 0.3
     assert list((out / "analyses").glob("transfer-pgd20-*.json"))
 
@@ -206,9 +207,11 @@ def test_worst_class_columns_in_tables(results, capsys) -> None:
     main(["table", "--worst", "--format", "csv", "--methods", "pgdat", "--out", str(out)])
     lines = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     best = next(r for r in lines if r["checkpoint"] == "best")
-    for a in ("clean", "pgd20", "aa"):
-        stored = rows[("pgdat", "best")]
+    stored = rows[("pgdat", "best")]
+    for a in ("clean", "pgd20"):  # the whole test set: 28 images or more a class
         assert float(best[f"{a}_worst"]) == pytest.approx(100 * min(stored["per_class"][a]))
+    # AutoAttack's 100-image subset leaves 3 to 7 images a class: its worst class is withheld
+    assert min(stored["per_class_n"]["aa"]) < 25 and "aa_worst" not in best
     main(["table", "--format", "csv", "--out", str(out)])
     assert "clean_worst" not in capsys.readouterr().out  # only when asked for
 
@@ -257,7 +260,7 @@ def test_ablation_points_are_seed_means_of_the_swept_rows(tmp_path, capsys) -> N
         assert p["std"] == pytest.approx(accs.std().item())
     capsys.readouterr()
     main(["plot", "ablation", "--param", "lr", "--out", str(tmp_path)])
-    assert "ablation_lr_digits_small_cnn.png" in capsys.readouterr().out
+    assert "ablation_lr_digits_small_cnn_best.png" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["plot", "ablation", "--param", "momentum", "--out", str(tmp_path)])
     assert "no stored 'best' rows sweep hyper-parameter 'momentum'" in capsys.readouterr().err

@@ -50,7 +50,7 @@ def test_peeraid_and_rslad_under_torchrun(tmp_path: Path) -> None:
     rows, problems = Store(out).read()
     assert not problems and len(rows) == 6
     assert len(list((out / "teachers").glob("*.pt"))) == 1
-    assert res.stdout.count("| peeraid |") == 4
+    assert res.stdout.count("| PeerAiD |") == 4  # display names in the table
 
 
 def test_adaptive_weights_and_temperatures_are_the_global_batchs_under_torchrun(

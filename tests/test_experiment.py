@@ -252,7 +252,7 @@ def test_bench_run_and_run_all_take_one_declared_option_list() -> None:
     fields = [f.name for f in dataclasses.fields(GridOptions)]
     assert all(ours[n] == report[n] for n in fields if n != "methods")
     assert set(ours) - set(fields) == {f.name for f in dataclasses.fields(RunControl)} | {"config"}
-    assert set(report) - set(fields) == {"report_dir", "no_train", "config"}
+    assert set(report) - set(fields) == {"report_dir", "no_train", "names", "config"}
     ctx = click.Context(run)
     text = run.get_help(ctx)
     for heading in ("What to train:", "Teachers and peers:", "Selection and evaluation:",

@@ -23,6 +23,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-dev-shm-usage"]
 GRID = {("cifar10", "resnet18"): (("peeraid", "rslad", "pgdat"), (0, 1, 2)),
         ("digits", "small_cnn"): (("standard", "pgdat"), (0, 1))}
+METHOD_OF = {"PeerAiD": "peeraid", "RSLAD": "rslad", "PGD-AT": "pgdat",
+             "Standard": "standard"}  # the tables show display names
 
 
 def _value(method: str, dataset: str, seed: int, ckpt: str, attack: str) -> float:
@@ -122,7 +124,7 @@ def test_one_line_per_method_and_checkpoint_with_the_right_numbers(report, brows
         seen = set()
         for tr in lines:
             cells = tr.find_elements("tag name", "td")
-            key = (cells[0].text.split(" (")[0], cells[1].text)  # labels add "(300 ep)"
+            key = (METHOD_OF[cells[0].text.split(" (")[0]], cells[1].text)  # + "(300 ep)"
             w = want.loc[key]
             assert cells[col].text == f"{w['mean'] * 100:.2f} ± {w['std'] * 100:.2f}", key
             assert cells[3].text == str(int(w["count"]))
@@ -150,7 +152,7 @@ def test_click_on_a_header_sorts_the_column(report, browser) -> None:
     heads[0].click()  # a text column sorts as text
     names = [tr.find_element("tag name", "td").text
              for tr in table.find_elements("css selector", "tbody tr")]
-    assert names == sorted(names)
+    assert names == sorted(names, key=str.casefold)  # as the page's localeCompare sorts
     assert _errors(browser) == []
 
 
@@ -162,7 +164,7 @@ def test_configuration_on_demand_and_the_reported_view(report, browser) -> None:
     assert not pre.is_displayed()
     tr.find_element("css selector", "details summary").click()
     assert pre.is_displayed()
-    method = tr.find_element("tag name", "td").text.split(" (")[0]
+    method = METHOD_OF[tr.find_element("tag name", "td").text.split(" (")[0]]
     ids = set(rows[(rows.method == method) & (rows.dataset == "cifar10")]["cell_id"])
     assert any(i in pre.text for i in ids) and '"params"' in pre.text
     rep = browser.find_element("css selector", "#reported table.sortable")
@@ -171,4 +173,24 @@ def test_configuration_on_demand_and_the_reported_view(report, browser) -> None:
     cells = [tr.find_elements("tag name", "td")
              for tr in rep.find_elements("css selector", "tbody tr")]
     assert cells and all(c[pub].text[-3:] in ("(P)", "(S)", "(T)") for c in cells)
-    assert any(c[pub].text == "54.36 (S)" for c in cells)  # PeerAiD's CIFAR-10 PGD-20
+    assert any(c[pub].text == "85.01 (S)" for c in cells)  # PeerAiD's CIFAR-10 clean
+
+
+def test_page_shows_display_names_and_figures_of_one_checkpoint(report) -> None:
+    """Without a browser: each section's lines are named by the methods' display names, one
+    per (method, checkpoint), and its accuracy and robustness figures are of checkpoint best."""
+    import html
+    import re
+
+    index, rows = report
+    text = html.unescape(index.read_text()).split('<section id="reported"')[0]
+    lines = [(label, ck) for label, ck in re.findall(
+        r'<tr><td class="text">([^<]+)</td><td class="text">([^<]+)</td>', text)
+        if not label.startswith("margin: ")]
+    assert len(lines) == len(rows.groupby(["dataset", "method", "checkpoint"]))
+    assert {label.split(" (")[0] for label, _ in lines} == set(METHOD_OF)
+    assert {ck for _, ck in lines} == {"best", "last"}
+    alts = re.findall(r'<img alt="([^"]+)"', text)
+    for dataset, arch in GRID:
+        for what in ("Accuracy under each attack", "Clean vs robust accuracy"):
+            assert f"{what}, {dataset} / {arch}, checkpoint 'best'" in alts, (what, alts)

@@ -1,17 +1,33 @@
 """`bench reported --json` against an independent transcription of the published P and S
-figures (typed into this file from the papers' tables as the project's notes give them:
-the test reads nothing outside the repository)."""
+figures (typed into this file from the pinned artifacts: the review's table images, LISArD's
+README, the PeerAiD poster; the test reads nothing outside the repository), and the grades,
+pins, metric labels and like-with-like rule of `bench table --reported`."""
 
 from __future__ import annotations
 
 import json
+import re
+from typing import TYPE_CHECKING
 
 import pytest
+from cli_run import cli
 
 from bench.cli import main
+from bench.report.reported import (
+    GRADES,
+    SUITE,
+    compare,
+    comparison_table,
+    likeness,
+    not_comparable,
+    not_comparable_table,
+)
 
-# RSLAD's white-box tables (S: images of the paper's tables), best / last checkpoint.
-# Columns: clean, FGSM, PGD-20 (PGD_SAT), PGD_TRADES, CW-inf, AA.
+if TYPE_CHECKING:
+    import pandas as pd
+
+# RSLAD's white-box tables (S: images of the paper's tables in a course review), best / last
+# checkpoint. Columns: clean, FGSM, PGD_SAT, PGD_TRADES, CW-inf (20 steps each), AA.
 RSLAD_WHITE_BOX = """
 # cifar10 resnet18
 Natural | 94.65/94.65 | 19.26/19.26 | 0.0/0.0 | 0.0/0.0 | 0.0/0.0 | 0.0/0.0
@@ -42,8 +58,8 @@ ARD | 59.83/61.66 | 33.05/32.98 | 29.13/27.74 | 30.26/29.33 | 27.86/26.77 | 25.5
 IAD | 56.14/58.07 | 32.81/32.61 | 29.81/27.55 | 30.73/28.81 | 27.99/26.24 | 25.74/23.72
 RSLAD | 58.97/58.76 | 34.03/34.02 | 30.40/30.17 | 31.36/31.14 | 28.22/28.10 | 26.12/26.31
 """
-# RSLAD's black-box table (S), CIFAR-10: ResNet-18 then MobileNetV2; transfer PGD-20,
-# transfer CW-inf, Square; checkpoint not stated.
+# RSLAD's black-box table (S, the same review), CIFAR-10: ResNet-18 then MobileNetV2; transfer
+# PGD-20, transfer CW-inf, Square; checkpoint not stated.
 RSLAD_BLACK_BOX = """
 SAT | 60.84 | 60.52 | 54.27 | 60.46 | 59.83 | 53.94
 TRADES | 62.20 | 61.75 | 55.13 | 60.90 | 60.23 | 53.46
@@ -51,18 +67,19 @@ ARD | 63.49 | 63.05 | 56.89 | 62.13 | 61.85 | 55.60
 IAD | 62.78 | 62.26 | 56.62 | 61.57 | 61.25 | 55.45
 RSLAD | 64.11 | 63.84 | 57.90 | 63.30 | 63.20 | 56.70
 """
-WHITE = ("clean", "fgsm", "pgd20", "pgd_trades", "cw", "aa")
-BLACK = ("transfer_pgd20", "transfer_cw", "square")
+WHITE = ("clean", "fgsm", "pgd_sat20", "pgd_trades20", "cw_inf20", "aa")
+BLACK = ("transfer_pgd20", "transfer_cw_inf20", "square")
+PGD = "pgd_steps_unstated"  # LISArD's README: 'PGD', no steps or step size
 # (published as, dataset, student arch, checkpoint, metric, value, grade)
 OTHERS = [
-    # PeerAiD Table 1 via LISArD's README (S); PGD 29.69 also on the authors' poster (P)
+    # PeerAiD as LISArD's README reports it (S); 29.69 also on the authors' poster, no attack
     ("PeerAiD", "cifar10", "resnet18", "unverified", "clean", 85.01, "S"),
     ("PeerAiD", "cifar10", "resnet18", "unverified", "fgsm", 61.28, "S"),
-    ("PeerAiD", "cifar10", "resnet18", "unverified", "pgd20", 54.36, "S"),
+    ("PeerAiD", "cifar10", "resnet18", "unverified", PGD, 54.36, "S"),
     ("PeerAiD", "cifar10", "resnet18", "unverified", "aa", 52.57, "S"),
     ("PeerAiD", "cifar100", "resnet18", "unverified", "clean", 59.35, "S"),
     ("PeerAiD", "cifar100", "resnet18", "unverified", "fgsm", 34.41, "S"),
-    ("PeerAiD", "cifar100", "resnet18", "unverified", "pgd20", 29.69, "P"),
+    ("PeerAiD", "cifar100", "resnet18", "unverified", PGD, 29.69, "S"),
     ("PeerAiD", "cifar100", "resnet18", "unverified", "aa", 27.33, "S"),
     # the poster's TinyImageNet bars (P)
     ("PeerAiD", "tinyimagenet", "resnet18", "unverified", "clean", 55.19, "P"),
@@ -72,32 +89,33 @@ OTHERS = [
     # the poster's "characteristic of the peer model" table and clean accuracies (P)
     ("Peer tutor", "cifar100", "resnet18", "unverified", "tutor_on_self", 0.00, "P"),
     ("Peer tutor", "cifar100", "resnet18", "unverified", "tutor_on_student", 69.19, "P"),
-    ("Peer tutor", "cifar100", "resnet18", "unverified", "student_robust", 29.69, "P"),
+    ("Peer tutor", "cifar100", "resnet18", "unverified", "robust_unspecified", 29.69, "P"),
     ("Peer tutor", "cifar100", "resnet18", "unverified", "tutor_clean", 75.63, "P"),
     ("Pretrained teacher", "cifar100", "resnet18", "unverified", "tutor_on_self", 24.15, "P"),
     ("Pretrained teacher", "cifar100", "resnet18", "unverified", "tutor_on_student", 39.46,
      "P"),
-    ("Pretrained teacher", "cifar100", "resnet18", "unverified", "student_robust", 24.48, "P"),
+    ("Pretrained teacher", "cifar100", "resnet18", "unverified", "robust_unspecified", 24.48,
+     "P"),
     ("Naturally trained", "cifar100", "resnet18", "unverified", "clean", 75.48, "P"),
     # AdaAD: LISArD's rows (S) and the maintainer's training log in issue #2 (P)
     ("AdaAD", "cifar10", "resnet18", "unverified", "clean", 85.58, "S"),
     ("AdaAD", "cifar10", "resnet18", "unverified", "fgsm", 60.85, "S"),
-    ("AdaAD", "cifar10", "resnet18", "unverified", "pgd20", 56.40, "S"),
+    ("AdaAD", "cifar10", "resnet18", "unverified", PGD, 56.40, "S"),
     ("AdaAD", "cifar10", "resnet18", "unverified", "aa", 51.37, "S"),
     ("AdaAD", "cifar10", "resnet18", "epoch 181", "clean", 85.58, "P"),
-    ("AdaAD", "cifar10", "resnet18", "epoch 181", "pgd10", 56.90, "P"),
+    ("AdaAD", "cifar10", "resnet18", "epoch 181", "pgd10_2/255", 56.90, "P"),
     ("AdaAD", "cifar100", "resnet18", "unverified", "clean", 62.19, "S"),
     ("AdaAD", "cifar100", "resnet18", "unverified", "fgsm", 35.33, "S"),
-    ("AdaAD", "cifar100", "resnet18", "unverified", "pgd20", 32.52, "S"),
+    ("AdaAD", "cifar100", "resnet18", "unverified", PGD, 32.52, "S"),
     ("AdaAD", "cifar100", "resnet18", "unverified", "aa", 26.74, "S"),
-    # LISArD's own table (S): DGAD, architecture not stated
+    # DGAD as LISArD's README reports it (S), architecture not stated
     ("DGAD", "cifar10", "unverified", "unverified", "clean", 85.75, "S"),
     ("DGAD", "cifar10", "unverified", "unverified", "fgsm", 62.28, "S"),
-    ("DGAD", "cifar10", "unverified", "unverified", "pgd20", 58.05, "S"),
+    ("DGAD", "cifar10", "unverified", "unverified", PGD, 58.05, "S"),
     ("DGAD", "cifar10", "unverified", "unverified", "aa", 52.34, "S"),
     ("DGAD", "cifar100", "unverified", "unverified", "clean", 63.24, "S"),
     ("DGAD", "cifar100", "unverified", "unverified", "fgsm", 36.09, "S"),
-    ("DGAD", "cifar100", "unverified", "unverified", "pgd20", 33.68, "S"),
+    ("DGAD", "cifar100", "unverified", "unverified", PGD, 33.68, "S"),
     ("DGAD", "cifar100", "unverified", "unverified", "aa", 27.66, "S"),
 ]
 # the poster's "+x" margins over the best baseline (P)
@@ -160,3 +178,179 @@ def test_bench_method_names(published) -> None:
                       ("TRADES", "trades"), ("ARD", "ard"), ("IAD", "iad"),
                       ("RSLAD", "rslad"), ("PeerAiD", "peeraid"), ("AdaAD", "adaad")):
         assert (pub, ours) in names
+
+
+# --- grades, pins, metric labels, and what `--reported` may set side by side --------------
+
+COMMIT = re.compile(r"github:[\w.-]+/[\w.-]+ [0-9a-f]{40}")
+ISSUE = re.compile(r"github:[\w.-]+/[\w.-]+ issue #\d+")
+ARXIV = re.compile(r"arXiv \d{4}\.\d{4,5}v\d+")
+
+
+def test_every_figure_graded_pinned_and_labelled(published) -> None:
+    for f in published:
+        assert f["grade"] in GRADES and f["evidence"], f
+        if f["grade"] == "T":
+            assert f["pin"].startswith("none:")
+        elif f["grade"] == "R":
+            assert ARXIV.fullmatch(f["pin"]), f["pin"]
+        else:
+            assert COMMIT.fullmatch(f["pin"]) or ISSUE.fullmatch(f["pin"]), f["pin"]
+        if f["grade"] == "S":  # the third party named, never the authors
+            assert "authors" not in f["evidence"] and "maintainer" not in f["evidence"]
+        if f["grade"] != "R" and re.search(r"\b(Table|Figure) \d", f["table"]):
+            assert "not read" in f["table"], f["table"]  # a number never read is not claimed
+        assert f["metric"] and f["attack"] and f["about"]
+        # a label that is a bench column is one measured alike; any other label never is
+        assert (f["metric"] in SUITE) == (f["column"] == f["metric"]), f
+        assert bool(f["column"]) != bool(f["unlike"]), f
+
+
+def test_every_rslad_and_lisard_figure_names_its_copier(published) -> None:
+    by = {f["evidence"] for f in published if f["paper"].startswith("RSLAD")}
+    assert by == {"a KAIST course review (awesome-davian/awesome-reviews-kaist), images of the "
+                  "tables"}
+    lisard = [f for f in published if "LISArD" in f["source"]]
+    assert len(lisard) == 6 * 4 and {f["grade"] for f in lisard} == {"S"}
+    assert {f["pin"] for f in lisard} == {
+        "github:Joana-Cabral/LISArD 198055ea4a66c984ee3a3f74860c72995651ddaf"}
+    assert {f["metric"] for f in lisard} == {"clean", "fgsm", PGD, "aa"}
+
+
+def test_the_poster_disagreement_is_recorded(published) -> None:
+    [tutor] = [f for f in published if f["metric"] == "tutor_on_student"
+               and f["published_as"] == "Peer tutor"]
+    assert tutor["value"] == 69.19 and tutor["grade"] == "P"
+    assert "Figure 1" in tutor["figure_note"] and "47 %" in tutor["figure_note"]
+    [student] = [f for f in published if f["published_as"] == "Peer tutor"
+                 and f["value"] == 29.69]
+    assert student["metric"] == "robust_unspecified" and not student["column"]
+
+
+def test_likeness_needs_attack_steps_and_step() -> None:
+    from bench.eval.evaluate import ALL_ATTACKS, Threat
+
+    assert set(SUITE) == set(ALL_ATTACKS)  # every bench column described, none invented
+    t = Threat(8 / 255)
+    assert round(t.step * 255, 9) == 2 and round(t.small_step, 9) == 0.003
+    assert likeness("pgd", 20, "2/255") == ("pgd20", "")
+    assert likeness("pgd", 20, "0.003") == ("pgd20s", "")
+    assert likeness("cw_inf", 30, "2/255") == ("cw", "")
+    col, why = likeness("pgd", 10, "2/255")
+    assert not col and why == "10 steps; bench's pgd20 is 20 steps of 2/255"
+    assert likeness("pgd", 20, None) == ("", "step size not stated; bench's pgd20 is 20 steps "
+                                             "of 2/255")
+    assert likeness("pgd", None, None)[0] == ""
+    assert likeness("cw_inf", 20, None)[1].startswith("20 steps, step size not stated")
+    assert likeness("unspecified", None, None) == ("", "the source names no attack")
+    assert likeness("pgd", 20, "2/255", on="a surrogate")[0] == ""
+    assert likeness("pgd_trades", 20, None) == ("", "no bench column measures pgd_trades")
+
+
+def _rows(settings: set[tuple[str, str, str, str]]) -> pd.DataFrame:
+    """Two seeds x best / last of every (method, data set, student, teacher key), every
+    attack of the suite measured, at eps 8/255: no training."""
+    import pandas as pd
+
+    def config(key: str) -> dict:
+        return {"peer_arch": "x"} if key == "peer" else {} if key in ("none", "") else {
+            "teacher": key}
+
+    rows = []
+    for i, (method, dataset, arch, key) in enumerate(sorted(settings)):
+        for seed in (0, 1):
+            for ck in ("best", "last"):
+                rows.append({"method": method, "preset": "paper", "dataset": dataset,
+                             "arch": arch, "epochs": 10, "checkpoint": ck, "seed": seed,
+                             "eps": 8 / 255, "cell_id": f"c{i}-{seed}", "config": config(key),
+                             **{a: 0.4 + 0.01 * seed for a in SUITE}})
+    return pd.DataFrame(rows)
+
+
+def _key(paper, table, published_as, dataset, arch, checkpoint, metric) -> tuple:
+    return paper, table, published_as, dataset, arch, checkpoint, metric
+
+
+@pytest.fixture(scope="module")
+def everything(published):
+    """A reproduction of every published setting, its comparison and what it leaves out."""
+    rows = _rows({(f["method"], f["dataset"], f["arch"], f["teacher_key"]) for f in published})
+    return compare(rows), not_comparable(rows)
+
+
+def test_only_like_with_like_is_compared(published, everything) -> None:
+    cmp, nc = everything
+    figs = {_key(*(f[k] for k in ("paper", "table", "published_as", "dataset", "arch",
+                                  "checkpoint", "metric"))): f for f in published}
+    assert len(figs) == len(published)
+    shown = {_key(*r) for r in cmp[["paper", "table", "published_as", "dataset", "arch",
+                                    "published_checkpoint", "published_metric"]].itertuples(
+        index=False)}
+    for k in shown:  # never a label that no bench column measures alike
+        assert figs[k]["column"], k
+    assert (cmp["metric"] == cmp["published_metric"]).all()  # clean, fgsm, aa: the same names
+    unlike = {k for k, f in figs.items() if not f["column"]}
+    assert unlike and not unlike & shown
+    listed = set(zip(nc["paper"], nc["table"], nc["published_as"], nc["published_metric"],
+                     nc["published"], strict=True))
+    for k in unlike:  # each listed as not comparable, with its reason first
+        f = figs[k]
+        assert (f["paper"], f["table"], f["published_as"], f["metric"], f["value"]) in listed
+        why = nc[(nc.published_metric == f["metric"]) & (nc.published == f["value"])
+                 & (nc.table == f["table"])]["reason"]
+        assert (why.str.split(" | ", regex=False).str[0] == f["unlike"]).all()
+    # and every figure bench measures alike, at a reproduced checkpoint, is compared
+    for k, f in figs.items():
+        if f["column"] and f["checkpoint"] in ("best", "last", "unverified"):
+            assert k in shown, k
+
+
+def test_a_pgd10_figure_is_not_compared_with_pgd20(everything) -> None:
+    cmp, nc = everything
+    assert not (cmp["published"] == 56.90).any()
+    [why] = nc[(nc.published_metric == "pgd10_2/255") & (nc.published == 56.90)]["reason"]
+    assert why.startswith("10 steps; bench's pgd20 is 20 steps of 2/255")
+    assert "checkpoint: published epoch 181" in why
+    # LISArD's 'PGD' (its evaluator: PGD-10) is never set beside bench's pgd20
+    for value in (54.36, 29.69, 56.40, 32.52):
+        assert not (cmp["published"] == value).any()
+        assert "steps not stated" in nc[nc.published == value]["reason"].iloc[0]
+
+
+def test_the_grade_stands_beside_each_difference(everything) -> None:
+    cmp, _ = everything
+    t = comparison_table(cmp)
+    cols = list(t.columns)
+    assert cols.index("grade") == cols.index("difference") + 1
+    assert len(t) == len(cmp) > 0
+    for (_, r), (_, c) in zip(t.iterrows(), cmp.iterrows(), strict=True):
+        assert r["published"].endswith(f"({c['grade']})")
+        assert r["grade"] == f"{c['grade']}: {c['evidence']}"
+    lisard = t[t["source"].str.contains("LISArD")]
+    assert len(lisard) and lisard["grade"].str.startswith("S: LISArD's README").all()
+    unstated = t[cmp["published_checkpoint"].eq("unverified").to_numpy()]
+    assert unstated["checkpoint"].str.endswith("(published: not stated)").all()
+
+
+def test_not_comparable_table_gives_each_reason(everything) -> None:
+    _, nc = everything
+    t = not_comparable_table(nc)
+    assert len(t) == len(nc) > 0 and (t["not comparable"] != "").all()
+    row = t[t["published"] == "54.36 (S)"].iloc[0]
+    assert row["metric"] == PGD and row["grade"].startswith("S: LISArD's README")
+
+
+def test_bench_reported_shows_grades_pins_and_notes(capsys) -> None:
+    code, out, err = cli(["reported", "--methods", "peeraid", "--dataset", "cifar100"], capsys)
+    assert code == 0, err
+    assert "R: read" in out and "S: secondary: a third party's copy" in out
+    assert "grade P: the authors' CVPR 2024 poster" in out
+    assert "cd12e9210ceb43a68c104f3c4ca281ea991880b8" in out
+    assert "grade S: LISArD's README" in out and "198055ea4a66c984ee3a3f74860c72995651ddaf" in out
+    line = next(x for x in out.splitlines() if x.startswith("note on Peer tutor")
+                and "tutor_on_student" in x)
+    assert "Figure 1" in line and "47 %" in line
+    assert "| pgd_steps_unstated | not comparable | 29.69 (S) |" in out
+    assert "metric robust_unspecified: " in out and "the source names no attack" in out
+    code, out, err = cli(["reported", "--grade", "R", "--json"], capsys)
+    assert code == 0 and json.loads(out) == []  # no figure was read from a paper itself

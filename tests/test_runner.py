@@ -74,7 +74,8 @@ def test_lr_schedule_is_the_presets(tmp_path: Path) -> None:
 def test_peer_of_another_architecture(tmp_path: Path) -> None:
     cell = Cell("peeraid", peer_arch="small_cnn_nobn", overrides=(("epochs", 2),))
     rows = run_cell(cell, _quiet(tmp_path), EvalOptions(attacks=("clean",)), Store(tmp_path))
-    assert {r["checkpoint"] for r in rows} == {"best", "last"}
+    # two epochs: the scaled first milestone (10 of 15 -> 1) starts SWA after epoch 1
+    assert {r["checkpoint"] for r in rows} == {"best", "last", "swa_best", "swa_last"}
     state = load_latest(tmp_path / "runs" / rows[0]["cell_id"] / "ckpt.pt")
     assert not any("running_mean" in k for k in state["models"]["peer"])
     assert any("running_mean" in k for k in state["models"]["student"])

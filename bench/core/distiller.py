@@ -7,8 +7,10 @@ hyper-parameters as a dataclass with named presets. The runner owns everything e
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -68,6 +70,9 @@ class Params:
     # equally (PeerAiD's code), "batch" each batch (torch's update_bn, SAAD's code)
     selection: str | None = None  # a rule of bench.train.selection (None: the common protocol)
     seed: int | None = None  # the seed the authors' code fixes, if any (documentation only)
+    # The fields holding 0-based epochs of the run, which an `epochs` override scales
+    # (`scale_landmarks`); a subclass lists only its own, `landmarks()` gathers them all.
+    landmarks: ClassVar[tuple[str, ...]] = ("milestones", "swa_start")
 
     def lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
         """Learning rate of the student (and peer) at batch `step` of 0-based `epoch`."""
@@ -86,6 +91,7 @@ class TeacherTraining(Params):
     teacher_lr_schedule: Schedule = "multistep"
     teacher_milestones: tuple[int, ...] = ()
     teacher_lr_decay: float = 0.1
+    landmarks: ClassVar[tuple[str, ...]] = ("teacher_milestones",)
 
     def teacher_lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
         return scheduled_lr(self.teacher_lr_schedule, self.teacher_lr, self.teacher_milestones,
@@ -134,6 +140,7 @@ class Distiller(ABC):
     """One adversarial training / distillation method: attack + loss + hyper-parameters."""
 
     name: ClassVar[str] = ""
+    display_name: ClassVar[str | None] = None  # in tables and figures; None: the registered name
     needs_teacher: ClassVar[bool] = False  # a robust teacher, `self.teacher`
     needs_clean_teacher: ClassVar[bool] = False  # a non-robust teacher, `self.clean_teacher`
     needs_peer: ClassVar[bool] = False
@@ -192,6 +199,8 @@ class Distiller(ABC):
         """Resolved hyper-parameters: defaults < data set budget < preset chain < overrides.
 
         `budget` is the embedded data set's scaled-down training budget (eps, epochs, ...).
+        An `epochs` override scales every epoch landmark the overrides leave alone
+        (`scale_landmarks`), so a shorter run keeps the preset's schedule in proportion.
         """
         chain = cls.chain(preset)
         values: dict[str, Any] = {}
@@ -202,6 +211,10 @@ class Distiller(ABC):
             values.update(p.per_dataset.get(dataset, {}))
             if arch is not None:
                 values.update(p.per_dataset.get(f"{dataset}:{arch}", {}))
+        epochs = overrides.get("epochs")
+        if type(epochs) is int and epochs >= 1:  # a wrong one fails in the checks, unscaled
+            values.update(scale_landmarks(make_params(cls.Params, values), epochs, overrides,
+                                          cls.name))
         values.update(overrides)
         return make_params(cls.Params, values)
 
@@ -276,3 +289,76 @@ def make_params(cls: type, values: dict[str, Any]) -> Params:
     if "milestones" in values:
         values = {**values, "milestones": tuple(values["milestones"])}
     return cls(**values)
+
+
+class LandmarkError(BenchError):
+    """An epoch landmark that cannot scale to the run's length (`scale_landmarks`)."""
+
+
+def landmarks(params_cls: type) -> tuple[str, ...]:
+    """Every epoch landmark of `params_cls`: the `landmarks` each class of its MRO lists."""
+    out: list[str] = []
+    for c in reversed(params_cls.__mro__):
+        out += [n for n in vars(c).get("landmarks", ()) if n not in out]
+    return tuple(out)
+
+
+def scale_epoch(m: int, old: int, new: int) -> int:
+    """Landmark `m` of an `old`-epoch schedule in a run of `new` epochs: round(m * new / old),
+    halves up, and never below 1 unless m is 0 (the rule that made the embedded set's
+    1/20 landmarks, e.g. CIARD's 149 of 300 -> 7 of 15). One inside the old run stays
+    within 1..new (new: the end of the run); one at or past its end stays at or past new."""
+    return m if m <= 0 else max(1, (2 * m * new + old) // (2 * old))
+
+
+def scale_landmarks(params: Params, epochs: int, keep: Collection[str] = (),
+                    method: str = "") -> dict[str, Any]:
+    """The epoch landmarks of `params` (a schedule of `params.epochs` epochs) scaled by
+    `scale_epoch` to a run of `epochs`, except those named in `keep` (the user's own) and
+    those left None (they follow another: SWA the first milestone, MTARD's rates the LR's).
+
+    Two landmarks of one field that land on the same epoch inside the run would merge two
+    steps of the schedule into one: a LandmarkError that suggests values to set instead.
+    """
+    old = params.epochs
+    out: dict[str, Any] = {}
+    if epochs == old or old < 1:
+        return out
+    for name in landmarks(type(params)):
+        value = getattr(params, name, None)
+        if name in keep or value is None:
+            continue
+        if isinstance(value, int):
+            out[name] = scale_epoch(value, old, epochs)
+            continue
+        new = tuple(scale_epoch(m, old, epochs) for m in value)
+        for i, j in itertools.combinations(range(len(new)), 2):
+            if value[i] != value[j] and new[i] == new[j] < epochs:
+                who = f"{method}: " if method else ""
+                raise LandmarkError(
+                    f"{who}{name} {_literal(value)} of the {old}-epoch schedule cannot scale to "
+                    f"{epochs} epochs ({value[i]} and {value[j]} both land on epoch {new[i]}); "
+                    f"set them yourself, e.g. --set {name}={_literal(_spread(new, epochs), True)}")
+        out[name] = new
+    return out
+
+
+def _spread(new: tuple[int, ...], epochs: int) -> tuple[int, ...]:
+    """`new` with its merged landmarks pulled apart (earlier ones moved down, then later ones
+    up), kept within 1..epochs: the suggestion of `scale_landmarks`' error."""
+    out = list(new)
+    for i in range(len(out) - 2, -1, -1):
+        if out[i] >= out[i + 1] and out[i] < epochs:
+            out[i] = max(1, out[i + 1] - 1)
+    for i in range(1, len(out)):
+        if out[i] <= out[i - 1] < epochs:
+            out[i] = min(epochs, out[i - 1] + 1)
+    return tuple(out)
+
+
+def _literal(value: tuple[int, ...], cli: bool = False) -> str:
+    """`value` as `--set` takes it (`cli`: 2,3 or 2, for one) or as Python prints it."""
+    if not cli:
+        return repr(tuple(value))
+    return ",".join(map(str, value)) + ("," if len(value) == 1 else "")
+

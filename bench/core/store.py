@@ -29,6 +29,14 @@ class Store:
     def has(self, key: str) -> bool:
         return self.path(key).exists()
 
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The row stored under `key`, or None when it is absent or unreadable."""
+        try:
+            row = json.loads(self.path(key).read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return row if isinstance(row, dict) else None
+
     def put(self, key: str, row: dict[str, Any]) -> None:
         """Store `row` under `key` (idempotent: the same key is one row, the latest one)."""
         atomic_write_bytes(self.path(key), json.dumps({**row, "key": key}, default=str,

@@ -7,7 +7,9 @@ AutoAttack "standard" through the real `pyautoattack` code. Models run in eval m
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import logging
 import time
 import warnings
@@ -17,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -203,43 +206,108 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, *,
     """Run the suite; each metric `m` comes with `n_m`, the number of images it was measured
     on, and `attack_seconds[m]`, what it took. Always full precision: autocast is switched off here,
     so a model trained in bf16 is attacked in fp32 (a weaker low-precision attack would
-    flatter every method).
-
-    For the attacks of PER_CLASS also `per_class[m]` (accuracy per class, in class order:
-    the fairness view) and `m_worst`, the worst class's accuracy.
+    flatter every method). The per-image outcomes are kept (`outcomes`, see `summarize`).
     """
-    out: dict[str, object] = {}
+    ok: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
-    classes = num_classes or int(y.max()) + 1
-    by_class: dict[str, list[float | None]] = {}
+    flags: list[str] | None = None
+    aa_index = subset(len(y), aa_samples) if "aa" in attacks else None
     with torch.autocast(torch.device(device).type, enabled=False):
         for a in attacks:
             t0 = time.perf_counter()
             if a == "aa":
-                idx = subset(len(y), aa_samples)
-                ok, out["aa_flags"] = autoattack_robust(
-                    model, x[idx], y[idx], threat.eps, batch_size=aa_batch_size, device=device,
-                    state_path=aa_state)
-                labels = y[idx]
+                ok[a], flags = autoattack_robust(
+                    model, x[aa_index], y[aa_index], threat.eps, batch_size=aa_batch_size,
+                    device=device, state_path=aa_state)
             else:
-                ok, labels = correct(model, x, y, a, threat, batch_size, device), y
-            out[a], out[f"n_{a}"] = ok.sum().item() / len(ok), len(ok)
-            if a in PER_CLASS:
-                by_class[a] = per_class(ok, labels, classes)
-                out[f"{a}_worst"] = min(v for v in by_class[a] if v is not None)
+                ok[a] = correct(model, x, y, a, threat, batch_size, device)
             seconds[a] = round(time.perf_counter() - t0, 2)
+    out = summarize(ok, y.cpu(), aa_index, num_classes or int(y.max()) + 1)
     out["attack_seconds"] = seconds
-    if by_class:
-        out["per_class"] = by_class
+    if flags is not None:
+        out["aa_flags"] = flags
     return out
 
 
-def restrict(metrics: dict[str, Any], attacks: tuple[str, ...]) -> dict[str, Any]:
-    """`evaluate`'s metrics cut down to `attacks` (those of a twin checkpoint that ran more)."""
-    gone = [a for a in metrics["attack_seconds"] if a not in attacks]
-    drop = {k for a in gone for k in (a, f"n_{a}", f"{a}_worst")}
-    drop |= {"aa_flags"} if "aa" in gone else set()
-    out = {k: copy.deepcopy(v) for k, v in metrics.items() if k not in drop}
+def images_fingerprint(x: Tensor, y: Tensor) -> str:
+    """16 hex digits of the test images and labels: two rows' per-image outcomes pair up
+    only when they were measured on the same images."""
+    digest = hashlib.sha256(x.detach().float().cpu().contiguous().numpy().tobytes())
+    digest.update(y.cpu().to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def pack(ok: Tensor) -> str:
+    """Per-image booleans as base64 of their bits (an eighth of a byte an image, plus base64's
+    third): 1,668 bytes for CIFAR-10's 10,000 test images."""
+    return base64.b64encode(np.packbits(ok.cpu().numpy().astype(bool)).tobytes()).decode()
+
+
+def unpack(text: str, n: int) -> Tensor:
+    """The `n` booleans `pack` wrote."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n]
+    return torch.from_numpy(bits.astype(bool))
+
+
+def summarize(ok: dict[str, Tensor], y: Tensor, aa_index: Tensor | None,
+              num_classes: int) -> dict[str, Any]:
+    """The metrics of per-image outcomes (`ok[attack]`: right or wrong per image; AutoAttack's
+    on the images of `aa_index` alone, all of them when None).
+
+    Each attack gives its accuracy and `n_`; those of PER_CLASS also `per_class[a]` and
+    `per_class_n[a]` (accuracy and images per class, in class order) and `a_worst`.
+    `robust` is RobustBench's robust accuracy: an image counts when it is classified right
+    under every attack run, on the images all of them ran on. When AutoAttack ran on a
+    subset, every other attack is also given on that subset (`a_on_aa`, `n_on_aa`), so that
+    numbers set side by side are measured on the same images. `outcomes` keeps the per-image
+    bits (`pack`), with `aa_subset` (the subset's mask over the test set) where there is one.
+    """
+    out: dict[str, Any] = {}
+    by_class, by_class_n = {}, {}
+    n = len(y)
+    sub = aa_index if aa_index is not None and "aa" in ok and len(aa_index) < n else None
+    for a, hits in ok.items():
+        labels = y[aa_index] if a == "aa" and aa_index is not None else y
+        out[a], out[f"n_{a}"] = hits.sum().item() / len(hits), len(hits)
+        if a in PER_CLASS:
+            by_class[a] = per_class(hits, labels, num_classes)
+            by_class_n[a] = [int((labels == c).sum()) for c in range(num_classes)]
+            out[f"{a}_worst"] = min(v for v in by_class[a] if v is not None)
+    if by_class:
+        out["per_class"], out["per_class_n"] = by_class, by_class_n
+    if sub is not None:
+        for a, hits in ok.items():
+            if a != "aa":
+                out[f"{a}_on_aa"] = hits[sub].sum().item() / len(sub)
+        out["n_on_aa"] = len(sub)
+    if ok:
+        every = [hits[sub] if sub is not None and a != "aa" else hits for a, hits in ok.items()]
+        worst = torch.stack(every).all(0)
+        out["robust"], out["n_robust"] = worst.sum().item() / len(worst), len(worst)
+    out["outcomes"] = {a: pack(hits) for a, hits in ok.items()}
+    if sub is not None:
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[sub] = True
+        out["outcomes"]["aa_subset"] = pack(mask)
+    return out
+
+
+def outcomes(metrics: dict[str, Any], n: int) -> tuple[dict[str, Tensor], Tensor | None]:
+    """The per-image outcomes a row stores (`n` test images), and AutoAttack's subset."""
+    packed = dict(metrics["outcomes"])
+    mask = unpack(packed.pop("aa_subset"), n) if "aa_subset" in packed else None
+    index = mask.nonzero().flatten() if mask is not None else None
+    return {a: unpack(t, int(metrics[f"n_{a}"])) for a, t in packed.items()}, index
+
+
+def restrict(metrics: dict[str, Any], attacks: tuple[str, ...], y: Tensor,
+             num_classes: int) -> dict[str, Any]:
+    """`evaluate`'s metrics cut down to `attacks` (those of a twin checkpoint that ran more),
+    computed again from its per-image outcomes."""
+    ok, index = outcomes(metrics, len(y))
+    out = summarize({a: v for a, v in ok.items() if a in attacks}, y.cpu(),
+                    index if "aa" in attacks else None, num_classes)
     out["attack_seconds"] = {a: s for a, s in metrics["attack_seconds"].items() if a in attacks}
-    per = {a: v for a, v in out.pop("per_class", {}).items() if a in attacks}
-    return {**out, "per_class": per} if per else out
+    if "aa" in attacks and "aa_flags" in metrics:
+        out["aa_flags"] = copy.deepcopy(metrics["aa_flags"])
+    return out

@@ -5,10 +5,18 @@ pandas is imported here only, so training and `bench perf` need torch alone.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import BenchError
 from bench.eval.evaluate import ALL_ATTACKS, PER_CLASS
+from bench.report.stats import MIN_CLASS_IMAGES, SUBSET, accuracy_interval
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,14 +29,28 @@ CHECKPOINT_ORDER = {"best": 0, "last": 1, "swa_best": 2, "swa_last": 3}
 # attack's.
 WORST = tuple(f"{a}_worst" for a in PER_CLASS)
 LABELS.update({f"{a}_worst": f"{LABELS[a]} worst class" for a in PER_CLASS})
+# When AutoAttack ran on a subset, these attacks are shown on its images too (like with like),
+# and `robust`, every attack at once per image, is on them as well.
+LABELS.update({m: f"{LABELS[m.removesuffix('_on_aa')]} on AA's images" for m in SUBSET})
+LABELS["robust"] = "Worst case"
+TABLE_METRICS = ("clean", "fgsm", "pgd20", "pgd20s", "cw", *SUBSET, "aa", "robust")
+STALE = " (stale code)"  # a label's mark: rows made by other code of their method
+
+
+def count_key(m: str) -> str:
+    """The row field holding how many images metric `m` was measured on."""
+    if m in SUBSET:
+        return "n_on_aa"
+    return f"n_{m.removesuffix('_worst')}"
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table (no `tabulate` dependency)."""
+    """A GitHub-flavoured markdown table (no `tabulate` dependency); a `|` in a cell is
+    escaped."""
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(str(r[c]).replace("|", r"\|") for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -45,13 +67,92 @@ def rich_table(table: pd.DataFrame, title: str = "bench results"):
     return t
 
 
+# --- display names ---------------------------------------------------------------------------
+
+Names = Mapping[str, str]  # method id -> display name, a run's overrides (`--names`)
+
+
+def display_name(method: str, names: Names | None = None) -> str:
+    """How tables and figures name `method`: the run's override (`--names`), else the
+    `display_name` its own Distiller class declares (not one inherited from a parent class),
+    else its registered name. A method no longer installed shows its id."""
+    if names and method in names:
+        return names[method]
+    from bench.core import registry
+
+    try:
+        cls = registry.get(method)
+    except BenchError:
+        return method
+    return cls.__dict__.get("display_name") or method
+
+
+def parse_names(values: str | Iterable[str] | None, known: Iterable[str] | None = None
+                ) -> dict[str, str]:
+    """`--names` values as {method: display name}: each value a comma list of METHOD=NAME
+    (a NAME may be quoted, as an experiment file's `names = {peeraid = "PeerAiD-ours"}`
+    hands it over). With `known`, a METHOD outside it is a one-line error."""
+    if values is None:
+        return {}
+    if isinstance(values, str):
+        values = [values]
+    out: dict[str, str] = {}
+    for value in values:
+        for item in _pairs(value):
+            method, eq, name = (x.strip() for x in item.partition("="))
+            if len(name) >= 2 and name[0] == name[-1] and name[0] in "'\"":
+                with contextlib.suppress(ValueError, SyntaxError):
+                    name = str(ast.literal_eval(name))
+            if not eq or not method or not name:
+                raise BenchError(f"--names takes METHOD=NAME pairs (e.g. peeraid=PeerAiD-ours), "
+                                 f"got {item.strip()!r}")
+            out[method] = name
+    if known is not None:
+        from bench.core.suggest import unknown
+
+        known = set(known)
+        for method in out:
+            if method not in known:
+                raise unknown("method in --names", method, known)
+    return out
+
+
+def _pairs(text: str) -> list[str]:
+    """'a=X,b="Y, z=1"' -> ['a=X', 'b="Y, z=1"']: split at the commas outside quotes that
+    start another METHOD=."""
+    items, cur, quote = [], "", ""
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"" and cur.partition("=")[2].strip() == "":
+            quote = ch
+        elif ch == "," and re.match(r"\s*[\w.-]+\s*=", text[i + 1:]):
+            items.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return [x for x in [*items, cur] if x.strip()]
+
+
+def known_methods(out: str | Path | None = None) -> set[str]:
+    """Every registered method, and every method with rows stored under `out`."""
+    from bench.core import registry
+
+    have = set(registry.names())
+    if out is not None:
+        from bench.core.store import Store
+
+        have |= {str(r.get("method")) for r in Store(out).read()[0]}
+    return have
+
+
 # --- the paper-style report (run_all.py): numeric aggregates, sections, markdown, LaTeX -------
 
 SECTION = ["dataset", "arch"]
 # A table line: runs of different lengths (epochs) never average together.
 GROUP = ["method", "preset", "dataset", "arch", "epochs", "checkpoint"]
-MAIN_METRICS = ("clean", "fgsm", "pgd20", "cw", "aa")  # the paper table and the bar chart
-NESTED = ("config", "versions")
+MAIN_METRICS = ("clean", "fgsm", "pgd20", "cw", "aa")  # the bar chart
+LATEX_METRICS = ("clean", "fgsm", "pgd20", "cw", *SUBSET, "aa", "robust")  # results.tex
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
@@ -65,12 +166,46 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     for k in ("method", "preset", "dataset", "arch", "checkpoint", "cell_id"):
         df[k] = df[k].astype("object").where(df[k].notna(), "?").astype(str)
     for k in ("epochs", "seed", "eps", "train_seconds", "eval_seconds", *ALL_ATTACKS, *WORST,
-              *(f"n_{m}" for m in ALL_ATTACKS)):
+              *SUBSET, "robust", "n_on_aa", "n_robust", *(f"n_{m}" for m in ALL_ATTACKS)):
         if k in df:
             df[k] = pd.to_numeric(df[k], errors="coerce")
     df["epochs"] = df["epochs"].fillna(-1).astype(int)
     df["setup"] = (df["config"].map(setup_key) if "config" in df else "")
+    df["stale_code"] = stale_code(df)
+    counts = df["per_class_n"] if "per_class_n" in df else pd.Series(None, index=df.index)
+    for w in WORST:  # a worst class of too few images is noise: withheld
+        if w in df:
+            attack = w.removesuffix("_worst")
+            df.loc[[_few_per_class(n, attack) for n in counts], w] = float("nan")
     return df
+
+
+def _few_per_class(counts: Any, attack: str) -> bool:
+    """Whether a row's smallest class under `attack` has under MIN_CLASS_IMAGES images (or
+    its counts were not recorded)."""
+    return not isinstance(counts, dict) or attack not in counts \
+        or min(counts[attack]) < MIN_CLASS_IMAGES
+
+
+def stale_code(df: pd.DataFrame) -> pd.Series:
+    """Per row, whether it records a fingerprint of its method's code other than the installed
+    code's. Rows made before bench recorded fingerprints (none) and methods no longer
+    installed are not marked."""
+    import pandas as pd
+
+    from bench.core import registry
+    from bench.core.fingerprint import fingerprint
+
+    now = {}
+    for m in df["method"].unique():
+        try:
+            now[m] = fingerprint(registry.get(m))["sha256"]
+        except BenchError:
+            now[m] = None
+    code = df["code"] if "code" in df else pd.Series(None, index=df.index)
+    then = [c.get("sha256") if isinstance(c, dict) else None for c in code]
+    return pd.Series([now[m] is not None and t is not None and t != now[m]
+                      for m, t in zip(df["method"], then, strict=True)], index=df.index)
 
 
 def _flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -114,9 +249,13 @@ def sections(df: pd.DataFrame):
         yield tuple(key), g
 
 
-def labels(df: pd.DataFrame) -> pd.Series:
-    """A display name per row: the method, plus the preset / epochs where a section mixes them."""
-    out = df["method"].astype(str)
+def labels(df: pd.DataFrame, names: Names | None = None) -> pd.Series:
+    """A display label per row: the method's display name (`display_name`), plus the preset
+    / epochs where a section mixes them, and the differing settings of one method's setups."""
+    shown = {m: display_name(m, names) for m in df["method"].astype(str).unique()}
+    out = df["method"].astype(str).map(shown)
+    if "stale_code" in df:
+        out = out.where(~df["stale_code"].astype(bool), out + STALE)
     if df["preset"].nunique() > 1:
         out = out + " [" + df["preset"].astype(str) + "]"
     if df["epochs"].nunique() > 1:
@@ -138,10 +277,13 @@ def labels(df: pd.DataFrame) -> pd.Series:
     return out
 
 
-def aggregate(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
+def aggregate(df: pd.DataFrame, keys: list[str] | None = None, names: Names | None = None
+              ) -> pd.DataFrame:
     """Numeric mean / std (in %) / count over seeds of every metric, one line per `keys`.
 
-    Columns: keys, `label`, `seeds`, and per metric m present: `m` (mean), `m_std` (NaN
+    Columns: keys, `label` (`labels`, with the display names and `names`' overrides),
+    `m_lo` / `m_hi` (the 95 % interval: bench.report.stats.accuracy_interval),
+    `name` (the method's display name), `seeds`, and per metric m present: `m` (mean), `m_std` (NaN
     with one value), `m_count` (how many seeds measured it) and `n_m` (images, the
     smallest count when rows differ, `n_m_max` the largest).
     """
@@ -151,11 +293,15 @@ def aggregate(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     df = prepare(df)
     if df.empty:
         return pd.DataFrame()
-    df = df.assign(label=labels(df))
-    metrics = [m for m in (*ALL_ATTACKS, *WORST) if m in df and df[m].notna().any()]
+    df = df.assign(label=labels(df, names))
+    metrics = [m for m in (*ALL_ATTACKS, *SUBSET, "robust", *WORST)
+               if m in df and df[m].notna().any()]
+    kept = [c for c in dict.fromkeys(("seed", "outcomes", "test_images",
+                                      *(count_key(m) for m in metrics))) if c in df]
     rows = []
     for key, g in df.groupby([*keys, "label"], sort=False, dropna=False):
         row = dict(zip([*keys, "label"], key, strict=True))
+        row["name"] = display_name(str(g["method"].iloc[0]), names)
         row["seeds"] = g["seed"].nunique()
         row["seed_list"] = sorted(int(s) for s in g["seed"].dropna().unique())
         row["duplicates"] = int(g.duplicated("seed").sum())
@@ -169,10 +315,18 @@ def aggregate(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
             row[m] = vals.mean() if len(vals) else float("nan")
             row[f"{m}_std"] = vals.std() if len(vals) > 1 else float("nan")
             row[f"{m}_count"] = len(vals)
-            nk = f"n_{m.removesuffix('_worst')}"
+            nk = count_key(m)
             n = g.loc[g[m].notna(), nk].dropna() if nk in g else pd.Series([])
             row[f"n_{m}"] = int(n.min()) if len(n) else pd.NA
             row[f"n_{m}_max"] = int(n.max()) if len(n) else pd.NA
+            row[f"{m}_lo"], row[f"{m}_hi"] = accuracy_interval(
+                list(vals), int(n.min()) if len(n) else None)
+            if m in WORST and "per_class_n" in g:  # the fewest images a class had
+                attack = m.removesuffix("_worst")
+                least = [min(c[attack]) for c in g.loc[g[m].notna(), "per_class_n"]
+                         if isinstance(c, dict) and attack in c]
+                row[f"{m}_class_n"] = min(least) if least else pd.NA
+        row["outcome_rows"] = g[kept].to_dict("records") if "outcomes" in g else []
         rows.append(row)
     out = pd.DataFrame(rows)
     if "checkpoint" in out:
@@ -182,7 +336,7 @@ def aggregate(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     return out
 
 
-def metrics_of(agg: pd.DataFrame, wanted: tuple[str, ...] = ALL_ATTACKS) -> list[str]:
+def metrics_of(agg: pd.DataFrame, wanted: tuple[str, ...] = TABLE_METRICS) -> list[str]:
     """The metrics of `wanted` that hold at least one number in `agg`."""
     return [m for m in wanted if m in agg and agg[m].notna().any()]
 
@@ -208,16 +362,65 @@ def image_counts(agg: pd.DataFrame, m: str) -> str:
     return f"{a}" if a == b else f"{a}–{b}"
 
 
-def best_means(agg: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], float]:
-    """The best mean of each (metric, checkpoint) that two or more lines measured: what a
-    paper table sets in bold (a line alone in its checkpoint is best of nothing)."""
-    return {(m, ck): g[m].max() for m in metrics for ck, g in agg.groupby("checkpoint")
-            if g[m].notna().sum() > 1}
+ALPHA = 0.05  # a best mean is bold when its test against the runner-up gives p below this
 
 
-def is_best(r: pd.Series, m: str, best: dict[tuple[str, str], float]) -> bool:
+@dataclass(frozen=True)
+class Best:
+    """A column's best mean at one checkpoint, and whether it beats the runner-up: `p` of
+    McNemar's exact test (one seed) or a t-test over seeds, on the same images (None when
+    they were not); below ALPHA the best is bold, else it and the runner-up are a tie."""
+
+    value: float
+    label: str
+    runner_up: str
+    p: float | None
+
+    @property
+    def win(self) -> bool:
+        return self.p is not None and self.p < ALPHA
+
+
+def column_head(agg: pd.DataFrame, m: str) -> str:
+    """'PGD-20 (n=360)'; a worst class also says how few images its smallest class had."""
+    head = f"{LABELS.get(m, m)} (n={image_counts(agg, m)}"
+    least = agg[f"{m}_class_n"].dropna() if f"{m}_class_n" in agg else []
+    return head + (f", ≥{int(least.min())} a class)" if len(least) else ")")
+
+
+def best_means(agg: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], Best]:
+    """The best line of each (metric, checkpoint) that two or more lines measured (a line
+    alone in its checkpoint is best of nothing), tested against the runner-up."""
+    from bench.report.stats import line_test
+
+    out = {}
+    for m in metrics:
+        for ck, g in agg.groupby("checkpoint"):
+            g = g[g[m].notna()].sort_values(m, ascending=False, kind="stable")
+            if len(g) < 2:
+                continue
+            first, second = g.iloc[0], g.iloc[1]
+            p = line_test(first.get("outcome_rows") or [], second.get("outcome_rows") or [], m)
+            out[(m, ck)] = Best(first[m], first["label"], second["label"], p)
+    return out
+
+
+def is_best(r: pd.Series, m: str, best: dict[tuple[str, str], Best]) -> bool:
+    """Whether line `r` holds its column's best mean and beats the runner-up significantly."""
     b = best.get((m, r["checkpoint"]))
-    return b is not None and r[m] == r[m] and abs(r[m] - b) < 1e-9
+    return b is not None and b.win and r["label"] == b.label
+
+
+def tie_mark(r: pd.Series, m: str, best: dict[tuple[str, str], Best]) -> str:
+    """"≈" on the best and the runner-up of a column that are not significantly apart."""
+    b = best.get((m, r["checkpoint"]))
+    return " ≈" if b is not None and not b.win and r["label"] in (b.label, b.runner_up) else ""
+
+
+BOLD_NOTE = ("Bold: a column's best mean (per checkpoint), significantly better than the "
+             "runner-up: McNemar's exact test on the same test images with one seed, a t-test "
+             f"of the per-seed differences with more, p < {ALPHA}; ≈: the best and the "
+             "runner-up, not significantly apart (or not measured on the same images).")
 
 
 def margins(agg: pd.DataFrame, metrics: list[str], ours: str | None = None
@@ -237,7 +440,10 @@ def margins(agg: pd.DataFrame, metrics: list[str], ours: str | None = None
         mine, others = col[col["method"] == me], col[col["method"] != me]
         if not mine.empty:
             out[m] = mine[m].max() - others[m].max()
-    who = ours or "best method"
+    who = "best method"
+    if ours is not None:
+        mine = agg.loc[agg["method"] == ours, "name"] if "name" in agg else []
+        who = mine.iloc[0] if len(mine) else display_name(ours)
     return (have[0], f"margin: {who} − best other", out) if out else None
 
 
@@ -263,7 +469,7 @@ def paper_table(agg: pd.DataFrame, bold: bool = False, hours: bool = False,
 
     metrics = metrics or metrics_of(agg)
     best = best_means(agg, metrics)
-    heads = {m: f"{LABELS.get(m, m)} (n={image_counts(agg, m)})" for m in metrics}
+    heads = {m: column_head(agg, m) for m in metrics}
     lines = []
     for _, r in agg.iterrows():
         line = {"method": r["label"], "checkpoint": r["checkpoint"], "epochs": r["epochs"],
@@ -273,6 +479,8 @@ def paper_table(agg: pd.DataFrame, bold: bool = False, hours: bool = False,
             if bold and is_best(r, m, best):
                 mean = f"{r[m]:.2f}"
                 text = text.replace(mean, f"**{mean}**", 1)
+            elif bold:
+                text += tie_mark(r, m, best)
             line[heads[m]] = text
         for col, name in (("train_seconds", "train (s)"), ("eval_seconds", "eval (s)")):
             t = r.get(col, float("nan"))
@@ -344,27 +552,70 @@ def how_measured(rows: pd.DataFrame) -> str:
         f"uses SWA).")
 
 
-def flat(df: pd.DataFrame) -> pd.DataFrame:
-    """Every row flat for CSV: nested dicts become dotted columns, lists '; '-joined text."""
+# Row fields that are accuracies (fractions in the rows): percent in results.csv, `_pct`.
+PERCENT = (*ALL_ATTACKS, *WORST, "tutor_clean", "tutor_on_student", "tutor_on_self")
+PERCENT_NESTED = ("per_class",)  # {attack: [accuracy per class]}: percent too
+
+
+def _pct(v: Any) -> Any:
+    """Fractions to percent, inside lists and dicts too (10 decimals: no float noise)."""
+    if isinstance(v, dict):
+        return {k: _pct(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_pct(x) for x in v]
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return round(v * 100, 10) if v == v else v
+    return v
+
+
+def to_json(v: Any) -> str:
+    """A nested value as strict JSON text (NaN becomes null)."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {str(k): clean(y) for k, y in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(y) for y in x]
+        if isinstance(x, float) and x != x:
+            return None
+        return x
+
+    return json.dumps(clean(v), default=str, allow_nan=False)
+
+
+def flat(df: pd.DataFrame, names: Names | None = None) -> pd.DataFrame:
+    """Every row for CSV, units in the column names: accuracies in percent as `<metric>_pct`
+    (`n_<attack>`: the test images behind it), `per_class_pct` and every other nested field
+    (config, versions, attack_seconds, aa_flags, ...) as JSON text; `label` is the line's
+    label in the tables (display names, `names`' overrides)."""
     import pandas as pd
 
     if df.empty:
         return df
-    nested = [c for c in NESTED if c in df]
-    parts = [df.drop(columns=nested).reset_index(drop=True)]
-    for c in nested:
-        vals = [v if isinstance(v, dict) else {} for v in df[c]]
-        parts.append(pd.json_normalize(vals, sep=".").add_prefix(f"{c}."))
-    out = pd.concat(parts, axis=1)
-    first = [*GROUP[:4], "seed", "epochs", "checkpoint", "eps", *ALL_ATTACKS,
-             *(f"n_{m}" for m in ALL_ATTACKS)]
-    first = [c for c in first if c in out]
-    out = out[first + [c for c in out.columns if c not in first]]
-    for c in out.columns:
-        if out[c].map(lambda v: isinstance(v, list | tuple | dict)).any():
-            out[c] = out[c].map(lambda v: "; ".join(map(str, v)) if isinstance(v, list | tuple)
-                                else (str(v) if isinstance(v, dict) else v))
-    return out
+    df = df.reset_index(drop=True)
+    if {"method", "dataset", "arch"} <= set(df.columns):
+        parts = [labels(prepare(g), names) for _, g in df.groupby(SECTION, sort=False,
+                                                                  dropna=False)]
+        df = df.assign(label=pd.concat(parts).reindex(df.index))
+    renamed = {}
+    for c in df.columns:
+        if c in PERCENT:
+            df[c] = (pd.to_numeric(df[c], errors="coerce") * 100).round(10)
+            renamed[c] = f"{c}_pct"
+        elif c in PERCENT_NESTED:
+            df[c] = df[c].map(_pct)
+            renamed[c] = f"{c}_pct"
+    df = df.rename(columns=renamed)
+    for c in df.columns:
+        if c.startswith("n_"):  # image counts: integers, empty where not measured
+            df[c] = pd.to_numeric(df[c], errors="coerce").round().astype("Int64")
+    for c in df.columns:
+        if df[c].map(lambda v: isinstance(v, list | tuple | dict)).any():
+            df[c] = df[c].map(lambda v: to_json(v) if isinstance(v, list | tuple | dict)
+                              else v)
+    first = ["method", "label", *GROUP[1:4], "seed", "epochs", "checkpoint", "eps",
+             *(f"{m}_pct" for m in ALL_ATTACKS), *(f"n_{m}" for m in ALL_ATTACKS)]
+    first = [c for c in first if c in df]
+    return df[first + [c for c in df.columns if c not in first]]
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -378,16 +629,20 @@ def tex_escape(s: str) -> str:
 
 def latex(agg: pd.DataFrame, caption: str, ours: str | None = None,
           metrics: list[str] | None = None) -> str:
-    """A booktabs tabular: one line per method, mean $\\pm$ std and the seed count, the
-    best mean per column bold, and the margin of `ours` (or the best) over the best other."""
-    metrics = metrics or metrics_of(agg, MAIN_METRICS)
+    """A booktabs tabular: one line per method and checkpoint, the seed count, mean $\\pm$ std
+    per metric (the number of test images behind each column under its header), the best
+    mean per column and checkpoint bold, and the margin of `ours` (or the best) over the best
+    other."""
+    metrics = metrics or metrics_of(agg, LATEX_METRICS)
     best = best_means(agg, metrics)
-    lines = [f"% {caption}", r"\begin{tabular}{lc" + "c" * len(metrics) + "}", r"\toprule",
-             " & ".join(["Method", "Seeds", *(tex_escape(LABELS.get(m, m)) for m in metrics)])
-             + r" \\", r"\midrule"]
+    lines = [f"% {caption}", r"\begin{tabular}{llc" + "c" * len(metrics) + "}", r"\toprule",
+             " & ".join(["Method", "Checkpoint", "Seeds",
+                         *(tex_escape(LABELS.get(m, m)) for m in metrics)]) + r" \\",
+             " & ".join(["", "", "", *(f"($n$={tex_escape(image_counts(agg, m))})"
+                                       for m in metrics)]) + r" \\", r"\midrule"]
     partial = False
     for _, r in agg.iterrows():
-        cells = [tex_escape(r["label"]), str(r["seeds"])]
+        cells = [tex_escape(r["label"]), tex_escape(r["checkpoint"]), str(r["seeds"])]
         for m in metrics:
             if r[m] != r[m]:
                 cells.append("--")
@@ -395,6 +650,8 @@ def latex(agg: pd.DataFrame, caption: str, ours: str | None = None,
             text = f"{r[m]:.2f}"
             if is_best(r, m, best):
                 text = rf"\textbf{{{text}}}"
+            elif tie_mark(r, m, best):
+                text += r"$\approx$"
             if r[f"{m}_count"] > 1:
                 text += rf" $\pm$ {r[f'{m}_std']:.2f}"
             if r[f"{m}_count"] < r["seeds"]:
@@ -404,12 +661,12 @@ def latex(agg: pd.DataFrame, caption: str, ours: str | None = None,
         lines.append(" & ".join(cells) + r" \\")
     margin = margins(agg, metrics, ours)
     if margin is not None:
-        _, label, vals = margin
+        ck, label, vals = margin
         lines.append(r"\midrule")
-        lines.append(" & ".join([tex_escape(label), "",
+        lines.append(" & ".join([tex_escape(label), tex_escape(ck), "",
                                  *(f"{vals[m]:+.2f}" if m in vals else "" for m in metrics)])
                      + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\bottomrule", r"\end{tabular}", "% " + BOLD_NOTE.replace("≈", r"$\approx$")]
     if partial:
         lines.append(r"% $^\dagger$: measured on fewer seeds than the line's other numbers")
     return "\n".join(lines)

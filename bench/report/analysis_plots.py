@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchError
-from bench.report.aggregate import LABELS, fmt_eps
+from bench.report.aggregate import LABELS, Names, display_name, fmt_eps
 from bench.report.figures import figure, method_colors
-from bench.report.plots import _plt, _save, _slug
+from bench.report.plots import _plt, _save, _slug, stem
 from bench.train import runs
 
 
@@ -38,9 +38,11 @@ def _setup(config: dict[str, Any], drop: str | None = None) -> str:
     return hashlib.sha256(setup_key(c).encode()).hexdigest()[:6]
 
 
-def _line_labels(configs: list[dict[str, Any]], drop: str | None = None) -> list[str]:
-    """method [preset], plus the epochs / a setup digest where a section needs them."""
-    base = [c["method"] + ("" if c.get("preset") == "faithful" else f" [{c.get('preset')}]")
+def _line_labels(configs: list[dict[str, Any]], drop: str | None = None,
+                 names: Names | None = None) -> list[str]:
+    """display name [preset], plus the epochs / a setup digest where a section needs them."""
+    base = [display_name(c["method"], names)
+            + ("" if c.get("preset") == "faithful" else f" [{c.get('preset')}]")
             for c in configs]
     epochs = {c.get("params", {}).get("epochs") for c in configs}
     if len(epochs) > 1:
@@ -57,7 +59,7 @@ def _line_labels(configs: list[dict[str, Any]], drop: str | None = None) -> list
 @figure("tutor", "tutor accuracy (%) per epoch on PGD-10 examples crafted against the student "
                  "(solid) and against the tutor itself (dashed), every method with a teacher "
                  "or peer: PeerAiD's Figure 1")
-def tutor_figure(out: Path, dest: Path) -> list[Path]:
+def tutor_figure(out: Path, dest: Path, names: Names | None = None) -> list[Path]:
     import pandas as pd
 
     lines = []
@@ -81,7 +83,7 @@ def tutor_figure(out: Path, dest: Path) -> list[Path]:
 
     paths = []
     for (dataset, arch), sec in df.groupby(["dataset", "arch"], sort=True):
-        sec = sec.assign(label=_line_labels([r.config for r in sec["run"]]),
+        sec = sec.assign(label=_line_labels([r.config for r in sec["run"]], names=names),
                          method=[r.config["method"] for r in sec["run"]],
                          seed=[r.config["seed"] for r in sec["run"]])
         colors = method_colors(sorted(set(sec["method"])))
@@ -112,19 +114,44 @@ def tutor_figure(out: Path, dest: Path) -> list[Path]:
                            Line2D([], [], color="0.3", ls="--", label="on its own examples")],
                   title="method (tutor: peer or teacher)", bbox_to_anchor=(1.01, 1),
                   loc="upper left", frameon=False)
-        paths += _save(fig, dest, _slug("tutor", dataset, arch))
+        paths += _save(fig, dest, stem("tutor", dataset, arch))
     return paths
 
 
 # --- transfer matrices --------------------------------------------------------------------
 
+def _run_label(config: dict[str, Any], names: Names | None = None) -> str:
+    """A run as the analyses' figures name it: display name [preset] and seed."""
+    preset = "" if config.get("preset") == "faithful" else f" [{config.get('preset')}]"
+    return f"{display_name(config.get('method', '?'), names)}{preset} s{config.get('seed', '?')}"
+
+
+def _short(labels: list[str], key: str, limit: int = 80) -> str:
+    """Model labels as one readable file-name part: 'pgdat-s0-best_peeraid-s0-peer'. Longer
+    than `limit` characters, it is cut at a model's boundary and ends with the count of the
+    rest and the matrix's stored `key` (so two cut names never coincide)."""
+    parts = [_slug(lab.replace(" ", "-").replace(":", "-")).replace("_", "-") for lab in labels]
+    text = "_".join(parts)
+    if len(text) <= limit:
+        return text
+    kept: list[str] = []
+    for p in parts:
+        if len("_".join([*kept, p])) > limit - 20:
+            break
+        kept.append(p)
+    return "_".join([*kept, f"and{len(parts) - len(kept)}more-{key}"])
+
+
 @figure("transfer", "heat map of every stored `bench transfer` matrix: accuracy (%) of the "
                     "target model (column) on examples crafted against the source (row)")
-def transfer_figure(out: Path, dest: Path) -> list[Path]:
+def transfer_figure(out: Path, dest: Path, names: Names | None = None) -> list[Path]:
+    """One figure per stored matrix, named `transfer_<attack>_<dataset>_<arch>_<models>` by
+    its attack, its models' data set and arch(s) and their labels (run:checkpoint, shortened;
+    a matrix whose name would repeat another's gets its stored key appended)."""
     import pandas as pd
 
     plt, sns = _plt()
-    paths = []
+    drawn: list[tuple[str, Path, Any]] = []
     for f in sorted((Path(out) / "analyses").glob("transfer-*.json")):
         try:
             stored = json.loads(f.read_text())
@@ -133,20 +160,41 @@ def transfer_figure(out: Path, dest: Path) -> list[Path]:
         except (ValueError, KeyError):
             continue
         order = list(dict.fromkeys(df["source"]))
+        configs = {}
+        for k in order:  # each model's run: its data set, arch and display name
+            try:
+                configs[k] = runs.find(Path(out), k.rsplit(":", 1)[0]).config
+            except BenchError:
+                continue
+        shown = {k: f"{_run_label(configs[k], names)}:{k.rsplit(':', 1)[1]}"
+                 if k in configs else labels.get(k, k) for k in order}
+        if len(set(shown.values())) < len(shown):
+            shown = {k: labels.get(k, k) for k in order}
         m = (df.pivot(index="source", columns="target", values="accuracy")
              .reindex(index=order, columns=order) * 100)
-        m.index = [labels.get(k, k) for k in m.index]
-        m.columns = [labels.get(k, k) for k in m.columns]
+        m.index = [shown[k] for k in m.index]
+        m.columns = [shown[k] for k in m.columns]
         k = len(order)
         fig, ax = plt.subplots(figsize=(2.2 + 1.1 * k, 1.6 + 0.9 * k))
         sns.heatmap(m, annot=True, fmt=".1f", vmin=0, vmax=100, cmap="viridis", square=True,
                     cbar_kws={"label": "accuracy (%)"}, ax=ax)
         ax.set_xlabel("target: the model evaluated")
         ax.set_ylabel("source: the model attacked")
-        ax.set_title(f"{df['attack'].iloc[0]} transfer, L∞ eps {fmt_eps(stored['eps'])}, "
-                     f"n={df['n'].iloc[0]}\n(the diagonal is each model's white-box accuracy)",
-                     fontsize=10)
-        paths += _save(fig, dest, f.stem)
+        cfgs = list(configs.values())
+        dataset = "-".join(sorted({str(c.get("dataset")) for c in cfgs})) or "unknown"
+        arch = "-".join(sorted({str(c.get("arch")) for c in cfgs})) or "unknown"
+        ax.set_title(f"{dataset} / {arch}: {df['attack'].iloc[0]} transfer, L∞ eps "
+                     f"{fmt_eps(stored['eps'])}, n={df['n'].iloc[0]}\n(the diagonal is each "
+                     f"model's white-box accuracy)", fontsize=10)
+        name = stem("transfer", dataset, arch, attack=str(df["attack"].iloc[0]),
+                    tag=_short([labels.get(k, k) for k in order], f.stem.rsplit("-", 1)[-1]))
+        drawn.append((name, f, fig))
+    paths = []
+    names_seen = [n for n, _, _ in drawn]
+    for name, f, fig in drawn:
+        if names_seen.count(name) > 1:  # two matrices, one name: their stored keys tell
+            name = f"{name}_{f.stem.rsplit('-', 1)[-1]}"
+        paths += _save(fig, dest, name)
     return paths
 
 
@@ -154,7 +202,7 @@ def transfer_figure(out: Path, dest: Path) -> list[Path]:
 
 @figure("strength", "accuracy (%) against eps (PGD with the most steps, FGSM dotted) and "
                     "against PGD steps, from `bench eval`; gradient-masking signs beside it")
-def strength_figure(out: Path, dest: Path) -> list[Path]:
+def strength_figure(out: Path, dest: Path, names: Names | None = None) -> list[Path]:
     from bench.data import datasets
     from bench.eval import analysis
 
@@ -177,7 +225,7 @@ def strength_figure(out: Path, dest: Path) -> list[Path]:
         fig, (ax_e, ax_s) = plt.subplots(1, 2, figsize=(13, 4.8))
         notes = []
         for r, ckpt, pts, signs in sec:
-            color, label = colors[r.config["method"]], f"{r.label}:{ckpt}"
+            color, label = colors[r.config["method"]], f"{_run_label(r.config, names)}:{ckpt}"
             pgd = [p for p in pts if p["attack"] == "pgd"]
             most = max(p["steps"] for p in pgd)
             e_curve = sorted((p["eps"], p["accuracy"]) for p in pgd if p["steps"] == most)
@@ -211,9 +259,9 @@ def strength_figure(out: Path, dest: Path) -> list[Path]:
         fig.text(0.01, -0.02, text, fontsize=8, color="firebrick" if notes else "0.35",
                  ha="left", va="top")
         fig.tight_layout()
-        stem = _slug("strength", dataset, arch)
-        paths += _save(fig, dest, stem)
-        side = Path(dest) / f"{stem}.txt"
+        name = stem("strength", dataset, arch)
+        paths += _save(fig, dest, name)
+        side = Path(dest) / f"{name}.txt"
         side.write_text(text + "\n")
         paths.append(side)
     return paths
@@ -224,7 +272,8 @@ def strength_figure(out: Path, dest: Path) -> list[Path]:
 ABLATION_METRICS = ("clean", "pgd20", "aa")
 
 
-def ablation_points(out: Path, param: str, checkpoint: str = "best"):
+def ablation_points(out: Path, param: str, checkpoint: str = "best",
+                    names: Names | None = None):
     """The ablation's numbers: one line per (section, method line, value of `param`, metric)
     with the mean and sample std (in %) over seeds, and the seed count. Only lines that
     swept `param` over two values or more; a hyper-parameter nothing swept is an error."""
@@ -241,7 +290,7 @@ def ablation_points(out: Path, param: str, checkpoint: str = "best"):
     if len(df):
         df = df[df["value"].notna() & (df["checkpoint"] == checkpoint)]
     if len(df):
-        df = df.assign(label=_line_labels(list(df["config"]), drop=param))
+        df = df.assign(label=_line_labels(list(df["config"]), drop=param, names=names))
         swept = df.groupby(["dataset", "arch", "label"])["value"].transform("nunique")
         df = df[swept > 1]
     if not len(df):
@@ -263,10 +312,10 @@ def ablation_points(out: Path, param: str, checkpoint: str = "best"):
 @figure("ablation", "accuracy (%) against a swept hyper-parameter (--param P; --checkpoint, "
                     "default best), mean ± std over seeds, one line per method and setup")
 def ablation_figure(out: Path, dest: Path, param: str | None = None,
-                    checkpoint: str = "best") -> list[Path]:
+                    checkpoint: str = "best", names: Names | None = None) -> list[Path]:
     if not param:
         raise BenchError("bench plot ablation needs --param P (the swept hyper-parameter)")
-    pts = ablation_points(out, param, checkpoint)
+    pts = ablation_points(out, param, checkpoint, names)
     plt, _ = _plt()
     paths = []
     for (dataset, arch), sec in pts.groupby(["dataset", "arch"], sort=True):
@@ -297,6 +346,6 @@ def ablation_figure(out: Path, dest: Path, param: str | None = None,
                         else "one seed per point: no error bars"), fontsize=11)
         axes[0][-1].legend(bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False)
         fig.tight_layout()
-        paths += _save(fig, dest, _slug("ablation", param, dataset, arch))
+        paths += _save(fig, dest, stem(f"ablation_{param}", dataset, arch, checkpoint))
     return paths
 

@@ -64,16 +64,52 @@ def _load() -> None:
 FIGURE_MODULES: list[str] = ["bench.report.plots", "bench.report.analysis_plots"]
 
 
-def method_colors(methods: list[str]) -> dict[str, Any]:
-    """A colour per method, the same in every figure: a colour-blind-safe palette indexed by
-    the method's place among all registered methods (plugins after the built-ins). The
-    palette's yellow and pink are left out: thin lines of them all but vanish on white."""
+# The built-in methods in a fixed order: each keeps its colour whatever is installed beside it
+# (a test checks this list against the methods bench ships).
+BUILTIN_ORDER = ("absld", "adaad", "ard", "bmtard", "ciard", "iad", "igdm", "mtard", "peeraid",
+                 "pgdat", "rslad", "saad", "standard", "trades")
+
+
+def _palette() -> list[Any]:
+    """The colour-blind palette without its yellow and pink (thin lines of them all but vanish
+    on white), then seaborn's dark one: the built-ins' colours in `BUILTIN_ORDER`."""
     import seaborn as sns
 
+    bright = sns.color_palette("colorblind", 10)
+    return [c for i, c in enumerate(bright) if i not in (6, 8)] + sns.color_palette("dark", 10)
+
+
+def plugin_palette() -> list[Any]:
+    """The colours plugins draw from: what the built-ins leave of the palette, then twelve
+    hues of even lightness (all at least 5:1 in contrast with white)."""
+    import seaborn as sns
+
+    return _palette()[len(BUILTIN_ORDER):] + list(sns.husl_palette(12, l=0.45, s=0.9, h=0.05))
+
+
+def _slot(name: str, size: int) -> int:
+    import hashlib
+
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % size
+
+
+def method_colors(methods: list[str]) -> dict[str, Any]:
+    """A colour per method, the same in every figure: a built-in's is fixed by its place in
+    `BUILTIN_ORDER`; any other method's (a plugin's, or one whose rows outlived its plugin) is
+    a function of its name alone (a hash into `plugin_palette`), so installing a plugin never
+    changes another method's colour. Only when two such names hash to the same colour does
+    the later name, alphabetically, take the next free one."""
     from bench.core import registry
 
-    known = registry.names()
-    order = known + sorted(m for m in set(methods) if m not in known)
-    bright = sns.color_palette("colorblind", 10)
-    palette = [c for i, c in enumerate(bright) if i not in (6, 8)] + sns.color_palette("dark", 10)
-    return {m: palette[order.index(m) % len(palette)] for m in methods}
+    palette, extra = _palette(), plugin_palette()
+    others = sorted((set(registry.names()) | set(methods)) - set(BUILTIN_ORDER))
+    taken: dict[str, int] = {}
+    for m in others:
+        k = _slot(m, len(extra))
+        for _ in range(len(extra)):  # more plugins than colours: they share, in turn
+            if k not in taken.values():
+                break
+            k = (k + 1) % len(extra)
+        taken[m] = k
+    return {m: palette[BUILTIN_ORDER.index(m)] if m in BUILTIN_ORDER else extra[taken[m]]
+            for m in methods}

@@ -67,7 +67,14 @@ def section_table(agg: pd.DataFrame, rows: pd.DataFrame, metrics: list[str],
                   margin: tuple[str, str, dict[str, float]] | None) -> str:
     """One (data set, arch) section: a line per (method, checkpoint), sortable; the numbers
     are `agg`'s (mean ± sample std over seeds), the configuration is the rows'."""
-    from bench.report.aggregate import LABELS, best_means, cell_text, image_counts, is_best
+    from bench.report.aggregate import (
+        LABELS,
+        best_means,
+        cell_text,
+        image_counts,
+        is_best,
+        tie_mark,
+    )
 
     best = best_means(agg, metrics)
     heads = ["method", "checkpoint", "epochs", "seeds",
@@ -86,6 +93,8 @@ def section_table(agg: pd.DataFrame, rows: pd.DataFrame, metrics: list[str],
             if is_best(r, m, best):
                 mean = f"{r[m]:.2f}"
                 text = text.replace(mean, f'<b class="best">{mean}</b>', 1)
+            else:
+                text += esc(tie_mark(r, m, best))
             cells.append(_cell(text, r[m]))
         t = r.get("train_seconds", float("nan"))
         cells.append(_cell("–" if t != t else f"{t:.1f}", t))
@@ -137,6 +146,19 @@ def reported_table(cmp: pd.DataFrame) -> str:
     return "".join(out)
 
 
+def not_comparable_table(apart: pd.DataFrame) -> str:
+    """The published figures of the reproduced settings left out, each with why."""
+    from bench.report.reported import not_comparable_table as lines
+
+    t = lines(apart)
+    head = "".join(f'<th class="text">{esc(c)}</th>' for c in t.columns)
+    body = "".join("<tr>" + "".join(_cell(esc(r[c]), cls="text") for c in t.columns)
+                   + "</tr>" for _, r in t.iterrows())
+    return ("<h3>Published figures of these settings that are not comparable</h3>"
+            f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            "</table>")
+
+
 def image(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
@@ -157,13 +179,13 @@ def page(title: str, intro: str, sections: list[dict[str, Any]], reported: str,
         body += [f'<p class="note">{esc(n)}</p>' for n in s["notes"]]
         body += [image(p, alt) for p, alt in s["figures"]]
         body.append("</section>")
+    from bench.report.reported import GRADES_NOTE
+
     body.append('<section id="reported"><h2>Reproduced vs published</h2>'
                 '<p class="note">Published numbers are data of bench (bench/report/reported.toml), '
-                "never mixed with measured rows. Grades: P = the authors' own artifact, "
-                "S = a faithful copy of a paper table or a later paper's own table, T = "
-                "third-party notes, unchecked against the paper. Differences are reproduced "
-                "minus published, in points; ! marks one larger than max(1 pp, 2 std over "
-                "seeds).</p>" + reported + "</section>")
+                f"never mixed with measured rows. {esc(GRADES_NOTE)} Differences are "
+                "reproduced minus published, in points; ! marks one larger than max(1 pp, 2 "
+                "std over seeds).</p>" + reported + "</section>")
     body.append(appendix)
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(title)}</title><style>{CSS}</style><script>{JS}</script></head>"

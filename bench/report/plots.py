@@ -14,7 +14,9 @@ from bench.report.aggregate import (
     CHECKPOINT_ORDER,
     LABELS,
     MAIN_METRICS,
+    Names,
     aggregate,
+    display_name,
     fmt_eps,
     image_counts,
     labels,
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FORMATS = ("png", "pdf")
-MARKERS = {"best": "o", "last": "s", "swa_best": "^", "swa_last": "D"}
-SIZES = {"best": 12, "last": 8, "swa_best": 10, "swa_last": 6}  # coinciding points stay visible
+# The robustness figure: one marker per attack, all on one checkpoint.
+ATTACK_MARKERS = {"fgsm": "v", "pgd20": "s", "pgd20s": "P", "cw": "D", "aa": "o"}
 
 
 def _plt():
@@ -46,6 +48,21 @@ def _plt():
 def _slug(*parts: Any) -> str:
     return "_".join("".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in str(p))
                     for p in parts)
+
+
+def stem(kind: str, dataset: str, arch: str, checkpoint: str | None = None,
+         attack: str | None = None, tag: str | None = None) -> str:
+    """A figure's file name (without suffix), named for what it shows: kind, data set, arch,
+    then the checkpoint and the attack where the figure has one, then `tag` (the methods a
+    `bench plot --methods` filter kept), e.g. `accuracy_cifar10_resnet18_best`."""
+    return _slug(*(p for p in (kind, dataset, arch, checkpoint, attack, tag) if p))
+
+
+def methods_tag(methods: str | None) -> str | None:
+    """`--methods a,b` as a file-name part, 'a-b' (None without the filter)."""
+    from bench.train.experiment import csv
+
+    return "-".join(csv(methods)) if methods else None
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
@@ -89,24 +106,31 @@ def _seed_text(agg: pd.DataFrame) -> str:
     return f"seed {seeds[0]}" if seeds else "seed ?"
 
 
-def _pick_checkpoint(agg: pd.DataFrame, wanted: str = "best") -> str:
+def pick_checkpoint(agg: pd.DataFrame, wanted: str | None = "best") -> str | None:
+    """`wanted` if the section has it (else None: the section is left out); with None, best
+    where the section has it, else its first checkpoint."""
     have = sorted(agg["checkpoint"].unique(), key=lambda c: CHECKPOINT_ORDER.get(c, 9))
-    return wanted if wanted in have else have[0]
+    if wanted is not None:
+        return wanted if wanted in have else None
+    return "best" if "best" in have else (have[0] if have else None)
 
 
-def accuracy_bars(df: pd.DataFrame, out_dir: str | Path, checkpoint: str = "best"
-                  ) -> list[Path]:
-    """Grouped bars: accuracy per method (colour) under each attack (group), one checkpoint.
+def accuracy_bars(df: pd.DataFrame, out_dir: str | Path, checkpoint: str | None = "best",
+                  names: Names | None = None, tag: str | None = None) -> list[Path]:
+    """Grouped bars: accuracy per method (colour) under each attack (group), one checkpoint
+    (`pick_checkpoint`; a section without it is left out).
 
-    Error bars are the std over seeds where a method has several.
+    Error bars are 95 % intervals: Wilson's with one seed, Student t over several.
     """
     plt, _ = _plt()
     import numpy as np
 
     out_dir, paths = Path(out_dir), []
     for (dataset, arch), rows in sections(prepare(df)):
-        agg = aggregate(rows)
-        ckpt = _pick_checkpoint(agg, checkpoint)
+        agg = aggregate(rows, names=names)
+        ckpt = pick_checkpoint(agg, checkpoint)
+        if ckpt is None:
+            continue
         agg = agg[agg["checkpoint"] == ckpt].reset_index(drop=True)
         metrics = metrics_of(agg, MAIN_METRICS)
         if agg.empty or not metrics:
@@ -119,10 +143,10 @@ def accuracy_bars(df: pd.DataFrame, out_dir: str | Path, checkpoint: str = "best
         x = np.arange(n_g)
         for i, (_, r) in enumerate(agg.iterrows()):
             means = [r[m] for m in metrics]
-            stds = [r[f"{m}_std"] for m in metrics]
+            below = [r[m] - r[f"{m}_lo"] if r[f"{m}_lo"] == r[f"{m}_lo"] else 0 for m in metrics]
+            above = [r[f"{m}_hi"] - r[m] if r[f"{m}_hi"] == r[f"{m}_hi"] else 0 for m in metrics]
             ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(means), width * 0.92,
-                   yerr=[s if s == s else 0 for s in stds], capsize=2 if any(
-                       s == s for s in stds) else 0, error_kw={"elinewidth": 1},
+                   yerr=[below, above], capsize=2, error_kw={"elinewidth": 1},
                    color=colors[r["label"]], label=r["label"], edgecolor="white",
                    linewidth=0.5)
             for j, mean in enumerate(means):
@@ -132,79 +156,82 @@ def accuracy_bars(df: pd.DataFrame, out_dir: str | Path, checkpoint: str = "best
         ax.set_xticks(x, [f"{LABELS[m]}\n(n={image_counts(agg, m)})" for m in metrics])
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
-        ax.set_xlabel("attack (n = test images per number)")
+        ax.set_xlabel("attack (n = test images per number); error bars: 95 % interval "
+                      "(Wilson with one seed, Student t over seeds)")
         ax.set_title(f"{dataset} / {arch}: accuracy under attack, checkpoint '{ckpt}'\n"
                      f"L∞ {_eps_text(agg)}; {_seed_text(agg)}", fontsize=11)
         ax.legend(title="method", bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False)
-        paths += _save(fig, out_dir, _slug("accuracy", dataset, arch))
+        paths += _save(fig, out_dir, stem("accuracy", dataset, arch, ckpt, tag=tag))
     return paths
 
 
-def robustness_scatter(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """Clean vs AutoAttack accuracy per method (colour) and checkpoint (marker).
-
-    A line without AutoAttack falls back to PGD-20 and is drawn hollow (the axis says so).
+def robustness_scatter(df: pd.DataFrame, out_dir: str | Path, checkpoint: str | None = "best",
+                       names: Names | None = None, tag: str | None = None) -> list[Path]:
+    """Clean accuracy (x) against the accuracy under every attack (y; one marker per attack,
+    a method's points joined by a thin line) per method (colour), all of one checkpoint
+    (`pick_checkpoint`; a section without it is left out): like is compared with like.
     """
     plt, _ = _plt()
-    import pandas as pd
     from matplotlib.lines import Line2D
 
     out_dir, paths = Path(out_dir), []
     for (dataset, arch), rows in sections(prepare(df)):
-        agg = aggregate(rows)
-        if agg.empty or "clean" not in agg or agg["clean"].isna().all():
+        agg = aggregate(rows, names=names)
+        ckpt = pick_checkpoint(agg, checkpoint) if not agg.empty else None
+        if ckpt is None or "clean" not in agg:
             continue
-        none = pd.Series(False, index=agg.index)
-        has_aa = agg["aa"].notna() if "aa" in agg else none
-        has_pgd = agg["pgd20"].notna() if "pgd20" in agg else none
-        agg = agg[agg["clean"].notna() & (has_aa | has_pgd)].reset_index(drop=True)
-        if agg.empty:
+        agg = agg[(agg["checkpoint"] == ckpt) & agg["clean"].notna()].reset_index(drop=True)
+        attacks = [m for m in metrics_of(agg, MAIN_METRICS) if m != "clean"]
+        agg = agg[agg[attacks].notna().any(axis=1)].reset_index(drop=True) if attacks else agg
+        if agg.empty or not attacks:
             continue
-        has_aa = agg["aa"].notna() if "aa" in agg else pd.Series(False, index=agg.index)
         methods = list(dict.fromkeys(agg["label"]))
         colors = label_colors(list(agg["label"]), list(agg["method"]))
         fig, ax = plt.subplots(figsize=(7.5, 5.5))
-        for i, r in agg.iterrows():
-            y_m = "aa" if has_aa[i] else "pgd20"
-            c, ck = colors[r["label"]], r["checkpoint"]
-            ax.errorbar(r["clean"], r[y_m],
-                        xerr=r["clean_std"] if r["clean_std"] == r["clean_std"] else None,
-                        yerr=r[f"{y_m}_std"] if r[f"{y_m}_std"] == r[f"{y_m}_std"] else None,
-                        fmt=MARKERS.get(ck, "X"), ms=SIZES.get(ck, 6), color=c,
-                        mfc=c if y_m == "aa" else "white", mec="white" if y_m == "aa" else c,
-                        mew=1.2, elinewidth=1, capsize=2,
-                        zorder=3 + CHECKPOINT_ORDER.get(ck, 4))
-        if has_aa.all():
-            ylab = f"AutoAttack accuracy (%, n={image_counts(agg, 'aa')})"
-        elif not has_aa.any():
-            ylab = f"PGD-20 accuracy (%, n={image_counts(agg, 'pgd20')}; no AutoAttack)"
-        else:
-            ylab = (f"AutoAttack accuracy (%, n={image_counts(agg[has_aa], 'aa')})\n"
-                    "hollow: PGD-20 (no AutoAttack for that line)")
+        ys = []
+        for _, r in agg.iterrows():
+            c, x = colors[r["label"]], r["clean"]
+            xerr = _interval_err(r, "clean")
+            pts = [(m, r[m]) for m in attacks if r[m] == r[m]]
+            ys += [y for _, y in pts]
+            if len(pts) > 1:  # one method's attacks, from its weakest to its strongest
+                ax.plot([x, x], [min(y for _, y in pts), max(y for _, y in pts)], color=c,
+                        lw=1, alpha=0.6, zorder=2)
+            for m, y in pts:
+                ax.errorbar(x, y, xerr=xerr, yerr=_interval_err(r, m),
+                            fmt=ATTACK_MARKERS.get(m, "X"), ms=8, color=c, mec="white",
+                            mew=1, elinewidth=1, capsize=2, zorder=3)
         ax.set_xlabel(f"clean accuracy (%, n={image_counts(agg, 'clean')})")
-        ax.set_ylabel(ylab)
-        ax.set_title(f"{dataset} / {arch}: robustness vs accuracy\n"
+        ax.set_ylabel("accuracy under attack (%): one marker per attack\n"
+                      "bars: 95 % interval (Wilson, one seed; Student t over seeds)")
+        ax.set_title(f"{dataset} / {arch}: robustness vs accuracy, checkpoint '{ckpt}'\n"
                      f"L∞ {_eps_text(agg)}; {_seed_text(agg)}", fontsize=11)
-        lo_x, hi_x = agg["clean"].min(), agg["clean"].max()
-        pad = max(2.0, (hi_x - lo_x) * 0.1)
-        ax.set_xlim(max(0, lo_x - pad), min(100, hi_x + pad))
-        ys = [agg.at[i, "aa" if has_aa[i] else "pgd20"] for i in agg.index]
-        pad = max(2.0, (max(ys) - min(ys)) * 0.1)
-        ax.set_ylim(max(0, min(ys) - pad), min(100, max(ys) + pad))
+        for lo, hi, set_lim in ((agg["clean"].min(), agg["clean"].max(), ax.set_xlim),
+                                (min(ys), max(ys), ax.set_ylim)):
+            pad = max(2.0, (hi - lo) * 0.1)  # a point at 0 or 100 % stays whole
+            set_lim(max(-pad / 2, lo - pad), min(100 + pad / 2, hi + pad))
         method_handles = [Line2D([], [], ls="", marker="o", color=colors[m], ms=8, label=m)
                           for m in methods]
-        ckpts = sorted(agg["checkpoint"].unique(), key=lambda c: CHECKPOINT_ORDER.get(c, 9))
-        ckpt_handles = [Line2D([], [], ls="", marker=MARKERS.get(c, "X"), color="0.3", ms=8,
-                               label=c) for c in ckpts]
+        attack_handles = [Line2D([], [], ls="", marker=ATTACK_MARKERS.get(m, "X"), color="0.3",
+                                 ms=8, label=f"{LABELS.get(m, m)} (n={image_counts(agg, m)})")
+                          for m in attacks]
         gap = Line2D([], [], ls="", label=" ")
-        head = Line2D([], [], ls="", label="checkpoint")
-        leg = ax.legend(handles=[*method_handles, gap, head, *ckpt_handles], title="method",
+        head = Line2D([], [], ls="", label="attack")
+        leg = ax.legend(handles=[*method_handles, gap, head, *attack_handles], title="method",
                         bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False)
         for text in leg.get_texts():
-            if text.get_text() == "checkpoint":
+            if text.get_text() == "attack":
                 text.set_fontweight("bold")
-        paths += _save(fig, out_dir, _slug("robustness", dataset, arch))
+        paths += _save(fig, out_dir, stem("robustness", dataset, arch, ckpt, tag=tag))
     return paths
+
+
+def _interval_err(r: pd.Series, m: str) -> list[list[float]] | None:
+    """matplotlib's asymmetric error of line `r`'s metric `m`: its 95 % interval."""
+    lo, hi = r.get(f"{m}_lo", float("nan")), r.get(f"{m}_hi", float("nan"))
+    if lo != lo or hi != hi:
+        return None
+    return [[max(r[m] - lo, 0.0)], [max(hi - r[m], 0.0)]]
 
 
 def load_history(run_dir: Path) -> list[dict[str, Any]] | None:
@@ -223,13 +250,14 @@ def load_history(run_dir: Path) -> list[dict[str, Any]] | None:
     return None
 
 
-def histories(df: pd.DataFrame, runs_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
+def histories(df: pd.DataFrame, runs_dir: str | Path, names: Names | None = None
+              ) -> tuple[pd.DataFrame, list[str]]:
     """(one line per cell and epoch: label, seed, epoch, loss, pgd10, swa_pgd10; missing ids)."""
     import pandas as pd
 
     df = prepare(df)
     if not df.empty:  # labels as each section's tables and figures name the lines
-        df = df.assign(label=pd.concat([labels(g) for _, g in sections(df)]))
+        df = df.assign(label=pd.concat([labels(g, names) for _, g in sections(df)]))
     lines, missing = [], []
     for cell_id, g in df.groupby("cell_id", sort=True):
         r = g.iloc[0]
@@ -263,8 +291,8 @@ def _band(ax, g, col: str, color, scale: float, ls: str, label: str | None) -> N
                         lw=0)
 
 
-def training_curves(df: pd.DataFrame, runs_dir: str | Path, out_dir: str | Path
-                    ) -> list[Path]:
+def training_curves(df: pd.DataFrame, runs_dir: str | Path, out_dir: str | Path,
+                    names: Names | None = None, tag: str | None = None) -> list[Path]:
     """Per-epoch PGD-10 selection accuracy (SWA's dashed) and training loss per method.
 
     Read from each cell's `runs_dir/<cell_id>/ckpt.pt` history; cells without a readable
@@ -275,7 +303,7 @@ def training_curves(df: pd.DataFrame, runs_dir: str | Path, out_dir: str | Path
     from matplotlib.ticker import MaxNLocator
 
     out_dir, paths = Path(out_dir), []
-    hist, missing = histories(df, runs_dir)
+    hist, missing = histories(df, runs_dir, names)
     rows = prepare(df)
     for (dataset, arch), sec_rows in sections(rows):
         h = hist[(hist["dataset"] == dataset) & (hist["arch"] == arch)]
@@ -326,7 +354,7 @@ def training_curves(df: pd.DataFrame, runs_dir: str | Path, out_dir: str | Path
                      + ", ".join(gone[:4]) + (" ..." if len(gone) > 4 else ""),
                      fontsize=8, color="0.4", ha="left", va="top")
         fig.tight_layout()
-        paths += _save(fig, out_dir, _slug("training", dataset, arch))
+        paths += _save(fig, out_dir, stem("training", dataset, arch, tag=tag))
     return paths
 
 
@@ -351,33 +379,51 @@ def rows(out: str | Path, dataset: str | None = None, arch: str | None = None,
     return df
 
 
+def _drawn(paths: list[Path], df: pd.DataFrame, checkpoint: str | None) -> list[Path]:
+    """`paths`, or a one-line error when no section had the checkpoint asked for."""
+    from bench import BenchError
+
+    if not paths and checkpoint is not None and checkpoint not in set(df["checkpoint"]):
+        have = sorted(set(df["checkpoint"]), key=lambda c: CHECKPOINT_ORDER.get(c, 9))
+        raise BenchError(f"no stored rows of checkpoint {checkpoint!r} match (stored: "
+                         f"{', '.join(have)}); pick one with --checkpoint")
+    return paths
+
+
 @figure("accuracy", "grouped bars: accuracy (%) of each method under each attack, "
                     "one checkpoint (--checkpoint, default best)")
 def accuracy_figure(out: Path, dest: Path, dataset: str | None = None, arch: str | None = None,
-                    methods: str | None = None, checkpoint: str = "best") -> list[Path]:
-    return accuracy_bars(rows(out, dataset, arch, methods), dest, checkpoint)
+                    methods: str | None = None, checkpoint: str = "best",
+                    names: Names | None = None) -> list[Path]:
+    df = rows(out, dataset, arch, methods)
+    return _drawn(accuracy_bars(df, dest, checkpoint, names, methods_tag(methods)), df,
+                  checkpoint)
 
 
-@figure("robustness", "clean vs AutoAttack (else PGD-20) accuracy (%) per method and "
-                      "checkpoint")
+@figure("robustness", "clean accuracy (%) against the accuracy (%) under every attack, per "
+                      "method, one checkpoint (--checkpoint, default best)")
 def robustness_figure(out: Path, dest: Path, dataset: str | None = None,
-                      arch: str | None = None, methods: str | None = None) -> list[Path]:
-    return robustness_scatter(rows(out, dataset, arch, methods), dest)
+                      arch: str | None = None, methods: str | None = None,
+                      checkpoint: str = "best", names: Names | None = None) -> list[Path]:
+    df = rows(out, dataset, arch, methods)
+    return _drawn(robustness_scatter(df, dest, checkpoint, names, methods_tag(methods)), df,
+                  checkpoint)
 
 
 @figure("training", "PGD-10 selection accuracy (%) and training loss per epoch, per method")
 def training_figure(out: Path, dest: Path, dataset: str | None = None, arch: str | None = None,
-                    methods: str | None = None) -> list[Path]:
-    return training_curves(rows(out, dataset, arch, methods), Path(out) / "runs", dest)
+                    methods: str | None = None, names: Names | None = None) -> list[Path]:
+    return training_curves(rows(out, dataset, arch, methods), Path(out) / "runs", dest, names,
+                           methods_tag(methods))
 
 
-GRADE_MARKERS = {"P": "o", "S": "s", "T": "^"}
+GRADE_MARKERS = {"R": "D", "P": "o", "S": "s", "T": "^"}
 
 
 @figure("reported", "reproduced (%) against published (%) figures of the same setting, one "
                     "panel per data set / arch; marker = the published figure's grade")
 def reported_figure(out: Path, dest: Path, dataset: str | None = None, arch: str | None = None,
-                    methods: str | None = None) -> list[Path]:
+                    methods: str | None = None, names: Names | None = None) -> list[Path]:
     """Reproduced mean ± std (y) against every matching published figure (x): points on the
     diagonal reproduce; the grey band is ±1 point. T figures are hollow triangles, so a
     tertiary number is never shown as the paper's own."""
@@ -393,6 +439,7 @@ def reported_figure(out: Path, dest: Path, dataset: str | None = None, arch: str
     paths = []
     for (ds, ar), g in cmp.groupby(["dataset", "arch"], sort=True):
         colors = method_colors(list(dict.fromkeys(g["method"])))
+        shown = {m: display_name(m, names) for m in colors}
         fig, ax = plt.subplots(figsize=(7.5, 6))
         for _, r in g.iterrows():
             c = colors[r["method"]]
@@ -411,7 +458,7 @@ def reported_figure(out: Path, dest: Path, dataset: str | None = None, arch: str
         ax.set_ylabel("reproduced accuracy (%), mean ± std over seeds")
         ax.set_title(f"{ds} / {ar}: reproduced vs published (all attacks)\n"
                      "diagonal: equal; band: ±1 point", fontsize=11)
-        handles = [Line2D([], [], ls="", marker="o", color=colors[m], ms=8, label=m)
+        handles = [Line2D([], [], ls="", marker="o", color=colors[m], ms=8, label=shown[m])
                    for m in colors]
         handles += [Line2D([], [], ls="", label=" ")]
         handles += [Line2D([], [], ls="", marker=mk, color="0.3", ms=8,
@@ -419,5 +466,5 @@ def reported_figure(out: Path, dest: Path, dataset: str | None = None, arch: str
                     for gr, mk in GRADE_MARKERS.items() if gr in set(g["grade"])]
         ax.legend(handles=handles, title="method", bbox_to_anchor=(1.01, 1), loc="upper left",
                   frameon=False)
-        paths += _save(fig, Path(dest), _slug("reported", ds, ar))
+        paths += _save(fig, Path(dest), stem("reported", ds, ar, tag=methods_tag(methods)))
     return paths

@@ -7,6 +7,7 @@ tutor accuracy) is one more entry, not a new table.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ class TableOptions:
     hours: bool = False  # a training-time column (GPU-hours per cell)
     ours: str | None = None  # the method whose margin over the best other is shown
     metrics: tuple[str, ...] | None = None  # None: every attack the rows measured
+    names: Mapping[str, str] | None = None  # display-name overrides, method id -> name
 
 
 def select(df: pd.DataFrame, opts: TableOptions) -> pd.DataFrame:
@@ -43,13 +45,35 @@ def select(df: pd.DataFrame, opts: TableOptions) -> pd.DataFrame:
     return df
 
 
+def resolve_ours(df: pd.DataFrame, opts: TableOptions) -> str | None:
+    """The method id `--ours` names (its id, or its display name), or a one-line error when
+    the rows the filters keep hold none of it."""
+    from bench.report.aggregate import display_name
+
+    if opts.ours is None:
+        return None
+    have = sorted(set(df["method"])) if "method" in df else []
+    if opts.ours in have:
+        return opts.ours
+    by_name = [m for m in have if display_name(m, opts.names).casefold() == opts.ours.casefold()]
+    if len(by_name) == 1:
+        return by_name[0]
+    raise BenchError(f"--ours {opts.ours}: no stored rows of that method match the filters "
+                     f"(methods with rows: {', '.join(have) or 'none'})")
+
+
 def numeric(agg: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """The CSV form: one line per table line, mean / sample std / seed count per metric."""
-    keep = ["dataset", "arch", "method", "preset", "label", "epochs", "checkpoint", "seeds",
-            "train_seconds"]
+    import json
+
+    keep = ["dataset", "arch", "method", "name", "preset", "label", "epochs", "checkpoint",
+            "seeds", "seed_list", "train_seconds"]
     for m in metrics:
         keep += [m, f"{m}_std", f"{m}_count", f"n_{m}"]
-    return agg[[c for c in keep if c in agg]]
+    out = agg[[c for c in keep if c in agg]]
+    if "seed_list" in out:
+        out = out.assign(seed_list=out["seed_list"].map(json.dumps))
+    return out
 
 
 def sections(df: pd.DataFrame, opts: TableOptions):
@@ -58,7 +82,7 @@ def sections(df: pd.DataFrame, opts: TableOptions):
     from bench.report.aggregate import sections as by_section
 
     for key, g in by_section(select(df, opts)):
-        agg = aggregate(g)
+        agg = aggregate(g, names=opts.names)
         metrics = [m for m in (opts.metrics or metrics_of(agg)) if m in agg]
         yield key, agg, metrics
 
@@ -66,23 +90,23 @@ def sections(df: pd.DataFrame, opts: TableOptions):
 def render(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions()) -> list:
     """Every section in `fmt`: strings (markdown, LaTeX, CSV), or for rich (title, table of
     display strings) pairs that the caller draws as a rich table or as markdown."""
-    from bench.report.aggregate import latex, markdown, paper_table
+    from bench.report.aggregate import BOLD_NOTE, latex, markdown, paper_table
 
     if fmt not in FORMATS:
         raise unknown("table format", fmt, FORMATS)
+    ours = resolve_ours(select(df, opts), opts)
     out: list = []
     csv_parts = []
     for (dataset, arch), agg, metrics in sections(df, opts):
         title = f"{dataset} / {arch}: accuracy (%) under attack"
         if fmt == "latex":
-            out.append(latex(agg, title, opts.ours, metrics) + "\n")
+            out.append(latex(agg, title, ours, metrics) + "\n")
         elif fmt == "csv":
             csv_parts.append(numeric(agg, metrics))
         else:
-            table = paper_table(agg, bold=True, hours=opts.hours, ours=opts.ours,
-                                metrics=metrics)
+            table = paper_table(agg, bold=True, hours=opts.hours, ours=ours, metrics=metrics)
             out.append((title, table) if fmt == "rich"
-                       else f"### {title}\n\n{markdown(table)}\n")
+                       else f"### {title}\n\n{markdown(table)}\n\n{BOLD_NOTE}\n")
     if csv_parts:
         import pandas as pd
 
@@ -95,9 +119,21 @@ def render(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions()) -> l
 def reported_view(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions()) -> list:
     """Reproduced beside published, per section; every published number with its grade."""
     from bench.report.aggregate import markdown
-    from bench.report.reported import compare, comparison_table
+    from bench.report.reported import (
+        compare,
+        comparison_table,
+        not_comparable,
+        not_comparable_table,
+    )
 
     cmp = compare(select(df, opts))
+    if opts.names and not cmp.empty:  # compare() labels with the declared display names
+        from bench.report.aggregate import display_name
+
+        cmp = cmp.assign(label=[
+            display_name(m, opts.names) + lab.removeprefix(display_name(m))
+            if lab.startswith(display_name(m)) else lab
+            for m, lab in zip(cmp["method"], cmp["label"], strict=True)])
     if cmp.empty:
         return ["No published figure matches the stored settings (data set, student, "
                 "teacher where known, checkpoint); `bench reported` lists what is known.\n"]
@@ -121,4 +157,8 @@ def reported_view(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions(
                                   r"\midrule", *body, r"\bottomrule", r"\end{tabular}", ""]))
         else:
             out.append(f"### {title}\n\n{markdown(t)}\n")
+    apart = not_comparable(select(df, opts))
+    if fmt in ("rich", "markdown") and not apart.empty:
+        out.append("### Published figures of these settings that are not comparable\n\n"
+                   + markdown(not_comparable_table(apart)) + "\n")
     return out

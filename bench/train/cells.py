@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from bench import BenchError
 from bench.core import registry
-from bench.core.distiller import Distiller, Params
+from bench.core.distiller import Distiller, LandmarkError, Params, landmarks
 from bench.core.suggest import unknown
 from bench.data import datasets
 from bench.models import model_names
@@ -206,6 +206,19 @@ def resolve(cell: Cell) -> Resolved:
                     clean.cell, clean.file)
 
 
+def budget_note(r: Resolved) -> str | None:
+    """One line when the preset, not the user, runs a data set for other than its budget's
+    epochs (`paper` on the embedded set: the paper's full schedule), for `bench run` to say
+    before it trains; None otherwise."""
+    budget, c = r.spec.budget.get("epochs"), r.cell
+    if budget is None or r.params.epochs == budget or "epochs" in dict(c.overrides):
+        return None
+    whose = "the paper's" if c.preset == "paper" else f"the {c.preset} preset's"
+    where = "the embedded set's" if r.spec.embedded else f"{c.dataset}'s"
+    return (f"{c.method} {c.preset} on {c.dataset}: {r.params.epochs} epochs ({whose} budget, "
+            f"not {where} {budget})")
+
+
 def _teacher(cell: Cell, cls: type[Distiller], arch: str, kind: str, source: str | None,
              t_arch: str | None, t_method: str | None, default_method: str) -> _Teacher:
     """`source` (--teacher / --clean-teacher), else the preset's teacher of this `kind` (a zoo
@@ -224,10 +237,23 @@ def _teacher(cell: Cell, cls: type[Distiller], arch: str, kind: str, source: str
         path = Path(source)
         return _Teacher(f"file:{_file_digest(path, kind)}", t_arch or arch, file=path)
     t_arch = t_arch or trained[1]
-    epochs = dict(cell.overrides).get("epochs")
+    mine = dict(cell.overrides)
+    epochs = mine.get("epochs")
     recipe = trained[2] if len(trained) > 2 and not t_method else "faithful"
-    t_cell = Cell(t_method or trained[0], cell.dataset, t_arch, seed=0, preset=recipe,
-                  overrides=(("epochs", epochs),) if epochs else (), precision=cell.precision)
-    return _Teacher(resolve(t_cell).id, t_arch, t_cell,
+    method = t_method or trained[0]
+    over: tuple[tuple[str, Any], ...] = (("epochs", epochs),) if epochs else ()
+    if epochs:  # the run's length, and the landmarks set with it where the teacher has them
+        t_cls = registry.get(method)
+        own = t_cls.resolve(recipe, cell.dataset, arch=t_arch,
+                            budget=datasets.spec(cell.dataset).budget)
+        over += tuple((k, mine[k]) for k in landmarks(t_cls.Params)
+                      if k in mine and getattr(own, k) is not None)
+    t_cell = Cell(method, cell.dataset, t_arch, seed=0, preset=recipe, overrides=over,
+                  precision=cell.precision)
+    try:
+        t_id = resolve(t_cell).id
+    except LandmarkError as e:  # say whose schedule it is
+        raise LandmarkError(f"{cell.method}'s {kind.replace('_', ' ')} {e}") from None
+    return _Teacher(t_id, t_arch, t_cell,
                     prescribed=isinstance(prescribed, tuple) and not t_method and
                     t_arch == prescribed[1])

@@ -230,7 +230,7 @@ def _as_cli(param: click.Parameter, key: str, value: Any, where: str) -> Any:
 
 # Keys of the report script (run_all.py) that `bench run` reads past, so one experiment file
 # serves both; run_all.py reads past the keys of `bench run` it has no option for.
-REPORT_KEYS = frozenset({"report-dir", "no-train"})
+REPORT_KEYS = frozenset({"report-dir", "no-train", "names"})
 
 
 def load(path: str | Path, command: click.Command,

@@ -20,10 +20,19 @@ from torch import nn
 
 from bench import __version__
 from bench.core import distributed
+from bench.core.files import load_file
+from bench.core.fingerprint import fingerprint
 from bench.core.store import Store
 from bench.data import datasets, devicedata
 from bench.eval import analysis
-from bench.eval.evaluate import ALL_ATTACKS, Threat, eval_batch_sizes, evaluate, restrict
+from bench.eval.evaluate import (
+    ALL_ATTACKS,
+    Threat,
+    eval_batch_sizes,
+    evaluate,
+    images_fingerprint,
+    restrict,
+)
 from bench.train import checkpoint, selection
 from bench.train.cells import Cell, Resolved, resolve
 from bench.train.runner import RunOptions, Trainer, build
@@ -72,6 +81,20 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def runtime() -> dict[str, Any]:
+    """The process's settings that change a run's floats: CPU threads (the order of the sums),
+    determinism and TF32 switches."""
+    return {
+        "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
 def _device_name(device: str) -> str:
     d = torch.device(device)
     if d.type == "cuda":
@@ -80,16 +103,34 @@ def _device_name(device: str) -> str:
 
 
 def train_teacher(cell: Cell, opts: RunOptions) -> Path:
-    """The cached weights of the teacher `cell` (its best checkpoint), trained if missing."""
+    """The cached weights of the teacher `cell` (its best checkpoint), trained if missing or
+    made by other code of its method (unless `opts.keep_stale`)."""
     tr = resolve(cell)
     cached = opts.out / "teachers" / f"{tr.id}.pt"
-    if not cached.exists():
+    code = fingerprint(tr.cls)["sha256"]
+    then = load_file(cached).get("code") if cached.exists() and not opts.keep_stale else code
+    if then != code:
+        opts.log(f"retrain teacher {tr.id}: made by other code of {tr.cell.method} "
+                 f"({'fingerprint ' + then if then else 'no code fingerprint recorded'}, "
+                 f"now {code})")
+    if then != code or not cached.exists():
         opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
-        best = Trainer(tr, opts, None).train()["best"]
+        trainer = Trainer(tr, opts, None)
+        if then != code:
+            _start_over(trainer)
+        best = trainer.train()["best"]
         if distributed.is_main():
-            checkpoint.save_weights(cached, best, id=tr.id)
+            checkpoint.save_weights(cached, best, id=tr.id, code=code)
         distributed.barrier()
     return cached
+
+
+def _start_over(trainer: Trainer) -> None:
+    """Delete the run's checkpoints and AutoAttack states: it trains from epoch 1."""
+    if distributed.is_main():  # one rank deletes, then all start
+        for f in [*trainer.dir.glob("*.pt"), *trainer.dir.glob("aa_state_*.json")]:
+            f.unlink()
+    distributed.barrier()
 
 
 def teacher_for(r: Resolved, opts: RunOptions, kind: str = "teacher") -> nn.Module | None:
@@ -119,6 +160,45 @@ def row_key(r: Resolved, checkpoint: str) -> str:
 def stored(r: Resolved, store: Store) -> bool:
     """Whether the cell's rows are already in the store (its `last` row is written last)."""
     return store.has(row_key(r, "last"))
+
+
+def teacher_codes(r: Resolved) -> dict[str, str]:
+    """The code fingerprints of the teachers the harness trains for the cell, by kind."""
+    cells = {"teacher": r.teacher_cell, "clean_teacher": r.clean_teacher_cell}
+    return {k: fingerprint(resolve(c).cls)["sha256"] for k, c in cells.items() if c is not None}
+
+
+def stale(r: Resolved, store: Store) -> str | None:
+    """Why the cell's stored rows cannot stand for the current code of its method or of the
+    teachers trained for it (another fingerprint, or none recorded), or None when they can."""
+    row = store.get(row_key(r, "last")) or {}
+    then = {"method": (row.get("code") or {}).get("sha256"), **(row.get("teacher_code") or {})}
+    now = {"method": fingerprint(r.cls)["sha256"], **teacher_codes(r)}
+    changed = [k for k in now if then.get(k) != now[k]]
+    if not changed:
+        return None
+    k = changed[0]
+    whose = r.cell.method if k == "method" else f"its {k.replace('_', ' ')}'s method"
+    return (f"its rows were made by other code of {whose} "
+            f"({'fingerprint ' + then[k] if then.get(k) else 'no code fingerprint recorded'}, "
+            f"now {now[k]})")
+
+
+def reusable(r: Resolved, store: Store, keep_stale: bool = False) -> bool:
+    """Whether the stored rows stand for the cell: stored and current (or kept stale)."""
+    return stored(r, store) and (keep_stale or stale(r, store) is None)
+
+
+def _differences(row: dict[str, Any], device: str) -> str:
+    """How the stored run's threads and device differ from this process's, or ''."""
+    then = row.get("runtime") or {}
+    out = []
+    if then.get("threads") != torch.get_num_threads():
+        out.append(f"{then.get('threads', 'unrecorded')} threads, now "
+                   f"{torch.get_num_threads()}")
+    if row.get("device") != _device_name(device):
+        out.append(f"device {row.get('device')}, now {_device_name(device)}")
+    return f" (made with {'; '.join(out)})" if out else ""
 
 
 def _aa_state(path: Path) -> Path:
@@ -156,13 +236,18 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     """
     r = resolve(cell)
     if stored(r, store) and not redo:
-        opts.log(f"skip {r.id}: already in the store (use --redo to run it again)")
-        return []
+        why = stale(r, store)
+        if why is None or opts.keep_stale:
+            note = _differences(store.get(row_key(r, "last")) or {}, opts.device)
+            opts.log(f"skip {r.id}: already in the store{note}"
+                     + (f"; kept though stale: {why}" if why else "")
+                     + " (use --redo to run it again)")
+            return []
+        opts.log(f"retrain {r.id}: {why} (--keep-stale keeps such rows)")
+        redo = True
     trainer = Trainer(r, opts, teacher_for(r, opts), teacher_for(r, opts, "clean_teacher"))
-    if (redo or not resume) and distributed.is_main():  # one rank deletes, then all start
-        for f in [*trainer.dir.glob("*.pt"), *trainer.dir.glob("aa_state_*.json")]:
-            f.unlink()
-    distributed.barrier()
+    if redo or not resume:
+        _start_over(trainer)
     t0 = time.perf_counter()
     finals = trainer.train()
     wall = time.perf_counter() - t0
@@ -180,13 +265,15 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     rule = selection.rule(r.params.selection)
     batch, aa_batch = eval_batch_sizes(opts.device, r.spec.image_size)
     versions, commit, device = _versions(), _git_commit(), _device_name(opts.device)
+    images = images_fingerprint(x, y)
     done: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for name in sorted(finals, key=lambda n: n == "last"):
         t1 = time.perf_counter()
         attacks = ev.attacks_for(name, rule.reported)
         twin = _twin(finals, name, attacks, done)
         if twin is not None:
-            metrics = {**restrict(done[twin][1], attacks), "same_weights_as": twin}
+            metrics = {**restrict(done[twin][1], attacks, y, r.spec.num_classes),
+                       "same_weights_as": twin}
         else:
             # Random starts drawn afresh per checkpoint: a row depends on its weights only,
             # not on what ran before it (a resumed AutoAttack skips the finished one's draws).
@@ -197,16 +284,20 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
                                aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
                                num_classes=r.spec.num_classes)
             done[name] = attacks, metrics
+        if attacks != ev.attacks:  # a worst case over fewer attacks is another quantity
+            metrics = {k: v for k, v in metrics.items() if k not in ("robust", "n_robust")}
         row = {
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
             "selection": r.params.selection or "common", "reported": name in rule.reported,
-            "eps": r.spec.eps, "train_eps": r.params.eps, **metrics,
+            "eps": r.spec.eps, "train_eps": r.params.eps, **metrics, "test_images": images,
             **analysis.final_tutor(trainer.history),  # the last selection epoch's
             "train_seconds": round(trainer.train_seconds, 2),
             "wall_seconds": round(wall, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
             "config_hash": r.id.rsplit("-", 1)[1], "cell_id": r.id, "config": r.config,
-            "versions": versions, "git_commit": commit,
+            "versions": versions, "git_commit": commit, "code": fingerprint(r.cls),
+            "teacher_code": teacher_codes(r),
+            "runtime": runtime(),
             "device": device, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "precision": trainer.compute.precision,
             "eval_precision": "tf32" if trainer.compute.precision == "tf32" else "fp32",

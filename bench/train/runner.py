@@ -49,6 +49,7 @@ class RunOptions:
     channels_last: bool | None = None  # None: the device's default (bench.train.compute)
     compile: bool | None = None  # None: compile long CUDA runs only (bench.train.compute)
     read_every: int = 0  # also read the loss back every N steps (0: once per epoch)
+    keep_stale: bool = False  # reuse stored cells whose method's code has changed since
 
 
 def _seed_all(seed: int) -> None:
