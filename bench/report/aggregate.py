@@ -369,12 +369,13 @@ ALPHA = 0.05  # a best mean is bold when its test against the runner-up gives p 
 class Best:
     """A column's best mean at one checkpoint, and whether it beats the runner-up: `p` of
     McNemar's exact test (one seed) or a t-test over seeds, on the same images (None when
-    they were not); below ALPHA the best is bold, else it and the runner-up are a tie."""
+    they were not); below ALPHA the best is bold, else it ties with `tied`: the lines not
+    significantly below it (or not testable against it), itself included."""
 
     value: float
     label: str
-    runner_up: str
     p: float | None
+    tied: frozenset[str] = frozenset()
 
     @property
     def win(self) -> bool:
@@ -399,9 +400,12 @@ def best_means(agg: pd.DataFrame, metrics: list[str]) -> dict[tuple[str, str], B
             g = g[g[m].notna()].sort_values(m, ascending=False, kind="stable")
             if len(g) < 2:
                 continue
-            first, second = g.iloc[0], g.iloc[1]
-            p = line_test(first.get("outcome_rows") or [], second.get("outcome_rows") or [], m)
-            out[(m, ck)] = Best(first[m], first["label"], second["label"], p)
+            first, others = g.iloc[0], [r for _, r in g.iloc[1:].iterrows()]
+            mine = first.get("outcome_rows") or []
+            tests = [line_test(mine, r.get("outcome_rows") or [], m) for r in others]
+            tied = {first["label"], *(r["label"] for r, p in zip(others, tests, strict=True)
+                                      if p is None or p >= ALPHA)}
+            out[(m, ck)] = Best(first[m], first["label"], tests[0], frozenset(tied))
     return out
 
 
@@ -412,15 +416,16 @@ def is_best(r: pd.Series, m: str, best: dict[tuple[str, str], Best]) -> bool:
 
 
 def tie_mark(r: pd.Series, m: str, best: dict[tuple[str, str], Best]) -> str:
-    """"≈" on the best and the runner-up of a column that are not significantly apart."""
+    """"≈" on a column's best and every line not significantly below it, when the best does
+    not beat the runner-up."""
     b = best.get((m, r["checkpoint"]))
-    return " ≈" if b is not None and not b.win and r["label"] in (b.label, b.runner_up) else ""
+    return " ≈" if b is not None and not b.win and r["label"] in b.tied else ""
 
 
 BOLD_NOTE = ("Bold: a column's best mean (per checkpoint), significantly better than the "
              "runner-up: McNemar's exact test on the same test images with one seed, a t-test "
-             f"of the per-seed differences with more, p < {ALPHA}; ≈: the best and the "
-             "runner-up, not significantly apart (or not measured on the same images).")
+             f"of the per-seed differences with more, p < {ALPHA}; otherwise ≈ marks the best "
+             "and every line not significantly below it (or not measured on the same images).")
 
 
 def margins(agg: pd.DataFrame, metrics: list[str], ours: str | None = None
