@@ -46,7 +46,7 @@ def run(grid: GridOptions, control: RunControl) -> None:
     Stored cells are skipped; an interrupted one resumes from its last epoch checkpoint.
     """
     from bench.core.store import Store
-    from bench.train.pipeline import run_cell
+    from bench.train.pipeline import missing_package, run_cell
 
     grid.check()
     if control.num_workers < 0:
@@ -54,10 +54,12 @@ def run(grid: GridOptions, control: RunControl) -> None:
     run_device = grid.run_device()
     cells = grid.cells(run_device)
     resolved = [resolve(c) for c in cells]  # every error (teachers' too) before any training
+    ev = grid.eval_options()
+    if (missing := missing_package(resolved, ev, grid.executor)) is not None:
+        raise BenchError(missing)  # an optional package the run needs: before any training
     _check_teacher_files(resolved)
     grid.use_threads(cells, run_device)
     store = Store(_writable(Path(grid.out)))
-    ev = grid.eval_options()
     base = grid.run_options(store.root, run_device, num_workers=control.num_workers,
                             detect_anomaly=control.detect_anomaly,
                             read_every=control.read_every)
@@ -393,15 +395,20 @@ def history(run: str, as_json: bool, out: str) -> None:
     from bench.train import runs
 
     r = runs.find(Path(out), run)
-    hist = r.history()
+    timing = {t["epoch"]: t for t in r.state().get("timing", [])}  # wall, selection seconds
+    hist = [{**h, **timing.get(h["epoch"], {})} for h in r.history()]
     if as_json:
         click.echo(json.dumps([{**h, "epoch": h["epoch"] + 1} for h in hist], indent=1))
         return
-    cols = [c for c in dict.fromkeys(k for h in hist for k in h) if c not in ("epoch", "seconds")]
+    secs = ("seconds", "selection_seconds", "wall_seconds")  # the last two: --json, title
+    cols = [c for c in dict.fromkeys(k for h in hist for k in h) if c not in ("epoch", *secs)]
     cols = [c for c in cols if isinstance(next(h[c] for h in hist if c in h), int | float)]
     cols.append("seconds")
+    wall = [h for h in hist if "wall_seconds" in h]
+    took = (f"; selection {sum(h['selection_seconds'] for h in wall):.1f} s of "
+            f"{sum(h['wall_seconds'] for h in wall):.1f} s wall" if wall else "")
     t = Table(title=f"{r.id}: {len(hist)} epoch(s); accuracies in % (selection split, "
-                    f"PGD-10)")
+                    f"PGD-10){took}")
     for c in ("epoch", *cols):
         t.add_column(c.replace("_", " "), justify="right")  # headers wrap at the spaces
     for h in hist:

@@ -84,7 +84,10 @@ class GridOptions:
     select: str = opt(EVALUATION, "--select", type=click.Choice(["test", "val"]), default="test",
                       help="Split for best-checkpoint selection (PGD-10).")
     select_every: int = opt(EVALUATION, "--select-every", type=int, default=1,
-                            help="Epochs between selection evaluations.")
+                            help="Epochs between selection evaluations (each attacks the "
+                                 "whole selection split with PGD-10, per network kept: on "
+                                 "CIFAR-10 about a fifth of a PGD-AT epoch, half or more of a "
+                                 "cheap method's; its time is each epoch's selection_seconds).")
     attacks: str = opt(EVALUATION, "--attacks", default=",".join(ALL_ATTACKS),
                        help="Evaluation attacks.")
     aa_samples: int | None = opt(EVALUATION, "--aa-samples", type=int,
@@ -94,12 +97,18 @@ class GridOptions:
                      default="best",
                      help="Checkpoints AutoAttack runs on: best = the ones papers report (best, "
                           "and swa_best for PeerAiD); the other attacks run on every checkpoint.")
+    eval_precision: str = opt(EVALUATION, "--eval-precision",
+                              type=click.Choice(["fp32", "tf32", "auto"]), default="fp32",
+                              help="Evaluation attacks' precision, recorded in each row (not "
+                                   "part of the cell id): fp32 strict; tf32 matmuls and "
+                                   "convolutions; auto = PyTorch's defaults, as the authors' "
+                                   "code ran (TF32 cuDNN convolutions, fp32 matmuls). The CPU "
+                                   "is fp32 whatever the choice.")
     device: str = opt(COMPUTE, "--device", default="auto", help="auto, cpu, cuda or cuda:N.")
     precision: str = opt(COMPUTE, "--precision",
                          type=click.Choice(["auto", "fp32", "tf32", "bf16"]), default="auto",
                          help="Training precision (part of the cell id): auto = bf16 autocast "
-                              "on CUDA, fp32 on the CPU. Evaluation attacks always run in fp32 "
-                              "(tf32 with tf32).")
+                              "on CUDA, fp32 on the CPU. Evaluation attacks: --eval-precision.")
     data_path: str = opt(COMPUTE, "--data-path", type=click.Choice(["device", "torchvision"]),
                          default="device",
                          help="device: decode each data set once (cached beside it), augment "
@@ -191,7 +200,7 @@ class GridOptions:
         from bench.train.pipeline import EvalOptions
 
         return EvalOptions(attacks=self.attack_list(), aa_samples=self.aa_samples,
-                           aa_on=self.aa_on)
+                           aa_on=self.aa_on, precision=self.eval_precision)
 
     def run_options(self, out: Path, device: str, **more: Any):
         """The runner's options from these (`more`: the caller's own, e.g. its logger)."""

@@ -135,3 +135,49 @@ def test_ciards_push_term_is_the_global_batchs_under_torchrun(tmp_path: Path) ->
     two = torch.load(out, weights_only=True)
     for a, b in zip(one, two, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), (a - b).abs().max()
+
+
+def _teacher_grads_rank(rank: int, init: str, out: str) -> None:
+    """A trained teacher's gradients (this rank's own) averaged by `average_grads`, beside the
+    tensor-by-tensor average it replaced, with its all_reduce calls counted."""
+    from bench.core import distributed
+    from bench.models import create_model
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank))
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    net = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
+    torch.manual_seed(1 + rank)  # each rank its own gradients
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    one_by_one = [p.grad.clone() for p in net.parameters()]
+    for g in one_by_one:  # the former average_grads
+        torch.distributed.all_reduce(g)
+        g /= 2
+    calls = []
+    reduce = torch.distributed.all_reduce
+
+    def counted(t, *a, **kw):
+        calls.append(t.numel())
+        return reduce(t, *a, **kw)
+
+    torch.distributed.all_reduce = counted
+    distributed.average_grads(net)
+    torch.distributed.all_reduce = reduce
+    if rank == 0:
+        torch.save({"bucket": [p.grad for p in net.parameters()], "one_by_one": one_by_one,
+                    "calls": calls}, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_a_trained_teachers_gradients_are_averaged_in_one_bucket(tmp_path: Path) -> None:
+    """`average_grads` (CIARD's teacher under torchrun) all-reduces one flattened bucket, once
+    per step, not one call per tensor; the averaged gradients are the same bits."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "grads.pt"
+    mp.spawn(_teacher_grads_rank, args=(f"file://{tmp_path / 'init'}", str(out)), nprocs=2)
+    got = torch.load(out, weights_only=True)
+    assert got["calls"] == [sum(g.numel() for g in got["bucket"])]
+    for a, b in zip(got["bucket"], got["one_by_one"], strict=True):
+        assert torch.equal(a, b)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.perf import throughput as perf
 
@@ -39,10 +42,44 @@ def test_perf_reference_interleaves_the_authors_loop_and_bench(tmp_path: Path) -
     assert json.loads(out.read_text()) == rows
 
 
-def test_gpu_check_runs_its_steps_on_the_cpu(tmp_path: Path, capsys) -> None:
-    """`bench perf --suite gpu` on a tiny CPU budget: every step runs and the summary shows."""
+def test_the_reference_loop_runs_under_torchs_default_flags(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """The authors' code never touched the TF32 switches: the reference loop runs with
+    PyTorch's defaults (TF32 cuDNN convolutions allowed), whatever bench's configurations,
+    interleaved in the same process, set."""
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import json, torch; from bench.perf.throughput import "
+         "backend_flags; print(json.dumps(backend_flags()))"],
+        capture_output=True, text=True, check=True)
+    assert json.loads(fresh.stdout) == perf.TORCH_DEFAULTS  # what a fresh process has
+    seen = []
+    step = perf.reference_step
+    monkeypatch.setattr(perf, "reference_step",
+                        lambda *a: (seen.append(perf.backend_flags()), step(*a))[1])
+    flags = perf.backend_flags()
+    try:  # bench's strict settings, and more, before the run
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+        rows = perf.main(["--reference", "--synthetic", "--methods", "pgdat", "--arch",
+                          "small_cnn", "--shape", "svhn", "--batch-size", "4", "--steps", "1",
+                          "--rounds", "2", "--warmup", "0", "--workers", "0", "--device",
+                          "cpu"])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = flags["matmul_tf32"]
+        torch.backends.cudnn.allow_tf32 = flags["cudnn_tf32"]
+        torch.backends.cudnn.benchmark = flags["cudnn_benchmark"]
+    assert len(seen) == 2 and all(f == perf.TORCH_DEFAULTS for f in seen)
+    assert rows[0]["loop"] == "reference" and rows[0]["precision"] == "fp32"  # on the CPU
+    assert perf.reference_compute("cuda").precision == "cudnn-tf32"
+
+
+def test_gpu_check_runs_its_steps_on_the_cpu(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`bench perf --suite gpu` on a tiny CPU budget: every step runs and the summary shows;
+    it needs no pyautoattack (hidden here)."""
     from bench.cli import main
 
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)
     main(["perf", "--suite", "gpu", "--device", "cpu", "--tiny", "--work", str(tmp_path),
           "--json", str(tmp_path / "check.json")])
     report = json.loads((tmp_path / "check.json").read_text())

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 
 from bench.core.distiller import Distiller
@@ -82,13 +83,20 @@ def shard(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
 
 def average_grads(module: nn.Module) -> None:
     """Average `module`'s gradients over ranks, as DDP does (for a network trained outside
-    the DDP-wrapped loss: a teacher that keeps training)."""
+    the DDP-wrapped loss: a teacher that keeps training), in one flattened all-reduce per
+    dtype (one bucket, not one call per tensor: the same sums, the same bits)."""
     if world_size() == 1:
         return
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
     for p in module.parameters():
         if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world_size()
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= world_size()
+        for g, mean in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+            g.copy_(mean)
 
 
 def all_reduce_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -39,9 +39,11 @@ def measuring(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
         yield
 
 
-def _batch(device: str | torch.device, x: Tensor) -> int:
-    """The evaluation suite's white-box batch size for images like `x`."""
-    return eval_batch_sizes(device, x.shape[-1])[0]
+def _batch(device: str | torch.device, x: Tensor, *models: nn.Module) -> int:
+    """The evaluation suite's white-box batch size for images like `x` (on CUDA, one that
+    fits the largest of `models`)."""
+    return min([eval_batch_sizes(device, x.shape[-1], m, x.shape[1])[0] for m in models]
+               or [eval_batch_sizes(device, x.shape[-1])[0]])
 
 
 def transfer(source: nn.Module, targets: Sequence[nn.Module], x: Tensor, y: Tensor,
@@ -147,7 +149,7 @@ def transfer_matrix(models: dict[str, tuple[nn.Module, int]], x: Tensor, y: Tens
     if attack not in TRANSFER_ATTACKS:
         raise BenchError(f"unknown attack {attack!r} (valid: {', '.join(TRANSFER_ATTACKS)})")
     nets = {k: m.to(device) for k, (m, _) in models.items()}
-    batch_size = batch_size or _batch(device, x)
+    batch_size = batch_size or _batch(device, x, *nets.values())
     rows = []
     for src, (net, seed) in models.items():
         with measuring(seed, device):
@@ -215,7 +217,7 @@ def strength(model: nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float],
     (eps, k) and FGSM at every eps, each from `seed`. At eps 0 every attack is the identity,
     so the curves start at the clean accuracy."""
     model.eval().to(device)
-    batch_size = batch_size or _batch(device, x)
+    batch_size = batch_size or _batch(device, x, model)
     points = []
     for eps in eps_list:
         for attack, steps in [("fgsm", 1), *(("pgd", k) for k in steps_list)]:

@@ -6,8 +6,9 @@ channels_last, fused SGD) computes the reference loop's loss and gradients on a 
 (2) bf16 autocast stays within the stated tolerances of fp32; (3) `bench perf --reference`
 for PeerAiD (ResNet-18 student and peer), RSLAD (ResNet-18 from a ResNet-18 teacher) and
 PGD-AT at CIFAR-10 shape, batch 128, plus PeerAiD compiled; (4) a profiler summary of a
-PeerAiD step; (5) one real `bench run` epoch of PeerAiD on synthetic CIFAR-10 files; then a
-one-screen summary. `--device cpu --tiny` runs the same code on a small budget (a smoke test).
+PeerAiD step; (5) one real `bench run` epoch of PeerAiD on synthetic CIFAR-10 files (clean
+and PGD-20: no AutoAttack, so the check runs without pyautoattack); then a one-screen
+summary. `--device cpu --tiny` runs the same code on a small budget (a smoke test).
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ def _grads(m) -> torch.Tensor:
 
 
 def check_fp32(root: Path, arch: str, device: str, batch: int) -> dict[str, Any]:
-    """Device-data fp32 fast path against the reference loop on one fixed batch."""
+    """Device-data fp32 fast path against the reference loop's math on one fixed batch: both
+    sides in strict fp32 (TF32 off), so that the comparison is of the same arithmetic; the
+    reference loop's speed (step 3) runs under PyTorch's default flags, as the authors' did
+    (`throughput.ReferenceCompute`)."""
     from bench.data import datasets
 
     with files_exist_is_integrity():

@@ -7,8 +7,10 @@ them all alike, and the median over rounds is reported.
 
 Plain mode compares (method, preset) pairs, each stepping bench's trainer on a fixed batch.
 `--reference` compares bench's trainer, fed by the device data path, with a straight loop
-written like the authors' code: fp32, NCHW, a torchvision DataLoader with PIL augmentation,
-`.item()` every step, no compile. `--synthetic` uses random images of the data set's shape.
+written like the authors' code: fp32 tensors under PyTorch's default kernel flags (TF32
+cuDNN convolutions on CUDA, as the authors' code got them), NCHW, a torchvision DataLoader
+with PIL augmentation, `.item()` every step, no compile. `--synthetic` uses random images
+of the data set's shape.
 The GPU check that builds on this is `bench perf --suite gpu` (bench.perf.gpucheck).
 """
 
@@ -50,6 +52,41 @@ class Config:
     note: str = ""
     peak_device: list[float] = field(default_factory=list)
     peak_host: list[float] = field(default_factory=list)
+
+
+# PyTorch's own defaults for the process-wide kernel flags, which the authors' code never
+# touched: cuDNN convolutions may use TF32, matmuls do not, no cuDNN autotuning.
+TORCH_DEFAULTS = {"matmul_tf32": False, "cudnn_tf32": True, "cudnn_benchmark": False}
+
+
+def backend_flags() -> dict[str, bool]:
+    """The process-wide flags `TORCH_DEFAULTS` names, as they are now."""
+    return {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+
+def torch_defaults() -> None:
+    """Put the flags back to PyTorch's defaults (bench's own configurations, interleaved in
+    the same process, set theirs)."""
+    torch.backends.cuda.matmul.allow_tf32 = TORCH_DEFAULTS["matmul_tf32"]
+    torch.backends.cudnn.allow_tf32 = TORCH_DEFAULTS["cudnn_tf32"]
+    torch.backends.cudnn.benchmark = TORCH_DEFAULTS["cudnn_benchmark"]
+
+
+@dataclass(frozen=True)
+class ReferenceCompute(Compute):
+    """The reference loop's settings: NCHW, no compile, and PyTorch's default flags (fp32
+    matmuls, TF32 cuDNN convolutions on CUDA: "cudnn-tf32"; fp32 on the CPU), never bench's
+    strict fp32."""
+
+    def setup(self) -> None:
+        torch_defaults()
+
+
+def reference_compute(device: str) -> ReferenceCompute:
+    return ReferenceCompute(device, "cudnn-tf32" if torch.device(device).type == "cuda"
+                            else "fp32")
 
 
 def _sync(device: torch.device) -> None:
@@ -123,7 +160,7 @@ def reference_config(method: str, preset: str, arch: str, shape: str, device: st
             x, y = next(loader)
             total += reference_step(m, optims, x.to(device), y.to(device))
 
-    return Config(method, preset, "reference", run, Compute(device, "fp32"), note)
+    return Config(method, preset, "reference", run, reference_compute(device), note)
 
 
 def measure(configs: list[Config], steps: int, rounds: int, warmup: int,

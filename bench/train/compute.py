@@ -17,7 +17,8 @@ import ctypes
 import functools
 import os
 import platform
-from collections.abc import Callable, Iterable
+import types
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,85 @@ def _fp32_output(module: nn.Module, args: object, out: Tensor) -> Tensor:
     return out.float()
 
 
+class CompiledCall:
+    """A network's compiled call (`nn.Module._compiled_call_impl`, which `Module.compile` sets
+    and `Module.__getstate__` drops: a deep copy is the plain network): the module's own call,
+    its hooks run eagerly, around its forward compiled from a copy of the forward's code object.
+
+    Dynamo keeps its graphs (and counts them against `recompile_limit`, 8) per code object:
+    compiled in place, a student, its peer and a teacher of the same class shared the 8 slots
+    of `forward`, and the ninth graph ran eagerly ever after. Here each network has its own.
+    Its inputs come in the training memory format (evaluation's NCHW tensors would add their
+    own graphs) with the batch dimension dynamic from the first call (the last partial batch
+    and evaluation's batch sizes reuse the graph); each network then holds one graph per mode
+    it runs in: train or eval, grad or not, input grad (an attack) or not."""
+
+    def __init__(self, model: nn.Module, memory_format: torch.memory_format) -> None:
+        f = type(model).forward
+        own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__,
+                                 f.__defaults__, f.__closure__)
+        own.__kwdefaults__, own.__qualname__ = f.__kwdefaults__, f.__qualname__
+        self.model, self.memory_format, self.code = model, memory_format, own.__code__
+        self.forward = torch.compile(types.MethodType(own, model))
+
+    def _input(self, x: object) -> object:
+        if not isinstance(x, Tensor):
+            return x
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
+        if x.dim() >= 1 and x.shape[0] > 1:
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+        return x
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        model = self.model
+        model.__dict__["forward"] = self.forward  # what `_call_impl` calls, for this call only
+        try:
+            return model._call_impl(*(self._input(a) for a in args), **kwargs)
+        finally:
+            del model.__dict__["forward"]
+
+
+@contextlib.contextmanager
+def attack_frozen(nets: Iterable[nn.Module]) -> Iterator[None]:
+    """While a method crafts its examples: every forward of `nets` with grad enabled and an
+    input that requires grad (an attack's step) runs with the network's parameters frozen
+    (requires_grad False), restored right after that forward.
+
+    The attack differentiates with respect to its input only. Eager autograd computes just
+    that; a compiled backward graph computes the gradient of every input that requires grad,
+    the weights' too (convolution_backward's output mask [True, True, False], not [True,
+    False, False]): a PGD step cost three forward-equivalents, not two. Frozen per forward,
+    not for the whole attack: a forward on the clean batch with grad (CIARD's S(x), which its
+    loss reuses) keeps its parameters' gradients. The values are the same bits either way."""
+    thawed: dict[int, list[Tensor]] = {}
+
+    def freeze(module: nn.Module, args: tuple) -> None:
+        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad
+                                           for a in args):
+            params = [p for p in module.parameters() if p.requires_grad]
+            thawed.setdefault(id(module), []).extend(params)
+            for p in params:
+                p.requires_grad_(False)
+
+    def thaw(module: nn.Module, args: tuple, out: object) -> None:
+        for p in thawed.pop(id(module), []):
+            p.requires_grad_(True)
+
+    handles = []
+    try:
+        for net in nets:
+            handles += [net.register_forward_pre_hook(freeze),
+                        net.register_forward_hook(thaw, always_call=True)]
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for params in thawed.values():
+            for p in params:
+                p.requires_grad_(True)
+
+
 @dataclass(frozen=True)
 class Compute:
     """How the runner computes a training step on one device (never what it computes)."""
@@ -124,8 +204,8 @@ class Compute:
         model = model.to(self.device, memory_format=self.memory_format)
         if self.precision == "bf16":
             model.register_forward_hook(_fp32_output)
-        if self.compile:
-            model.compile()
+        if self.compile:  # as `model.compile()` does, each network with its own graphs
+            model._compiled_call_impl = CompiledCall(model, self.memory_format)
         return model
 
     def input(self, x: Tensor) -> Tensor:
@@ -156,7 +236,8 @@ class Compute:
         here waits for the device, so a non-finite loss is found by `Tally.read`."""
         optims = list(optims)
         with self.autocast():
-            x_adv = method.attack(x, y)
+            with attack_frozen(method.networks().values()):
+                x_adv = method.attack(x, y)
             loss = (loss_fn or method.loss)(x, x_adv, y)
         for o in optims:
             o.zero_grad(set_to_none=True)

@@ -6,10 +6,12 @@ A teacher the harness trains is a cell of its own, trained here once and cached 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,6 +31,7 @@ from bench.eval.evaluate import (
     ALL_ATTACKS,
     Threat,
     eval_batch_sizes,
+    eval_precision,
     evaluate,
     images_fingerprint,
     restrict,
@@ -53,6 +56,7 @@ class EvalOptions:
     attacks: tuple[str, ...] = ALL_ATTACKS
     aa_samples: int | None = None  # None: the data set's default (all images for real sets)
     aa_on: str = "best"  # "best": the reported checkpoints only; "all"; "none"
+    precision: str = "fp32"  # fp32, tf32 or auto (torch's defaults): `evaluate.eval_precision`
 
     def attacks_for(self, checkpoint: str, reported: tuple[str, ...] = REPORTED
                     ) -> tuple[str, ...]:
@@ -151,6 +155,36 @@ def teacher_for(r: Resolved, opts: RunOptions, kind: str = "teacher") -> nn.Modu
         file, what = train_teacher(cell, opts), f"cached {kind.replace('_', ' ')}"
     model = load_weights(build(r, kind, r.config[f"{kind}_arch"]), file, what)
     return normalized(model, norm)
+
+
+def _has(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a package set to None in sys.modules: hidden
+        return False
+
+
+def missing_package(resolved: Sequence[Resolved], ev: EvalOptions,
+                    executor: str = "none") -> str | None:
+    """The first optional package the run will need and lacks, as one line naming it and the
+    flag that avoids it (None: nothing missing); checked before any training, so a run never
+    trains fully and then stops at AutoAttack."""
+    if "aa" in ev.attacks and ev.aa_on != "none" and not _has("pyautoattack"):
+        rest = ",".join(a for a in ev.attacks if a != "aa") or "clean"
+        return ("AutoAttack needs the pyautoattack package (pip install pyautoattack), or drop "
+                f"it: --attacks {rest}")
+    for r in resolved:
+        for kind in ("teacher", "clean_teacher"):
+            source = r.config.get(kind) or ""
+            flag = "--" + kind.replace("_", "-")
+            if source.startswith(ZOO) and not (_has("robustbench") and _has("pyautoattack")):
+                return (f"RobustBench teachers ({flag} {source}) need the robustbench and "
+                        "pyautoattack packages (pip install 'advdistill-bench[robustbench]'), "
+                        f"or drop it: {flag} FILE, or no {flag} to train one here")
+    if executor != "none" and not _has("submitit"):
+        return (f"--executor {executor} needs the submitit package (pip install submitit), or "
+                "drop it: --executor none")
+    return None
 
 
 def row_key(r: Resolved, checkpoint: str) -> str:
@@ -263,8 +297,12 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     rows = []
     # `last` goes last: its presence marks the whole cell as stored.
     rule = selection.rule(r.params.selection)
-    batch, aa_batch = eval_batch_sizes(opts.device, r.spec.image_size)
+    # sized from the network on the device (CUDA); every checkpoint has the same architecture
+    batch, aa_batch = eval_batch_sizes(opts.device, r.spec.image_size, finals["last"],
+                                       r.spec.channels)
     versions, commit, device = _versions(), _git_commit(), _device_name(opts.device)
+    with eval_precision(opts.device, ev.precision) as precision_label:
+        pass  # the name the rows record (fp32 on the CPU whatever the choice)
     images = images_fingerprint(x, y)
     done: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for name in sorted(finals, key=lambda n: n == "last"):
@@ -278,11 +316,12 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
             # Random starts drawn afresh per checkpoint: a row depends on its weights only,
             # not on what ran before it (a resumed AutoAttack skips the finished one's draws).
             torch.manual_seed(cell.seed)
-            metrics = evaluate(finals[name], x, y, Threat(r.spec.eps), attacks=attacks,
-                               aa_samples=n_aa, device=opts.device,
-                               batch_size=batch, aa_batch_size=aa_batch,
-                               aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
-                               num_classes=r.spec.num_classes)
+            with eval_precision(opts.device, ev.precision):
+                metrics = evaluate(finals[name], x, y, Threat(r.spec.eps), attacks=attacks,
+                                   aa_samples=n_aa, device=opts.device,
+                                   batch_size=batch, aa_batch_size=aa_batch,
+                                   aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
+                                   num_classes=r.spec.num_classes)
             done[name] = attacks, metrics
         if attacks != ev.attacks:  # a worst case over fewer attacks is another quantity
             metrics = {k: v for k, v in metrics.items() if k not in ("robust", "n_robust")}
@@ -300,7 +339,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
             "runtime": runtime(),
             "device": device, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "precision": trainer.compute.precision,
-            "eval_precision": "tf32" if trainer.compute.precision == "tf32" else "fp32",
+            "eval_precision": precision_label, "eval_batch": batch,
             "channels_last": trainer.compute.channels_last,
             "compile": trainer.compute.compile, "data_path": opts.data_path,
         }

@@ -29,7 +29,7 @@ from bench.eval.evaluate import Threat, accuracy, eval_batch_sizes, judged, wors
 from bench.models import create_model
 from bench.train import checkpoint, selection
 from bench.train.cells import Resolved
-from bench.train.compute import Compute, NonFiniteLoss, Tally
+from bench.train.compute import Compute, NonFiniteLoss, Tally, attack_frozen
 from bench.train.swa import recompute_bn
 from bench.train.teachers import load_weights
 
@@ -98,6 +98,7 @@ class Trainer:
         self.best = {"best": -1.0, "swa_best": -1.0}
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
+        self.timing: list[dict[str, Any]] = []  # per epoch: wall and selection seconds
 
     def _sgd(self, name: str, net: nn.Module) -> torch.optim.SGD:
         """One SGD per network: the student's settings, or a trained teacher's own."""
@@ -131,7 +132,10 @@ class Trainer:
                 datasets.load(c.dataset, c.select, root=root))
         # the evaluation suite's batch: one size for the selection and the tutor log, whose
         # PGD-10 must draw the same random starts for the selection's to stand in for it
-        self.sel_batch = eval_batch_sizes(self.device, self.r.spec.image_size)[0]
+        # (on CUDA sized from the student and the free memory; a batch too large is halved
+        # with the same draws, `evaluate.in_batches`)
+        self.sel_batch = eval_batch_sizes(self.device, self.r.spec.image_size,
+                                          self.method.student, self.r.spec.channels)[0]
         self.tutor_log = analysis.TutorLog(self.method, self.sel_x, self.sel_y,
                                            Threat(self.r.spec.eps), c.seed, self.sel_batch,
                                            self.device)
@@ -160,6 +164,7 @@ class Trainer:
             "swa": self.swa.state_dict() if self.swa is not None else None,
             "method": self.method.state_dict(),
             "best": dict(self.best), "history": list(self.history),
+            "timing": list(self.timing),  # per epoch: wall_seconds, selection_seconds
             "train_seconds": self.train_seconds, "rng": checkpoint.rng_state(),
         }
 
@@ -175,6 +180,7 @@ class Trainer:
         self.method.load_state_dict(s.get("method", {}))
         self.epoch, self.best = s["epoch"], dict(s["best"])
         self.history, self.train_seconds = list(s["history"]), s["train_seconds"]
+        self.timing = list(s.get("timing", []))
         checkpoint.set_rng_state(s["rng"])
 
     def _save_model(self, name: str, model: nn.Module) -> None:
@@ -269,8 +275,13 @@ class Trainer:
         if self.swa is not None and epoch >= start:
             self.swa.update_parameters(self.method.student)
             recompute_bn(self.swa, self._batches(epoch, shuffle=False), p.swa_bn or "image")
+        t0 = time.perf_counter()
         self._select(epoch, log)
-        log["seconds"] = round(seconds, 3)
+        log["seconds"] = round(seconds, 3)  # training steps alone
+        # the epoch's timings beside its log (the log itself is the same on every rerun):
+        # selection with the tutor log, and (set in `train`) the epoch's wall time
+        self.timing.append({"epoch": epoch,
+                            "selection_seconds": round(time.perf_counter() - t0, 3)})
         self.history.append(log)
 
     def train(self) -> dict[str, nn.Module]:
@@ -291,19 +302,32 @@ class Trainer:
                 loss = self._train_epoch(self.epoch)
                 seconds = time.perf_counter() - t0
                 self.train_seconds += seconds
-                self._after_epoch(self.epoch, loss, seconds)
+                with self._frozen():  # its selection attacks: weights frozen, as in training
+                    self._after_epoch(self.epoch, loss, seconds)
+                # the epoch's wall time: training, SWA's BN update and selection (not the save)
+                self.timing[-1]["wall_seconds"] = round(time.perf_counter() - t0, 3)
                 self.epoch += 1
                 if distributed.is_main():
                     checkpoint.save(self.ckpt_path, self._state())
-                    self._log_epoch(self.history[-1])
+                    self._log_epoch({**self.history[-1], **self.timing[-1]})
         distributed.barrier()  # rank 0's best.pt files are on disk before anyone loads them
         return self.finals()
+
+    def _frozen(self):
+        """Every network's attack forwards with its weights frozen (`attack_frozen`): the same
+        numbers, no weight gradients in a compiled backward, the training attack's graphs."""
+        nets = [*self.nets.values(), *analysis.tutors(self.method).values()]
+        if self.swa is not None:
+            nets.append(self.swa.module)
+        return attack_frozen({id(n): n for n in nets}.values())
 
     def _log_epoch(self, h: dict[str, Any]) -> None:
         sel = "  ".join(f"{k} {h[k]:.3f}" for k in ("pgd10", "swa_pgd10", "tutor_on_student",
                                                     "tutor_on_self") if k in h)
         self.opts.log(f"  [{self.r.cell.method}] epoch {h['epoch'] + 1}/{self.p.epochs}  "
-                      f"lr {h['lr']:.4g}  loss {h['loss']:.4f}  {sel}  {h['seconds']:.1f}s")
+                      f"lr {h['lr']:.4g}  loss {h['loss']:.4f}  {sel}  {h['seconds']:.1f}s"
+                      + (f" (wall {h['wall_seconds']:.1f}s, selection "
+                         f"{h['selection_seconds']:.1f}s)" if "wall_seconds" in h else ""))
 
     def finals(self) -> dict[str, nn.Module]:
         """The networks the selection rule reports (`last` always; the common protocol: best,

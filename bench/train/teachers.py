@@ -88,7 +88,7 @@ def robustbench_model(name: str, dataset: str, model_dir: Path) -> nn.Module:
             from robustbench.utils import load_model
     except ImportError as exc:
         raise BenchError(f"RobustBench teachers need the optional extra: pip install "
-                         f"'bench[robustbench]' ({exc})") from None
+                         f"'advdistill-bench[robustbench]' ({exc})") from None
     try:
         zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel.Linf]
     except ValueError:
