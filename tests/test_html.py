@@ -126,7 +126,9 @@ def test_one_line_per_method_and_checkpoint_with_the_right_numbers(report, brows
             cells = tr.find_elements("tag name", "td")
             key = (METHOD_OF[cells[0].text.split(" (")[0]], cells[1].text)  # + "(300 ep)"
             w = want.loc[key]
-            assert cells[col].text == f"{w['mean'] * 100:.2f} ± {w['std'] * 100:.2f}", key
+            # rows without per-image outcomes: every line ties, marked " ≈"
+            assert cells[col].text.removesuffix(" ≈") == (
+                f"{w['mean'] * 100:.2f} ± {w['std'] * 100:.2f}"), key
             assert cells[3].text == str(int(w["count"]))
             seen.add(key)
         assert seen == set(want.index)

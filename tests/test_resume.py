@@ -228,3 +228,17 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path):
         assert all(torch.isfinite(v).all() for v in state["models"]["student"].values()
                    if v.is_floating_point())
         assert not (out / "rows").exists() or not any((out / "rows").iterdir())
+
+
+def test_an_autoattack_state_killed_before_its_first_attack_is_dropped(tmp_path: Path) -> None:
+    """pyautoattack writes its state file before any robust flag exists; a kill then left a
+    file that failed every rerun (found by the random-kill test above)."""
+    from bench.train.pipeline import _aa_state
+
+    path = tmp_path / "aa_state_best.json"
+    path.write_text(json.dumps({"_robust_flags": None, "_run_attacks": []}))
+    assert not _aa_state(path).exists()
+    path.write_text(json.dumps({"_robust_flags": [True, False], "_run_attacks": ["apgd-ce"]}))
+    assert _aa_state(path).exists()
+    path.write_text('{"_robust_flags": [tr')
+    assert not _aa_state(path).exists()

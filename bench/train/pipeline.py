@@ -237,10 +237,13 @@ def _differences(row: dict[str, Any], device: str) -> str:
 
 def _aa_state(path: Path) -> Path:
     """The AutoAttack state file, dropped if cut short: pyautoattack rewrites it in place, so
-    a kill mid-write leaves truncated JSON that would otherwise fail every rerun."""
+    a kill mid-write leaves truncated JSON, and a kill before its first attack leaves a state
+    without robust flags; either would fail every rerun."""
     try:
         if path.exists():
-            json.loads(path.read_text())
+            state = json.loads(path.read_text())
+            if not isinstance(state, dict) or state.get("_robust_flags") is None:
+                raise ValueError("no robust flags recorded yet")
     except (ValueError, UnicodeDecodeError):
         path.unlink()
     return path
