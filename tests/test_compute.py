@@ -24,7 +24,8 @@ import torchvision.datasets.cifar as tv_cifar
 from bench.core import registry
 from bench.data import datasets as data
 from bench.data import devicedata
-from bench.eval.evaluate import Threat, adversarial, eval_batch_sizes, judged
+from bench.eval.batching import eval_batch_sizes
+from bench.eval.evaluate import Threat, adversarial, judged
 from bench.models import create_model
 from bench.perf.gpucheck import attack_objective
 from bench.perf.throughput import reference_step

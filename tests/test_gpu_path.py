@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.eval import evaluate as ev
+from bench.eval import batching as ev
 from bench.eval.evaluate import Threat, adversarial, judged
 from bench.models import create_model
 

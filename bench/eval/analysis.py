@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from bench import BenchError
 from bench.core.files import atomic_write_bytes
-from bench.eval.evaluate import Threat, accuracy, adversarial, eval_batch_sizes, judged
+from bench.eval.batching import eval_batch_sizes
+from bench.eval.evaluate import Threat, accuracy, adversarial, judged
 
 TUTOR_ATTACK = "pgd10"  # the selection yardstick, at the data set's threat model
 TRANSFER_ATTACKS = ("pgd10", "pgd20", "fgsm")

@@ -19,7 +19,7 @@ from scipy import stats as st
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from bench.eval.evaluate import ALL_ATTACKS, outcomes
+from bench.eval.evaluate import ALL_ATTACKS, outcomes, worst_case
 
 LEVEL = 0.95
 # Per-class accuracies are withheld below this many images in the smallest class: one image
@@ -118,8 +118,7 @@ def per_image(row: dict[str, Any]) -> dict[str, tuple[str, np.ndarray]]:
         out.update({m: (part, ok[m.removesuffix("_on_aa")][index].numpy()) for m in SUBSET
                     if m.removesuffix("_on_aa") in ok})
     if ok:
-        every = [out[a][1] if a == "aa" or index is None else ok[a][index].numpy() for a in ok]
-        out[WORST_CASE] = ((part if "aa" in ok else whole), np.logical_and.reduce(every))
+        out[WORST_CASE] = ((part if "aa" in ok else whole), worst_case(ok, index).numpy())
     return out
 
 

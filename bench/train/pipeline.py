@@ -27,15 +27,8 @@ from bench.core.fingerprint import fingerprint
 from bench.core.store import Store
 from bench.data import datasets, devicedata
 from bench.eval import analysis
-from bench.eval.evaluate import (
-    ALL_ATTACKS,
-    Threat,
-    eval_batch_sizes,
-    eval_precision,
-    evaluate,
-    images_fingerprint,
-    restrict,
-)
+from bench.eval.batching import eval_batch_sizes, eval_precision
+from bench.eval.evaluate import ALL_ATTACKS, Threat, evaluate, images_fingerprint, restrict
 from bench.train import checkpoint, selection
 from bench.train.cells import Cell, Resolved, resolve
 from bench.train.runner import RunOptions, Trainer, build
@@ -56,7 +49,7 @@ class EvalOptions:
     attacks: tuple[str, ...] = ALL_ATTACKS
     aa_samples: int | None = None  # None: the data set's default (all images for real sets)
     aa_on: str = "best"  # "best": the reported checkpoints only; "all"; "none"
-    precision: str = "fp32"  # fp32, tf32 or auto (torch's defaults): `evaluate.eval_precision`
+    precision: str = "fp32"  # fp32, tf32 or auto (torch's defaults): `batching.eval_precision`
 
     def attacks_for(self, checkpoint: str, reported: tuple[str, ...] = REPORTED
                     ) -> tuple[str, ...]:
@@ -115,8 +108,7 @@ def train_teacher(cell: Cell, opts: RunOptions) -> Path:
     then = load_file(cached).get("code") if cached.exists() and not opts.keep_stale else code
     if then != code:
         opts.log(f"retrain teacher {tr.id}: made by other code of {tr.cell.method} "
-                 f"({'fingerprint ' + then if then else 'no code fingerprint recorded'}, "
-                 f"now {code})")
+                 f"({_code_change(then, code)})")
     if then != code or not cached.exists():
         opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
         trainer = Trainer(tr, opts, None)
@@ -202,10 +194,16 @@ def teacher_codes(r: Resolved) -> dict[str, str]:
     return {k: fingerprint(resolve(c).cls)["sha256"] for k, c in cells.items() if c is not None}
 
 
-def stale(r: Resolved, store: Store) -> str | None:
+def _code_change(then: str | None, now: str) -> str:
+    """'fingerprint a, now b', or how it reads when none was recorded."""
+    return f"{'fingerprint ' + then if then else 'no code fingerprint recorded'}, now {now}"
+
+
+def stale(r: Resolved, store: Store, row: dict[str, Any] | None = None) -> str | None:
     """Why the cell's stored rows cannot stand for the current code of its method or of the
-    teachers trained for it (another fingerprint, or none recorded), or None when they can."""
-    row = store.get(row_key(r, "last")) or {}
+    teachers trained for it (another fingerprint, or none recorded), or None when they can.
+    `row`: its stored `last` row, when already read."""
+    row = row if row is not None else store.get(row_key(r, "last")) or {}
     then = {"method": (row.get("code") or {}).get("sha256"), **(row.get("teacher_code") or {})}
     now = {"method": fingerprint(r.cls)["sha256"], **teacher_codes(r)}
     changed = [k for k in now if then.get(k) != now[k]]
@@ -213,9 +211,7 @@ def stale(r: Resolved, store: Store) -> str | None:
         return None
     k = changed[0]
     whose = r.cell.method if k == "method" else f"its {k.replace('_', ' ')}'s method"
-    return (f"its rows were made by other code of {whose} "
-            f"({'fingerprint ' + then[k] if then.get(k) else 'no code fingerprint recorded'}, "
-            f"now {now[k]})")
+    return f"its rows were made by other code of {whose} ({_code_change(then.get(k), now[k])})"
 
 
 def reusable(r: Resolved, store: Store, keep_stale: bool = False) -> bool:
@@ -273,9 +269,10 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
     """
     r = resolve(cell)
     if stored(r, store) and not redo:
-        why = stale(r, store)
+        last = store.get(row_key(r, "last")) or {}
+        why = stale(r, store, last)
         if why is None or opts.keep_stale:
-            note = _differences(store.get(row_key(r, "last")) or {}, opts.device)
+            note = _differences(last, opts.device)
             opts.log(f"skip {r.id}: already in the store{note}"
                      + (f"; kept though stale: {why}" if why else "")
                      + " (use --redo to run it again)")

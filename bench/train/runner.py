@@ -25,7 +25,8 @@ from bench import BenchError
 from bench.core import distributed, registry
 from bench.data import datasets, devicedata
 from bench.eval import analysis
-from bench.eval.evaluate import Threat, accuracy, eval_batch_sizes, judged, worst_class
+from bench.eval.batching import eval_batch_sizes
+from bench.eval.evaluate import Threat, accuracy, judged, worst_class
 from bench.models import create_model
 from bench.train import checkpoint, selection
 from bench.train.cells import Resolved
@@ -133,7 +134,7 @@ class Trainer:
         # the evaluation suite's batch: one size for the selection and the tutor log, whose
         # PGD-10 must draw the same random starts for the selection's to stand in for it
         # (on CUDA sized from the student and the free memory; a batch too large is halved
-        # with the same draws, `evaluate.in_batches`)
+        # with the same draws, `batching.in_batches`)
         self.sel_batch = eval_batch_sizes(self.device, self.r.spec.image_size,
                                           self.method.student, self.r.spec.channels)[0]
         self.tutor_log = analysis.TutorLog(self.method, self.sel_x, self.sel_y,
