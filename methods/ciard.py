@@ -17,7 +17,6 @@ keeps S(x) for `loss()` of the same batch.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -54,11 +53,23 @@ class CIARDParams(MTARDParams, TeacherTraining):
     landmarks: ClassVar[tuple[str, ...]] = ("teacher_from",)  # an epochs override scales it
 
 
-def magnitude_scale(a: float, b: float, c: float) -> float:
-    """CIARD's scale_to_magnitude: 10^(min(floor log10 |a|, floor log10 |b|) - floor log10 |c|)."""
-    a, b, c = (v + 1e-7 if math.isclose(v, 0, rel_tol=1e-9) else v for v in (a, b, c))
-    target = min(math.floor(math.log10(abs(a))), math.floor(math.log10(abs(b))))
-    return 10 ** (target - math.floor(math.log10(abs(c))))
+def magnitude_scale(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """CIARD's scale_to_magnitude: 10^(min(floor log10 |a|, floor log10 |b|) - floor log10 |c|),
+    a value of 0 read as 1e-7 (their isclose to 0), in float64 on the device."""
+    a, b, c = (torch.where(v == 0, v + 1e-7, v) for v in (a, b, c))
+    a, b, c = (torch.floor(torch.log10(v.abs())) for v in (a, b, c))
+    return 10 ** (torch.minimum(a, b) - c)
+
+
+def subset_kl(t_logits: Tensor, s_logits: Tensor, rows: Tensor, eps: float) -> Tensor:
+    """`hand_kl(t_logits[rows], s_logits[rows], eps)` for a boolean `rows` without a host
+    sync (boolean indexing waits for the device to learn the subset's size): the subset's
+    rows moved first in order, the others zeroed, summed, over n x C (0 for no row)."""
+    b = F.softmax(t_logits, dim=1)
+    terms = b * torch.log(b + eps) - b * F.log_softmax(s_logits, dim=1)
+    order = torch.argsort((~rows).to(torch.uint8), stable=True)
+    kept = torch.where(rows[order, None], terms[order], 0)
+    return kept.sum() / (rows.sum().clamp_min(1) * terms.shape[1])
 
 
 # On the 15-epoch embedded budget the 300-epoch landmarks scale by 1/20: cosine from 7, teacher
@@ -120,14 +131,12 @@ class CIARD(Balanced):
         l1_all, l2_all = self.update_weights(l1, l2)  # the global batch's, as floats
         total = self.w_adv * l1 + self.w_nat * l2 if q.adaptive else 1 * l1 + 1 * l2
         wrong = t_nat_adv.argmax(1) != y
-        n_wrong = wrong.sum()
-        l3 = (hand_kl(t_nat_adv[wrong], s_adv[wrong] / q.push_t, q.kl_eps) if n_wrong > 0
-              else s_adv.new_zeros(()))
-        # under torchrun the scale and the mean come from the global batch's mistakes
-        l3_all, factor = global_subset_mean(l3, n_wrong, self.shard_weight)
-        if l3_all is None:
-            return total
-        return total - magnitude_scale(l1_all, l2_all, l3_all.item()) * factor * l3
+        l3 = subset_kl(t_nat_adv, s_adv / q.push_t, wrong, q.kl_eps)
+        # under torchrun the scale and the mean come from the global batch's mistakes; with
+        # none, the factor is 0 and the loss is `total` to the bit
+        l3_all, factor = global_subset_mean(l3, wrong.sum(), self.shard_weight)
+        scale = magnitude_scale(l1_all, l2_all, l3_all.double()) * factor
+        return total - scale.to(l3) * l3
 
     def teacher_loss(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor | None:
         t_adv, self._t_adv = self._t_adv, None

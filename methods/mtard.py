@@ -67,21 +67,28 @@ def ce_attack(d: Distiller, x: Tensor, y: Tensor) -> Tensor:
 
 
 class Balanced(Distiller):
-    """Two teachers balanced by adaptive weights and temperatures (state, checkpointed)."""
+    """Two teachers balanced by adaptive weights and temperatures (state, checkpointed).
+
+    The authors keep the weights and temperatures as python floats, read from the device
+    every step. Here they are float64 tensors on the device, updated by the same IEEE double
+    operations (the same bits on the CPU) without a host sync; a checkpoint stores floats."""
 
     needs_teacher = needs_clean_teacher = True
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.w_adv, self.w_nat = 0.5, 0.5
-        self.l0: tuple[float, float] | None = None  # the first step's (L_adv, L_nat)
-        self.tau_adv, self.tau_nat = 1.0, 1.0
+        self.w_adv: float | Tensor = 0.5
+        self.w_nat: float | Tensor = 0.5
+        self.l0: tuple[float | Tensor, float | Tensor] | None = None  # the first step's losses
+        self.tau_adv: float | Tensor = 1.0
+        self.tau_nat: float | Tensor = 1.0
         self.weight_rate, self.temp_rate = self.p.weight_rate, self.p.temp_rate
 
-    def update_weights(self, loss_adv: Tensor, loss_nat: Tensor) -> tuple[float, float]:
-        """The adaptive weights from this step's losses (the global batch's under torchrun),
-        exactly as the authors' python floats; returns those floats."""
-        l_adv, l_nat = (v.item() for v in global_means([loss_adv, loss_nat], self.shard_weight))
+    def update_weights(self, loss_adv: Tensor, loss_nat: Tensor) -> tuple[Tensor, Tensor]:
+        """The adaptive weights from this step's losses (the global batch's under torchrun);
+        returns those losses in float64."""
+        l_adv, l_nat = (v.detach().double()
+                        for v in global_means([loss_adv, loss_nat], self.shard_weight))
         if self.l0 is None:
             self.l0 = (l_adv, l_nat)
         a, h_adv, h_nat = self.weight_rate, l_adv / self.l0[0], l_nat / self.l0[1]
@@ -93,10 +100,16 @@ class Balanced(Distiller):
         r_adv, r_nat = h_adv / avg, h_nat / avg
         w_nat = self.w_nat - a * (self.w_nat - r_nat / (r_adv + r_nat))
         w_adv = self.w_adv - a * (self.w_adv - r_adv / (r_adv + r_nat))
-        w_adv, w_nat = max(w_adv, 0), max(w_nat, 0)
+        w_adv, w_nat = w_adv.clamp_min(0), w_nat.clamp_min(0)
         coef = 1.0 / (w_adv + w_nat)
         self.w_adv, self.w_nat = w_adv * coef, w_nat * coef
         return l_adv, l_nat
+
+    def weighted(self, loss_adv: Tensor, loss_nat: Tensor) -> Tensor:
+        """w_adv L_adv + w_nat L_nat, each weight rounded to the loss's dtype as a python
+        float multiplying a tensor is."""
+        return (torch.as_tensor(self.w_adv).to(loss_adv) * loss_adv
+                + torch.as_tensor(self.w_nat).to(loss_nat) * loss_nat)
 
     def update_temperatures(self, t_adv: Tensor, t_nat: Tensor) -> None:
         """B-MTARD: move each temperature towards equal tempered entropies (used next step)."""
@@ -105,9 +118,9 @@ class Balanced(Distiller):
         e_adv, e_nat = global_means([entropy(t_adv / self.tau_adv),
                                      entropy(t_nat / self.tau_nat)], self.shard_weight)
         eta, lo, hi = self.temp_rate, self.p.temp_min, self.p.temp_max
-        tau_adv = self.tau_adv - eta * torch.sign(e_adv / e_nat - 1).item()
-        tau_nat = self.tau_nat - eta * torch.sign(e_nat / e_adv - 1).item()
-        self.tau_adv, self.tau_nat = max(min(hi, tau_adv), lo), max(min(hi, tau_nat), lo)
+        tau_adv = self.tau_adv - eta * torch.sign(e_adv / e_nat - 1).double()
+        tau_nat = self.tau_nat - eta * torch.sign(e_nat / e_adv - 1).double()
+        self.tau_adv, self.tau_nat = tau_adv.clamp(lo, hi), tau_nat.clamp(lo, hi)
 
     def _rate_epochs(self) -> tuple[int, ...]:
         p = self.p
@@ -124,7 +137,10 @@ class Balanced(Distiller):
     _STATE = ("w_adv", "w_nat", "l0", "tau_adv", "tau_nat", "weight_rate", "temp_rate")
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._STATE}
+        def host(v: Any) -> Any:  # the checkpoint's python floats (one sync, per epoch)
+            return float(v) if isinstance(v, Tensor) else v
+        return {k: tuple(map(host, v)) if k == "l0" and v else host(v)
+                for k, v in ((k, getattr(self, k)) for k in self._STATE)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in self._STATE:
@@ -161,7 +177,7 @@ class MTARD(Balanced):
         l_nat = q.scale * hand_kl(t_nat / self.tau_nat, s_nat, q.kl_eps)
         self.update_temperatures(t_adv, t_nat)
         self.update_weights(l_adv, l_nat)
-        return self.w_adv * l_adv + self.w_nat * l_nat
+        return self.weighted(l_adv, l_nat)
 
 
 @register("bmtard")

@@ -92,7 +92,8 @@ class SAAD(Distiller):
         with torch.enable_grad():
             t = t_net(x_t)
             (g,) = torch.autograd.grad(t.gather(1, y[:, None]).sum(), x_t)
-        t, onehot = t.detach(), F.one_hot(y, t.shape[1]).to(t.dtype)
+        t = t.detach()  # the one-hot of y, without F.one_hot's host-side range check
+        onehot = torch.zeros_like(t).scatter_(1, y[:, None], 1.0)
 
         def objective(xa: Tensor) -> Tensor:
             corr = (g * (xa - x)).flatten(1).sum(1)  # <grad T_y(x), x_k - x>, per sample

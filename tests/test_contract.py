@@ -206,6 +206,7 @@ def test_interrupted_run_resumes_the_method_state_bit_identically(tmp_path: Path
 def test_swa_from_a_configured_epoch(tmp_path: Path) -> None:
     tr = _trainer(tmp_path, (("epochs", 3), ("steps", 1), ("swa", True), ("swa_start", 1),
                              ("milestones", (10,))))
+    assert not tr._swa_averaged(1) and tr._swa_averaged(2)  # epoch 1 (0-based) is the first
     finals = tr.train()
     assert tr.swa.n_averaged.item() == 2 and "swa_last" in finals
 

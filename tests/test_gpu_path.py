@@ -5,15 +5,20 @@ choice, the epoch's wall and selection time, and optional packages checked befor
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from test_compile import _batch, _method
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.core import registry
 from bench.eval import batching as ev
 from bench.eval.evaluate import Threat, adversarial, judged
 from bench.models import create_model
+from bench.train.compute import Compute, Tally
 
 GiB = 2**30
 # the estimate (two small batches, their difference) against the saved storages of a batch of
@@ -257,3 +262,56 @@ def test_missing_packages_name_the_flag_that_avoids_them(hide, monkeypatch) -> N
     monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "submitit", None)  # the other way of hiding one
     assert "submitit" in missing_package(plain, EvalOptions(("clean",)), "local")
+
+
+class HostSyncs(TorchDispatchMode):
+    """Records the operators that make the host wait for the device: reading a value back
+    (`.item()`, `bool()`, `float()`, a python `if` on a tensor), and those whose output size
+    depends on values (`nonzero`, boolean-mask indexing, `masked_select`)."""
+
+    WAITS = {"aten._local_scalar_dense.default", "aten.nonzero.default",
+             "aten.masked_select.default", "aten.unique.default"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        boolean_index = name.startswith("aten.index.") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
+        if name in self.WAITS or boolean_index:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_no_training_step_waits_for_the_device(name: str) -> None:
+    """Every method's step (attack, loss, backward, optimizer steps, a trained teacher's step,
+    the loss tally) runs without a host-device sync: MTARD's weights, B-MTARD's temperatures,
+    CIARD's push term and SAAD's one-hot stay on the device."""
+    c = Compute()
+    method = _method(name, c)
+    optims = [c.optimizer(n.parameters(), 0.1, 0.9, 0.0) for n in method.trainable()]
+    t_optim = (c.optimizer(method.teacher.parameters(), 0.1, 0.9, 0.0)
+               if method.trains_teacher else None)
+    if method.trains_teacher:
+        method.epoch = method.p.teacher_from
+    x, y = _batch()
+    tally = Tally("cpu")
+    for step in range(3):  # the first step (MTARD's reference losses) and later ones
+        with HostSyncs() as syncs:
+            loss, t_loss = c.step(method, optims, x, y, teacher_optim=t_optim)
+            tally.add(loss, len(y), step, t_loss)
+        assert syncs.seen == [], (step, syncs.seen)
+    assert math.isfinite(tally.read())
+
+
+def test_the_sync_detector_sees_what_waits() -> None:
+    x = torch.arange(6.0)
+    with HostSyncs() as syncs:
+        x.sum().item()
+        _ = x[x > 2]
+        if x.max() > 1:
+            pass
+    assert len(syncs.seen) == 3, syncs.seen

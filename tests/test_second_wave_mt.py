@@ -129,7 +129,7 @@ def ref_loss(code: Code, n: dict, x, xa, y, parts: dict | None = None):
         l3 = kl_loss(F.log_softmax(sa[idx] / 5, dim=1), F.softmax(na[idx].detach(), dim=1))
         if l3.numel() > 0:
             l3 = torch.mean(l3)
-            c = magnitude_scale(float(l1.item()), float(l2.item()), float(l3.item()))
+            c = scale_to_magnitude(float(l1.item()), float(l2.item()), float(l3.item()))
             total = total - c * l3
         if parts is not None:
             parts.update(l1=l1, l2=l2, l3=l3, ta=ta)
@@ -224,11 +224,25 @@ def test_ciard_without_misclassified_samples_has_no_push_term():
     torch.testing.assert_close(m.loss(x, xa, y), parts["l1"] + parts["l2"], rtol=1e-3, atol=0)
 
 
+def scale_to_magnitude(a: float, b: float, c: float) -> float:
+    """CIARD's scale_to_magnitude as their script writes it, on python floats."""
+    a, b, c = (v + 1e-7 if math.isclose(v, 0, rel_tol=1e-9) else v for v in (a, b, c))
+    target = min(math.floor(math.log10(abs(a))), math.floor(math.log10(abs(b))))
+    return 10 ** (target - math.floor(math.log10(abs(c))))
+
+
 def test_magnitude_scale_by_hand():
-    assert magnitude_scale(0.0234, 0.5, 0.00012) == 100  # min(-2, -1) - (-4)
-    assert magnitude_scale(3.0, 20.0, 0.5) == 10
-    assert magnitude_scale(0.03, 0.04, 7.0) == pytest.approx(0.01)
-    assert magnitude_scale(0.03, 0.04, 0.0) == 10**5  # 0 -> 1e-7: -2 - (-7)
+    def scale(a: float, b: float, c: float) -> float:
+        return magnitude_scale(*(torch.tensor(v, dtype=torch.float64) for v in (a, b, c))).item()
+
+    assert scale(0.0234, 0.5, 0.00012) == 100  # min(-2, -1) - (-4)
+    assert scale(3.0, 20.0, 0.5) == 10
+    assert scale(0.03, 0.04, 7.0) == pytest.approx(0.01)
+    assert scale(0.03, 0.04, 0.0) == 10**5  # 0 -> 1e-7: -2 - (-7)
+    assert scale(-0.3, 2e-9, 1e-12) == 10**3  # by |value|: min(-1, -9) - (-12)
+    g = torch.Generator().manual_seed(0)  # on the device, the script's floats exactly
+    for v in (10 ** (torch.rand(300, 3, generator=g, dtype=torch.float64) * 16 - 8)).tolist():
+        assert scale(*v) == scale_to_magnitude(*v), v
 
 
 @pytest.mark.parametrize("name", ["mtard", "bmtard", "ciard"])
@@ -246,10 +260,11 @@ def test_weights_and_temperatures_over_several_steps(name):
         y = torch.randint(0, 10, (8,), generator=g)
         m.loss(x, xa, y)
         ref_loss(code, ref, x, xa, y)
-        assert m.w_nat == pytest.approx(code.weight["nat_loss"], rel=1e-12, abs=1e-15)
-        assert m.w_adv == pytest.approx(code.weight["adv_loss"], rel=1e-12, abs=1e-15)
-        assert (m.tau_adv, m.tau_nat) == (code.temp_adv, code.temp_nat)
-        taus.append((m.tau_adv, m.tau_nat))
+        # on the device, the scripts' python floats to the bit
+        assert (float(m.w_nat), float(m.w_adv)) == (code.weight["nat_loss"],
+                                                    code.weight["adv_loss"])
+        assert (float(m.tau_adv), float(m.tau_nat)) == (code.temp_adv, code.temp_nat)
+        taus.append((float(m.tau_adv), float(m.tau_nat)))
     assert m.l0 == (code.init_adv, code.init_nat)
     assert 0 < m.w_nat < 1 and m.w_nat != 0.5
     if name == "mtard":
@@ -355,7 +370,7 @@ def test_ciard_full_step_reuses_the_pre_attack_forwards():
     l2 = torch.mean(kl_loss(F.log_softmax(sn, dim=1), F.softmax(tn, dim=1)))
     idx = (na.argmax(1) != y).nonzero(as_tuple=True)[0]
     l3 = torch.mean(kl_loss(F.log_softmax(sa[idx] / 5, dim=1), F.softmax(na[idx], dim=1)))
-    want = l1 + l2 - magnitude_scale(l1.item(), l2.item(), l3.item()) * l3
+    want = l1 + l2 - scale_to_magnitude(l1.item(), l2.item(), l3.item()) * l3
     torch.testing.assert_close(loss, want, **TOL)
     g = torch.autograd.grad(loss, list(nets["s"].parameters()))
     g_ref = torch.autograd.grad(want, list(S.parameters()))

@@ -119,19 +119,17 @@ def global_means(values: Sequence[Tensor], weight: float) -> list[Tensor]:
     return list(t / world_size())
 
 
-def global_subset_mean(value: Tensor, count: Tensor,
-                       weight: float) -> tuple[Tensor | None, float]:
+def global_subset_mean(value: Tensor, count: Tensor, weight: float) -> tuple[Tensor, Tensor]:
     """A mean over the images of a per-rank subset (`count` of this shard's, `value` their
-    mean) taken over the global batch's: (the global mean, this rank's factor), or (None, 0)
-    when the global subset is empty. A loss term `value * factor` weighted by `weight` (this
-    rank's share) and averaged over ranks as DDP does is the global batch's term, however
-    unevenly the subset falls on the ranks. Alone: `value` itself and 1. For CIARD's push
-    term, a mean over the images its clean teacher gets wrong."""
+    mean) taken over the global batch's: (the global mean, this rank's factor, 0 when the
+    global subset is empty), as device tensors (no host sync). A loss term `value * factor`
+    weighted by `weight` (this rank's share) and averaged over ranks as DDP does is the
+    global batch's term, however unevenly the subset falls on the ranks. Alone: `value`
+    itself and 1 (0 for an empty subset). For CIARD's push term, a mean over the images its
+    clean teacher gets wrong."""
     if world_size() == 1:
-        return (value, 1.0) if count > 0 else (None, 0.0)
+        return value, (count > 0).double()
     t = torch.stack([value.detach().float() * count, count.float()])
     dist.all_reduce(t)
-    total, n = t.tolist()
-    if n == 0:
-        return None, 0.0
-    return torch.tensor(total / n), float(count) / n * world_size() / weight
+    total, n = t[0], t[1].clamp_min(1)
+    return total / n, count.double() / n.double() * world_size() / weight

@@ -228,7 +228,7 @@ class Trainer:
             return
         threat = Threat(self.r.spec.eps)
         nets = {"": self.method.student}
-        if self.swa is not None and self.swa.n_averaged.item() > 0:
+        if self._swa_averaged(epoch + 1):
             nets["swa_"] = self.swa.module
         if "teacher_best" in rule.keep and "teacher" in self.nets:  # a teacher that trains
             nets["teacher_"] = self.nets["teacher"]
@@ -271,9 +271,7 @@ class Trainer:
         log: dict[str, Any] = {"epoch": epoch, "lr": p.lr_at(epoch), "loss": loss}
         if "teacher" in self.optims:
             log["teacher_lr"] = p.teacher_lr_at(epoch)
-        start = p.swa_start if p.swa_start is not None else (
-            p.milestones[0] if p.milestones else 0)
-        if self.swa is not None and epoch >= start:
+        if self.swa is not None and epoch >= self._swa_start():
             self.swa.update_parameters(self.method.student)
             recompute_bn(self.swa, self._batches(epoch, shuffle=False), p.swa_bn or "image")
         t0 = time.perf_counter()
@@ -314,6 +312,16 @@ class Trainer:
         distributed.barrier()  # rank 0's best.pt files are on disk before anyone loads them
         return self.finals()
 
+    def _swa_start(self) -> int:
+        """The first 0-based epoch averaged: swa_start, else the first LR milestone."""
+        p = self.p
+        return p.swa_start if p.swa_start is not None else (p.milestones[0] if p.milestones else 0)
+
+    def _swa_averaged(self, epochs_done: int) -> bool:
+        """Whether the SWA model holds an average after `epochs_done` epochs: known on the
+        host from the schedule, not read back from its device-side `n_averaged`."""
+        return self.swa is not None and epochs_done > self._swa_start()
+
     def _frozen(self):
         """Every network's attack forwards with its weights frozen (`attack_frozen`): the same
         numbers, no weight gradients in a compiled backward, the training attack's graphs."""
@@ -335,7 +343,7 @@ class Trainer:
         and swa_last, swa_best where SWA runs), each loaded on the device."""
         rule = selection.rule(self.p.selection)
         out: dict[str, nn.Module] = {"last": self.method.student}
-        swa = self.swa is not None and self.swa.n_averaged.item() > 0
+        swa = self._swa_averaged(self.epoch)
         for name in (*rule.keep, *(["best_clean"] if rule.best_clean else [])):
             if name == "swa_last" and swa:
                 out[name] = self.swa.module
