@@ -98,10 +98,10 @@ class GridOptions:
                      help="Checkpoints AutoAttack runs on: best = the ones papers report (best, "
                           "and swa_best for PeerAiD); the other attacks run on every checkpoint.")
     eval_precision: str = opt(EVALUATION, "--eval-precision",
-                              type=click.Choice(["fp32", "tf32", "auto"]), default="fp32",
-                              help="Evaluation attacks' precision, recorded in each row (not "
-                                   "part of the cell id): fp32 strict; tf32 matmuls and "
-                                   "convolutions; auto = PyTorch's defaults, as the authors' "
+                              type=click.Choice(["fp32", "tf32", "auto"]), default="auto",
+                              help="Evaluation and selection attacks' precision, recorded in "
+                                   "each row (not part of the cell id): fp32 strict; tf32 matmuls "
+                                   "and convolutions; auto = PyTorch's defaults, as the authors' "
                                    "code ran (TF32 cuDNN convolutions, fp32 matmuls). The CPU "
                                    "is fp32 whatever the choice.")
     device: str = opt(COMPUTE, "--device", default="auto", help="auto, cpu, cuda or cuda:N.")
@@ -209,7 +209,8 @@ class GridOptions:
         return RunOptions(out=out, device=device,
                           data_root=Path(self.data_root) if self.data_root else None,
                           data_path=self.data_path, channels_last=FLAG[self.channels_last],
-                          compile=FLAG[self.compile_], keep_stale=self.keep_stale, **more)
+                          compile=FLAG[self.compile_], keep_stale=self.keep_stale,
+                          eval_precision=self.eval_precision, **more)
 
     def sweep_options(self):
         """submitit's options, or None when the cells run in this process."""

@@ -169,3 +169,43 @@ def test_a_compiled_step_computes_the_eager_steps_math() -> None:
     assert t_c.item() == pytest.approx(t_e.item(), rel=1e-5)
     for a, b in zip(grads_c, grads_e, strict=True):
         assert (a - b).norm() <= 1e-4 * b.norm() + 1e-8
+
+
+def test_compiled_networks_inside_ddp_get_bucketed_graphs(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """DDP wraps the loss over networks compiled one by one: each graph the loss compiles is
+    traced inside DDP's forward, where dynamo's DDPOptimizer splits it at DDP's gradient
+    buckets (their all-reduce overlaps the backward, as compiling the DDP module would);
+    the attack's graphs (frozen weights, outside DDP's forward) are compiled plainly."""
+    import torch.distributed as dist
+    from torch._dynamo.backends.distributed import DDPOptimizer
+
+    from bench.core import distributed
+
+    caps: list[int] = []
+    real = DDPOptimizer.compile_fn
+
+    def spy(self, gm, inputs):
+        caps.append(self.bucket_bytes_cap)
+        return real(self, gm, inputs)
+
+    monkeypatch.setattr(DDPOptimizer, "compile_fn", spy)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1)
+    try:
+        torch._dynamo.reset()
+        monkeypatch.setattr(distributed, "world_size", lambda: 2)  # wrap as torchrun would
+        c = Compute(compile=True)
+        method = _method("pgdat", c)
+        ddp = distributed.wrap(method, torch.device("cpu"))
+        assert ddp is not None
+        x, y = _batch()
+        optims = [c.optimizer(n.parameters(), 0.1, 0.9, 0.0) for n in method.trainable()]
+        frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        c.step(method, optims, x, y, loss_fn=lambda *a: ddp(*a, weight=1.0))
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - frames
+    finally:
+        torch._dynamo.reset()
+        dist.destroy_process_group()
+    assert caps and set(caps) == {ddp.bucket_bytes_cap}  # the loss's graph(s), bucketed
+    assert graphs == 2 and len(caps) == 1  # the attack's graph compiled outside DDP

@@ -174,8 +174,51 @@ def test_eval_precision_is_recorded_not_part_of_the_cell_id() -> None:
 
     default, tf32 = GridOptions(), GridOptions(eval_precision="tf32")
     assert [c for c in default.cells("cpu")] == [c for c in tf32.cells("cpu")]
-    assert default.eval_options().precision == "fp32"
+    assert default.eval_options().precision == "auto"  # PyTorch's defaults, as the authors'
     assert tf32.eval_options().precision == "tf32"
+    assert tf32.run_options(Path("."), "cpu").eval_precision == "tf32"  # selection's too
+
+
+def test_selection_and_evaluation_attack_frozen_weights_at_the_chosen_precision(
+        tmp_path: Path, monkeypatch) -> None:
+    """Selection (every epoch) and the final evaluation run under the run's evaluation
+    precision, and their attacks' forwards see the weights frozen."""
+    import contextlib
+
+    from bench.core.store import Store
+    from bench.train import pipeline, runner
+    from bench.train.cells import Cell
+    from bench.train.runner import RunOptions
+
+    chosen: list[str] = []
+
+    @contextlib.contextmanager
+    def spy(device, choice="fp32"):
+        chosen.append(choice)
+        with ev.eval_precision(device, choice) as label:
+            yield label
+
+    monkeypatch.setattr(runner, "eval_precision", spy)
+    monkeypatch.setattr(pipeline, "eval_precision", spy)
+    forwards: list[tuple[bool, bool]] = []  # (input requires grad, a weight requires grad)
+    real = pipeline.evaluate
+
+    def evaluate(model, *args, **kw):
+        hook = model.register_forward_pre_hook(lambda m, a: forwards.append(
+            (a[0].requires_grad, any(p.requires_grad for p in m.parameters()))))
+        try:
+            return real(model, *args, **kw)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(pipeline, "evaluate", evaluate)
+    cell = Cell("pgdat", overrides=(("epochs", 2),))
+    pipeline.run_cell(cell, RunOptions(out=tmp_path, log=lambda s: None, eval_precision="tf32"),
+                      pipeline.EvalOptions(("clean", "pgd20"), precision="tf32"),
+                      Store(tmp_path))
+    assert set(chosen) == {"tf32"} and len(chosen) >= 2 + 2  # 2 epochs' selection, 2 finals
+    attacked = [weights for needs_grad, weights in forwards if needs_grad]
+    assert attacked and not any(attacked)
 
 
 def test_epoch_wall_and_selection_seconds_are_recorded_and_logged(tmp_path: Path,

@@ -65,7 +65,12 @@ class LossModule(nn.Module):
 
 
 def wrap(method: Distiller, device: torch.device) -> DistributedDataParallel | None:
-    """DDP over the method's networks (parameters broadcast from rank 0), or None alone."""
+    """DDP over the method's networks (parameters broadcast from rank 0), or None alone.
+
+    Networks compiled one by one (`Compute.prepare`) before this wrap still get PyTorch's
+    DDP-then-compile behaviour: dynamo compiles a graph the loss runs inside DDP's forward
+    with its DDPOptimizer, split at DDP's gradient buckets, so their all-reduce overlaps the
+    backward (tests/test_compile.py counts it)."""
     if world_size() == 1:
         return None
     ids = [device.index] if device.type == "cuda" else None

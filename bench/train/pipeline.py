@@ -31,6 +31,7 @@ from bench.eval.batching import eval_batch_sizes, eval_precision
 from bench.eval.evaluate import ALL_ATTACKS, Threat, evaluate, images_fingerprint, restrict
 from bench.train import checkpoint, selection
 from bench.train.cells import Cell, Resolved, resolve
+from bench.train.compute import attack_frozen
 from bench.train.runner import RunOptions, Trainer, build
 from bench.train.teachers import ZOO, load_weights, normalized, renormalized, robustbench_model
 
@@ -49,7 +50,7 @@ class EvalOptions:
     attacks: tuple[str, ...] = ALL_ATTACKS
     aa_samples: int | None = None  # None: the data set's default (all images for real sets)
     aa_on: str = "best"  # "best": the reported checkpoints only; "all"; "none"
-    precision: str = "fp32"  # fp32, tf32 or auto (torch's defaults): `batching.eval_precision`
+    precision: str = "auto"  # fp32, tf32 or auto (torch's defaults): `batching.eval_precision`
 
     def attacks_for(self, checkpoint: str, reported: tuple[str, ...] = REPORTED
                     ) -> tuple[str, ...]:
@@ -316,7 +317,8 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
             # Random starts drawn afresh per checkpoint: a row depends on its weights only,
             # not on what ran before it (a resumed AutoAttack skips the finished one's draws).
             torch.manual_seed(cell.seed)
-            with eval_precision(opts.device, ev.precision):
+            # weights frozen: a compiled network's attack asks for the input's gradient alone
+            with eval_precision(opts.device, ev.precision), attack_frozen([finals[name]]):
                 metrics = evaluate(finals[name], x, y, Threat(r.spec.eps), attacks=attacks,
                                    aa_samples=n_aa, device=opts.device,
                                    batch_size=batch, aa_batch_size=aa_batch,

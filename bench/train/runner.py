@@ -25,7 +25,7 @@ from bench import BenchError
 from bench.core import distributed, registry
 from bench.data import datasets, devicedata
 from bench.eval import analysis
-from bench.eval.batching import eval_batch_sizes
+from bench.eval.batching import eval_batch_sizes, eval_precision
 from bench.eval.evaluate import Threat, accuracy, judged, worst_class
 from bench.models import create_model
 from bench.train import checkpoint, selection
@@ -51,6 +51,7 @@ class RunOptions:
     compile: bool | None = None  # None: compile long CUDA runs only (bench.train.compute)
     read_every: int = 0  # also read the loss back every N steps (0: once per epoch)
     keep_stale: bool = False  # reuse stored cells whose method's code has changed since
+    eval_precision: str = "auto"  # selection's attacks too (bench.eval.batching.eval_precision)
 
 
 def _seed_all(seed: int) -> None:
@@ -301,7 +302,8 @@ class Trainer:
                 loss = self._train_epoch(self.epoch)
                 seconds = time.perf_counter() - t0
                 self.train_seconds += seconds
-                with self._frozen():  # its selection attacks: weights frozen, as in training
+                # selection attacks: weights frozen as in training, at evaluation's precision
+                with self._frozen(), eval_precision(self.device, self.opts.eval_precision):
                     self._after_epoch(self.epoch, loss, seconds)
                 # the epoch's wall time: training, SWA's BN update and selection (not the save)
                 self.timing[-1]["wall_seconds"] = round(time.perf_counter() - t0, 3)
