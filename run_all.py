@@ -43,7 +43,7 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool, so=None,
     gives the runner's options (data path, memory format, compile), defaults without it."""
     from bench.core.store import Store
     from bench.train.cells import resolve
-    from bench.train.pipeline import reusable, run_cell, stored
+    from bench.train.pipeline import missing_package, reusable, run_cell, stored
 
     store = Store(out)
     resolved = [resolve(c) for c in cells]  # every config error before any training
@@ -60,6 +60,9 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool, so=None,
            else f"{len(todo)} to train"))
     if no_train or not todo:
         return []
+    executor = grid.executor if so is not None else "none"
+    if (missing := missing_package(todo, ev, executor)) is not None:
+        raise BenchError(missing)  # an optional package the cells need: before any training
     opts = grid.run_options(out, device, log=say)
     if so is not None:
         from bench.train.sweep import sweep

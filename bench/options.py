@@ -120,6 +120,12 @@ class GridOptions:
     compile_: str = opt(COMPUTE, "--compile", type=ON_OFF, default="auto",
                         help="torch.compile the networks [auto: CUDA runs of 30 epochs or "
                              "more].")
+    compile_mode: str = opt(COMPUTE, "--compile-mode",
+                            type=click.Choice(["default", "reduce-overhead", "max-autotune"]),
+                            default="default",
+                            help="torch.compile's mode when compiling: reduce-overhead replays "
+                                 "CUDA graphs (fewer kernel launches, for small batches); "
+                                 "recorded in each row, not part of the cell id.")
     data_root: str | None = opt(COMPUTE, "--data-root", type=click.Path(file_okay=False),
                                 help="Folder holding (or receiving) torchvision data sets.")
     threads: int | None = opt(COMPUTE, "--threads", type=int,
@@ -210,7 +216,8 @@ class GridOptions:
                           data_root=Path(self.data_root) if self.data_root else None,
                           data_path=self.data_path, channels_last=FLAG[self.channels_last],
                           compile=FLAG[self.compile_], keep_stale=self.keep_stale,
-                          eval_precision=self.eval_precision, **more)
+                          eval_precision=self.eval_precision,
+                          compile_mode=self.compile_mode, **more)
 
     def sweep_options(self):
         """submitit's options, or None when the cells run in this process."""

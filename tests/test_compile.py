@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from bench.core import registry
 from bench.data import datasets as data
 from bench.models import create_model
 from bench.train import compute as compute_mod
-from bench.train.compute import CompiledCall, Compute
+from bench.train.compute import Compute
 
 
 def _method(name: str, c: Compute):
@@ -130,20 +131,13 @@ def test_each_network_holds_a_known_set_of_graphs(tmp_path: Path, capsys,
     teacher, PeerAiD's student and peer) shared the 8 slots of SmallCNN.forward; the ninth
     graph hit the limit and ran eagerly ever after. Now: 15 graphs, 1 to 4 a network."""
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    made: list[CompiledCall] = []
-    init = CompiledCall.__init__
-
-    def recording(self, *a, **kw) -> None:
-        init(self, *a, **kw)
-        made.append(self)
-
-    monkeypatch.setattr(CompiledCall, "__init__", recording)
     torch._dynamo.reset()
-    code, _, err = cli(["run", "--methods", "rslad,peeraid", "--teacher-arch", "small_cnn",
-                        "--epochs", "2", "--compile", "on", "--attacks", "clean",
-                        "--out", str(tmp_path)], capsys)
+    with compute_mod.counting_graphs() as made:
+        code, _, err = cli(["run", "--methods", "rslad,peeraid", "--teacher-arch", "small_cnn",
+                            "--epochs", "2", "--compile", "on", "--attacks", "clean",
+                            "--out", str(tmp_path)], capsys)
+        graphs = [compute_mod.graphs_of(m) for m in made]
     assert code == 0, err[-2000:]
-    graphs = [len(torch._dynamo.eval_frame._debug_get_cache_entry_list(m.code)) for m in made]
     torch._dynamo.reset()
     # five networks compiled (SWA's and the kept checkpoints' copies are plain networks)
     assert len(made) == 5
@@ -209,3 +203,33 @@ def test_compiled_networks_inside_ddp_get_bucketed_graphs(tmp_path: Path,
         dist.destroy_process_group()
     assert caps and set(caps) == {ddp.bucket_bytes_cap}  # the loss's graph(s), bucketed
     assert graphs == 2 and len(caps) == 1  # the attack's graph compiled outside DDP
+
+
+def test_compile_mode_reaches_torch_compile_and_marks_each_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile-mode reduce-overhead (CUDA graphs): each network is compiled in that mode,
+    and every step starts a new CUDA-graph generation (a step's outputs are read before the
+    next one overwrites them); the default mode passes no mode. Wiring only: the graphs
+    themselves exist on CUDA alone."""
+    from bench.options import GridOptions
+
+    modes: list[object] = []
+    monkeypatch.setattr(compute_mod.torch, "compile",
+                        lambda fn, mode=None: modes.append(mode) or fn)
+    marks: list[int] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    x, y = _batch()
+    for mode, want in (("default", None), ("reduce-overhead", "reduce-overhead")):
+        modes.clear()
+        marks.clear()
+        c = Compute.for_run("cpu", compile=True, compile_mode=mode)
+        method = _method("peeraid", c)
+        optims = [c.optimizer(n.parameters(), 0.1, 0.9, 0.0) for n in method.trainable()]
+        for _ in range(2):
+            c.step(method, optims, x, y)
+        assert modes == [want, want]  # student and peer
+        assert len(marks) == (2 if want else 0)
+    with pytest.raises(Exception, match="compile mode"):
+        Compute.for_run("cpu", compile_mode="fastest")
+    (declared,) = (f for f in dataclasses.fields(GridOptions) if f.name == "compile_mode")
+    assert tuple(declared.metadata["click"]["type"].choices) == compute_mod.COMPILE_MODES

@@ -283,6 +283,26 @@ def test_missing_autoattack_fails_before_training(tmp_path: Path, hide, monkeypa
     assert not (tmp_path / "out" / "runs").exists()
 
 
+def test_run_all_checks_packages_before_training(tmp_path: Path, hide, monkeypatch,
+                                                 capsys) -> None:
+    """run_all.py (the paper's grid) stops before training too, with the same line."""
+    from bench.train import runner
+
+    spec = importlib.util.spec_from_file_location(
+        "run_all", Path(__file__).resolve().parents[1] / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    hide("pyautoattack")
+    trained = []
+    monkeypatch.setattr(runner.Trainer, "train", lambda self: trained.append(1))
+    rc = run_all.main(["--methods", "pgdat", "--out", str(tmp_path / "out"),
+                       "--report-dir", str(tmp_path / "rep")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and not trained, err
+    assert err[-1].startswith("error: AutoAttack needs the pyautoattack package")
+    assert not (tmp_path / "out" / "runs").exists()
+
+
 def test_missing_packages_name_the_flag_that_avoids_them(hide, monkeypatch) -> None:
     import sys
 

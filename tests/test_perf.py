@@ -88,5 +88,11 @@ def test_gpu_check_runs_its_steps_on_the_cpu(tmp_path: Path, capsys, monkeypatch
     assert report["bf16"]["ok"]
     assert [(r["method"], r["loop"]) for r in report["perf"]] == [
         (m, loop) for m in ("peeraid", "rslad", "pgdat") for loop in ("reference", "bench")]
-    assert report["epoch"]["train_s"] > 0 and 0 <= report["epoch"]["clean"] <= 1
-    assert "bench GPU check on cpu" in capsys.readouterr().out
+    e = report["epoch"]
+    assert e["train_s"] > 0 and 0 <= e["clean"] <= 1
+    # the epoch's wall time holds its training and its selection, which the check shows
+    assert e["epoch_wall_s"] >= e["train_s"] and e["epoch_wall_s"] >= e["selection_s"] > 0
+    assert e["compile"] is False and e["graphs_per_network"] == []  # CUDA compiles; the CPU not
+    assert e["peak_device_mb"] is None
+    out = capsys.readouterr().out
+    assert "bench GPU check on cpu" in out and "with selection" in out

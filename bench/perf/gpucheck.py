@@ -30,7 +30,7 @@ from bench.core import registry
 from bench.data import devicedata
 from bench.models import create_model
 from bench.perf import throughput
-from bench.train.compute import Compute
+from bench.train.compute import COMPILE_MODES, Compute
 
 # The tolerances the unit tests state (tests/test_compute.py), applied at CIFAR-10 shape.
 # fp32 channels_last against NCHW on the same x_adv: other kernels, another summation order.
@@ -195,25 +195,41 @@ def profile(arch: str, compute: Compute, batch: int, steps: int = 3) -> list[str
 
 
 def bench_epoch(root: Path, arch: str, compute: Compute, out: Path) -> dict[str, Any]:
-    """One real `bench run` epoch of PeerAiD (selection and evaluation included)."""
+    """One real `bench run` epoch of PeerAiD, as a long run computes it (compiled on CUDA):
+    training alone, the epoch's wall time with selection, evaluation, the device's peak
+    memory, and the graphs each compiled network holds against dynamo's recompile limit."""
     from bench.core.store import Store
     from bench.train.cells import Cell
+    from bench.train.checkpoint import load_file
+    from bench.train.compute import counting_graphs, graphs_of
     from bench.train.pipeline import EvalOptions, run_cell
     from bench.train.runner import RunOptions
 
     opts = RunOptions(out=out, device=compute.device, data_root=root,
                       channels_last=compute.channels_last, compile=compute.compile,
-                      log=lambda line: print(line, flush=True))
+                      compile_mode=compute.compile_mode, log=lambda line: print(line, flush=True))
     cell = Cell("peeraid", "cifar10", arch, precision=compute.precision,
                 overrides=(("epochs", 1),))
+    cuda = torch.device(compute.device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(compute.device)
     t0 = time.perf_counter()
-    with files_exist_is_integrity():
+    with files_exist_is_integrity(), counting_graphs() as compiled:
         rows = run_cell(cell, opts, EvalOptions(attacks=("clean", "pgd20"), aa_on="none"),
                         Store(out), redo=True)
+        graphs = [graphs_of(c) for c in compiled]
     wall = time.perf_counter() - t0
     best = next(r for r in rows if r["checkpoint"] == "best")
-    return {"wall_s": round(wall, 1), "train_s": best["train_seconds"],
-            "eval_s": best["eval_seconds"], "clean": best["clean"], "pgd20": best["pgd20"]}
+    state = load_file(out / "runs" / best["cell_id"] / "ckpt.pt")
+    (timing,), (history,) = state["timing"], state["history"]
+    return {"cell_s": round(wall, 1), "train_s": history["seconds"],
+            "epoch_wall_s": timing["wall_seconds"], "selection_s": timing["selection_seconds"],
+            "eval_s": best["eval_seconds"], "clean": best["clean"], "pgd20": best["pgd20"],
+            "compile": compute.compile, "compile_mode": compute.compile_mode,
+            "graphs_per_network": graphs,
+            "recompile_limit": torch._dynamo.config.recompile_limit,
+            "peak_device_mb": round(torch.cuda.max_memory_allocated(compute.device) / 2**20)
+            if cuda else None}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -244,15 +260,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     compiled = []
     if torch.device(a.device).type == "cuda":  # compile is never the CPU's default
         t0 = time.perf_counter()
-        compiled = throughput.run(["peeraid"], ["faithful"], arch, "cifar10", batch, steps, rounds,
-                            warmup, Compute.for_run(a.device, compile=True))
-        compiled[0]["warmup_and_measure_s"] = round(time.perf_counter() - t0, 1)
-        throughput.print_rows(compiled)
+        for mode in COMPILE_MODES[:2]:  # default, and CUDA graphs (reduce-overhead)
+            t0 = time.perf_counter()
+            rows_c = throughput.run(["peeraid"], ["faithful"], arch, "cifar10", batch, steps,
+                                    rounds, warmup,
+                                    Compute.for_run(a.device, compile=True, compile_mode=mode))
+            rows_c[0]["warmup_and_measure_s"] = round(time.perf_counter() - t0, 1)
+            throughput.print_rows(rows_c)
+            compiled += rows_c
     report["perf"] = rows + compiled
     report["profile"] = profile(arch, compute, batch, 1 if tiny else 3)
     print("\n".join(report["profile"]), flush=True)
     with files_exist_is_integrity():
-        report["epoch"] = bench_epoch(root, arch, compute, work / "results")
+        # as a long run computes it: compiled on CUDA (bench.train.compute.COMPILE_MIN_EPOCHS)
+        epoch_compute = Compute.for_run(a.device, compile=torch.device(a.device).type == "cuda")
+        report["epoch"] = bench_epoch(root, arch, epoch_compute, work / "results")
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     _summary(report)
     if a.json:
@@ -280,12 +302,21 @@ def _summary(r: dict[str, Any]) -> None:
     for row in r["perf"]:
         extra = f"  x{row['speedup']:.2f}" if "speedup" in row else ""
         mem = f"  {row['peak_device_mb']:.0f} MB" if row.get("peak_device_mb") else ""
+        compiled = (row["compile_mode"] if row["compile_mode"] != "default" else "compiled"
+                    ) if row["compile"] else ""
         print(f"{row['method']:>8} {row['loop']:>9} {row['precision']} "
-              f"{'compiled' if row['compile'] else '        '} {row['img_per_sec']:>8} img/s "
+              f"{compiled:>15} {row['img_per_sec']:>8} img/s "
               f"{row['sec_per_epoch']:>7.1f} s/50k{mem}{extra}")
     e = r["epoch"]
-    print(f"bench run, 1 PeerAiD epoch on CIFAR-10-shaped files: train {e['train_s']} s, "
-          f"evaluation {e['eval_s']} s, whole cell {e['wall_s']} s")
+    print(f"bench run, 1 PeerAiD epoch on CIFAR-10-shaped files"
+          f"{' (compiled, ' + e['compile_mode'] + ')' if e['compile'] else ''}: "
+          f"training {e['train_s']} s, epoch wall {e['epoch_wall_s']} s with selection "
+          f"{e['selection_s']} s; evaluation {e['eval_s']} s; whole cell {e['cell_s']} s")
+    if e["peak_device_mb"] is not None:
+        print(f"  peak device memory {e['peak_device_mb']} MB")
+    if e["compile"]:
+        print(f"  graphs per compiled network {e['graphs_per_network']} "
+              f"(dynamo's recompile limit {e['recompile_limit']})")
     print(f"profile (top operators of a PeerAiD step): see above\n{line}")
 
 

@@ -34,7 +34,7 @@ from bench import BenchError
 from bench.core import registry
 from bench.data import datasets, devicedata
 from bench.models import create_model
-from bench.train.compute import Compute, Tally
+from bench.train.compute import COMPILE_MODES, Compute, Tally
 
 SHAPES = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "svhn": (3, 32, 10),
           "tinyimagenet": (3, 64, 200), "digits": (1, 8, 10)}
@@ -275,7 +275,8 @@ def rows_of(configs: list[Config], times: list[list[float]], arch: str, shape: s
         row = {"method": c.method, "preset": c.preset, "loop": c.loop, "arch": arch,
                "shape": shape, "batch": batch, "device": c.compute.device,
                "precision": c.compute.precision, "channels_last": c.compute.channels_last,
-               "compile": c.compute.compile, "data": c.note, "sec_per_step": round(med, 5),
+               "compile": c.compute.compile, "compile_mode": c.compute.compile_mode,
+               "data": c.note, "sec_per_step": round(med, 5),
                "img_per_sec": round(batch / med, 1),
                "sec_per_epoch": round(EPOCH_IMAGES / batch * med, 1),
                "spread": round((max(t) - min(t)) / med, 3),
@@ -338,7 +339,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16"],
                     help="bench's training precision [default: bf16 on CUDA, else fp32]")
     ap.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
-    ap.add_argument("--compile", default="off", choices=["auto", "on", "off"])
+    ap.add_argument("--compile", default="off", choices=["auto", "on", "off"],
+                    help="torch.compile the networks (auto: CUDA runs of 30 epochs or more)")
+    ap.add_argument("--compile-mode", default="default", choices=list(COMPILE_MODES),
+                    help="torch.compile's mode; reduce-overhead replays CUDA graphs")
     ap.add_argument("--reference", action="store_true",
                     help="bench's trainer against the authors'-style reference loop")
     ap.add_argument("--synthetic", action="store_true",
@@ -352,7 +356,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     a = parser().parse_args(argv)
     compute = Compute.for_run(a.device, a.precision, channels_last=_flag(a.channels_last),
-                              compile=_flag(a.compile), image_size=SHAPES[a.shape][1])
+                              compile=_flag(a.compile), image_size=SHAPES[a.shape][1],
+                              compile_mode=a.compile_mode)
     rows = run(a.methods.split(","), a.presets.split(","), a.arch, a.shape, a.batch_size,
                a.steps, a.rounds, a.warmup, compute, reference=a.reference,
                root=a.data_root, synthetic=a.synthetic, workers=a.workers)

@@ -28,6 +28,10 @@ from bench.core import distributed
 from bench.core.suggest import unknown
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+# torch.compile's modes: reduce-overhead replays CUDA graphs (one launch a graph instead of
+# hundreds of kernels: the remedy for small batches' launch overhead); max-autotune also
+# benchmarks kernel choices at compile time. On the CPU both are the default mode.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # torch.compile costs tens of seconds to minutes (every train/eval mode, every batch shape,
 # each network); it pays only over long runs, so "auto" compiles CUDA runs of at least this
 # many epochs (30 CIFAR epochs are ~12k steps, an hour or more of fp32 PeerAiD). Never on the
@@ -69,6 +73,12 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def check_compile_mode(mode: str) -> str:
+    if mode not in COMPILE_MODES:
+        raise unknown("compile mode", mode, COMPILE_MODES)
+    return mode
+
+
 def _fp32_output(module: nn.Module, args: object, out: Tensor) -> Tensor:
     return out.float()
 
@@ -86,13 +96,17 @@ class CompiledCall:
     and evaluation's batch sizes reuse the graph); each network then holds one graph per mode
     it runs in: train or eval, grad or not, input grad (an attack) or not."""
 
-    def __init__(self, model: nn.Module, memory_format: torch.memory_format) -> None:
+    def __init__(self, model: nn.Module, memory_format: torch.memory_format,
+                 mode: str = "default") -> None:
         f = type(model).forward
         own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__,
                                  f.__defaults__, f.__closure__)
         own.__kwdefaults__, own.__qualname__ = f.__kwdefaults__, f.__qualname__
         self.model, self.memory_format, self.code = model, memory_format, own.__code__
-        self.forward = torch.compile(types.MethodType(own, model))
+        for watch in _WATCHING:
+            watch.append(self)
+        self.forward = torch.compile(types.MethodType(own, model),
+                                     mode=None if mode == "default" else mode)
 
     def _input(self, x: object) -> object:
         if not isinstance(x, Tensor):
@@ -110,6 +124,27 @@ class CompiledCall:
             return model._call_impl(*(self._input(a) for a in args), **kwargs)
         finally:
             del model.__dict__["forward"]
+
+
+_WATCHING: list[list[CompiledCall]] = []  # the open `counting_graphs` blocks' networks
+
+
+def graphs_of(call: CompiledCall) -> int:
+    """The graphs dynamo holds for this network's own forward (its cache entries)."""
+    return len(torch._dynamo.eval_frame._debug_get_cache_entry_list(call.code))
+
+
+@contextlib.contextmanager
+def counting_graphs() -> Iterator[list[CompiledCall]]:
+    """Within the block, every network compiled (`Compute.prepare`) is followed: the list
+    yielded holds their compiled calls (kept alive to the block's end), for `graphs_of`
+    against torch._dynamo.config.recompile_limit (the GPU check reports both)."""
+    made: list[CompiledCall] = []
+    _WATCHING.append(made)
+    try:
+        yield made
+    finally:
+        _WATCHING.remove(made)
 
 
 @contextlib.contextmanager
@@ -160,12 +195,14 @@ class Compute:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # COMPILE_MODES; reduce-overhead: CUDA graphs
     read_every: int = 0  # also read the loss back every N steps (0: at epoch end only)
 
     @classmethod
     def for_run(cls, device: str, precision: str | None = None, *,
                 channels_last: bool | None = None, compile: bool | None = None,
-                epochs: int = 0, image_size: int = 0, read_every: int = 0) -> Compute:
+                epochs: int = 0, image_size: int = 0, read_every: int = 0,
+                compile_mode: str = "default") -> Compute:
         """The defaults per device: on CUDA bf16, channels_last, and compile for runs of at
         least COMPILE_MIN_EPOCHS epochs; on the CPU fp32, no compile, and channels_last for
         images of CPU_CHANNELS_LAST_MIN_SIZE px and more (smaller ones: NCHW, bit-identical
@@ -177,7 +214,7 @@ class Compute:
                    precision=check_precision(precision or default_precision(device)),
                    channels_last=auto_cl if channels_last is None else channels_last,
                    compile=(cuda and epochs >= COMPILE_MIN_EPOCHS) if compile is None else compile,
-                   read_every=read_every)
+                   compile_mode=check_compile_mode(compile_mode), read_every=read_every)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -205,7 +242,8 @@ class Compute:
         if self.precision == "bf16":
             model.register_forward_hook(_fp32_output)
         if self.compile:  # as `model.compile()` does, each network with its own graphs
-            model._compiled_call_impl = CompiledCall(model, self.memory_format)
+            model._compiled_call_impl = CompiledCall(model, self.memory_format,
+                                                     self.compile_mode)
         return model
 
     def input(self, x: Tensor) -> Tensor:
@@ -235,6 +273,9 @@ class Compute:
         Returns the losses (student, teacher or None) as detached device tensors: nothing
         here waits for the device, so a non-finite loss is found by `Tally.read`."""
         optims = list(optims)
+        if self.compile and self.compile_mode == "reduce-overhead":
+            # a new step: the CUDA graphs may overwrite the last step's outputs (all read)
+            torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
             with attack_frozen(method.networks().values()):
                 x_adv = method.attack(x, y)

@@ -344,6 +344,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
             "eval_precision": precision_label, "eval_batch": batch,
             "channels_last": trainer.compute.channels_last,
             "compile": trainer.compute.compile, "data_path": opts.data_path,
+            "compile_mode": trainer.compute.compile_mode,
         }
         store.put(row_key(r, name), row)
         rows.append(row)

@@ -49,6 +49,7 @@ class RunOptions:
     data_path: str = "device"  # "device": decoded once, augmented on the device; "torchvision"
     channels_last: bool | None = None  # None: the device's default (bench.train.compute)
     compile: bool | None = None  # None: compile long CUDA runs only (bench.train.compute)
+    compile_mode: str = "default"  # torch.compile's mode (reduce-overhead: CUDA graphs)
     read_every: int = 0  # also read the loss back every N steps (0: once per epoch)
     keep_stale: bool = False  # reuse stored cells whose method's code has changed since
     eval_precision: str = "auto"  # selection's attacks too (bench.eval.batching.eval_precision)
@@ -71,7 +72,8 @@ def compute_for(r: Resolved, opts: RunOptions) -> Compute:
     """How this cell's steps are computed: its precision, the run's kernel choices."""
     return Compute.for_run(opts.device, r.cell.precision, channels_last=opts.channels_last,
                            compile=opts.compile, epochs=r.params.epochs,
-                           image_size=r.spec.image_size, read_every=opts.read_every)
+                           image_size=r.spec.image_size, read_every=opts.read_every,
+                           compile_mode=opts.compile_mode)
 
 
 class Trainer:
