@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 
 from bench import BenchError
+from bench.cli import INTERRUPTED
 from bench.options import GridOptions, GroupedCommand, RunControl, file_keys, options_of
 from bench.train import experiment
 
@@ -199,7 +200,7 @@ def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = Non
                 md.append(f"![{alt}]({p.name})\n")
                 pngs.append((p, alt))
         metrics = metrics_of(agg)
-        pages.append({"title": f"{dataset} / {arch}", "how": how.replace("**", ""),
+        pages.append({"title": f"{dataset} / {arch}", "how": how,
                       "notes": notes, "figures": pngs,
                       "table": html.section_table(agg, sec.assign(label=labels(sec, names)),
                                                   metrics, margins(agg, metrics))})
@@ -228,7 +229,7 @@ def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = Non
         appendix = '<section id="analyses"><h2>Analyses</h2>'
         for doc, ps in analyses:
             md.append(f"{doc[0].upper()}{doc[1:]}.\n")
-            appendix += f'<p class="note">{html.esc(doc)}</p>'
+            appendix += f'<p class="note">{html.inline_markdown(doc)}</p>'
             for p in ps:
                 if p.suffix == ".png":
                     md.append(f"![{doc}]({p.name})\n")
@@ -327,10 +328,11 @@ def cli(grid: GridOptions, report_dir: str | None, no_train: bool,
     if not no_train:
         grid.use_threads(cells, device)
     out_path = experiment.writable(Path(grid.out))
+    # where the report goes, before any training (not a traceback after hours of it)
+    report = experiment.writable(Path(report_dir) if report_dir else out_path / "report")
     say(f"grid: {len(cells)} cell(s) on {grid.datasets}, results in {out_path}")
     failures = train_grid(cells, out_path, device, grid.eval_options(), no_train,
                           grid.sweep_options(), grid)
-    report = Path(report_dir) if report_dir else out_path / "report"
     written = write_report(out_path, report, renames or None)
     say(f"report in {report}:")
     for p in written:
@@ -348,15 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         say(f"error: {exc.format_message()}".splitlines()[0], err=True)
         return 2
-    except click.exceptions.Abort:
-        say("error: aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        for line in INTERRUPTED:
+            say(line, err=True)
         return 130
     except BenchError as exc:
         say(f"error: {exc}".splitlines()[0], err=True)
         return 1
-    except KeyboardInterrupt:
-        say("interrupted: rerun the same command to resume", err=True)
-        return 130
     return 0
 
 

@@ -4,25 +4,44 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from bench import BenchError
 from bench.core import registry
-from bench.core.distiller import landmarks
+from bench.core.distiller import FAITHFUL, PAPER, Distiller, landmarks
 from bench.data import datasets
 from bench.eval.evaluate import ALL_ATTACKS
 from bench.models import model_names
 from bench.options import GridOptions, GroupedCommand, RunControl, options_of
-from bench.train import experiment, selection
+from bench.train import experiment, runs, selection
 from bench.train.cells import Cell, Resolved, budget_note, resolve
 
-console = Console(highlight=False, soft_wrap=True)  # log lines never wrapped: grep finds them
+UNBOUNDED = 100_000  # columns of a file or pipe: wider than any line bench prints
+
+
+class _Console(Console):
+    """rich's console, as wide as its lines to a file or pipe: a table cell or a long path is
+    never wrapped or cut in a cluster log (grep, copy-paste); a terminal's own width there."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNBOUNDED, size.height)
+
+
+console = _Console(highlight=False, soft_wrap=True)  # log lines never wrapped: grep finds them
 # Errors and warnings: one line each, however long (never wrapped), and literal (no markup).
-err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+err_console = _Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+# What Ctrl-C leaves of a training command, and how it goes on (bench run, run_all.py).
+INTERRUPTED = ("interrupted: finished cells' rows are stored, and each unfinished cell is "
+               "checkpointed at its last finished epoch",
+               "rerun the same command to resume: stored cells are skipped, the others go on "
+               "from their last finished epoch")
 
 
 # The option parsers live in bench.train.experiment (shared with run_all.py).
@@ -46,7 +65,7 @@ def run(grid: GridOptions, control: RunControl) -> None:
     Stored cells are skipped; an interrupted one resumes from its last epoch checkpoint.
     """
     from bench.core.store import Store
-    from bench.train.pipeline import missing_package, run_cell
+    from bench.train.pipeline import missing_package, run_cells
 
     grid.check()
     if control.num_workers < 0:
@@ -77,12 +96,17 @@ def run(grid: GridOptions, control: RunControl) -> None:
         opts = dataclasses.replace(base, device=distributed.setup(run_device),
                                    log=_plain(bar.console) if main_rank else lambda _: None,
                                    progress=_updater(bar) if main_rank else None)
-        for c, r in zip(cells, resolved, strict=True):
+        by_cell = {id(c): r for c, r in zip(cells, resolved, strict=True)}
+
+        def announce(c: Cell) -> None:
             opts.log(f"{c.method} on {c.dataset}" + (f" / {c.arch}" if c.arch else "")
                      + f", seed {c.seed}")
-            if note := budget_note(r):  # e.g. `paper` on the embedded set: 300 epochs, not 15
+            if note := budget_note(by_cell[id(c)]):  # e.g. `paper` on the embedded set
                 opts.log(note)
-            run_cell(c, opts, ev, store, redo=control.redo, resume=control.resume)
+
+        # a cell another process holds is put off to the end, then waited for
+        run_cells(cells, opts, ev, store, redo=control.redo, resume=control.resume,
+                  announce=announce)
     if main_rank:
         _print_table(store, {r.id for r in resolved})
 
@@ -108,11 +132,19 @@ def _plain(out: Console):
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress("[progress.description]{task.description}", BarColumn(),
-                    MofNCompleteColumn(), TimeRemainingColumn(), console=console,
-                    transient=True)
+    # The label renders itself: a plain string column would take the markup setting of
+    # whatever line is printed above the bar (the logger's markup=False showed its tags).
+    label = TextColumn("{task.description}", style="progress.description", markup=False)
+    return Progress(label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
 
 
 def _updater(bar):
@@ -143,23 +175,23 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
     if ids is not None:
         rows = [r for r in rows if r.get("cell_id") in ids]
     if not rows:
-        console.print(f"no results in {store.root}")
+        console.print(f"no results in {store.root}", markup=False)
         return
     df, _ = current(pd.DataFrame(rows))
     opts = opts or tables.TableOptions()
     parts = (tables.reported_view if reported else tables.render)(df, fmt, opts)
-    from bench.report.aggregate import BOLD_NOTE, markdown, rich_table
+    from bench.report.aggregate import markdown, rich_table
 
     for part in parts:
         if isinstance(part, str):
             click.echo(part, nl=False)
             continue
-        title, table = part
-        if console.is_terminal:  # a log file gets the markdown only: no cramped boxes
+        title, table = part  # drawn once: a box on a terminal, markdown in a log file
+        if console.is_terminal:
             console.print(rich_table(table, title))
+            console.print()
         else:
-            console.print(f"{title}\n\n{markdown(table)}\n", soft_wrap=True, markup=False)
-        console.print(f"{BOLD_NOTE}\n", soft_wrap=True, markup=False)
+            console.print(f"{title}\n\n{markdown(table)}\n", markup=False)
 
 
 @cli.command()
@@ -247,19 +279,35 @@ def reported_(as_json: bool, datasets: str, methods: str, grades: str) -> None:
     from bench.report.aggregate import markdown
     from bench.report.reported import GRADES, evidence, figures, frame, graded
 
-    df = frame()
+    df = full = frame()
+    absent: list[str] = []  # registered methods the table has no figure of
     for col, wanted in (("dataset", _csv(datasets)), ("method", _csv(methods)),
                         ("grade", _csv(grades))):
-        bad = sorted(set(wanted) - set(df[col]) - (set(GRADES) if col == "grade" else set()))
+        # validity against the whole table, so that another filter never makes a name unknown
+        valid = set(full[col]) | (set(GRADES) if col == "grade" else set())
+        if col == "method":
+            from bench.core import registry
+
+            names = set(registry.names())
+            absent = sorted((set(wanted) - valid) & names)
+            valid |= names
+        bad = sorted(set(wanted) - valid)
         if bad:
             from bench.core.suggest import unknown
 
-            raise unknown(f"{col} among the published figures", bad[0], set(df[col]))
+            raise unknown(f"{col} among the published figures", bad[0], valid)
         if wanted:
             df = df[df[col].isin(wanted)]
+    for name in absent:  # on stderr with --json, which must stay one JSON document
+        click.echo(f"{name}: no published figures in bench's table (bench/report/"
+                   "reported.toml)", err=as_json)
     if as_json:  # from the figures themselves: no NaN where a value is absent
         keep = set(df.index)
         click.echo(json.dumps([f for i, f in enumerate(figures()) if i in keep], indent=1))
+        return
+    if df.empty:  # unless every method asked for is one without figures (said above)
+        if not absent or set(_csv(methods)) - set(absent):
+            click.echo("no published figure matches these filters")
         return
     for grade, why in GRADES.items():
         console.print(f"{grade}: {why}", markup=False)
@@ -367,6 +415,13 @@ def _test_set(config: dict[str, Any], data_root: str | None):
     return datasets.as_tensors(datasets.load(config["dataset"], "test", root=data_root))
 
 
+def _json_target(path: str | None) -> None:
+    """A `--json FILE`'s folder, created and probed before any work: a path under a file or
+    in a read-only folder fails in one line, not after the attacks."""
+    if path is not None:
+        _writable(Path(path).parent)
+
+
 def _write_json(path: str | None, obj: Any) -> None:
     import json
 
@@ -379,20 +434,78 @@ def _write_json(path: str | None, obj: Any) -> None:
             raise BenchError(f"cannot write {path} ({exc.strerror})") from None
 
 
+def _models_help(fn: Callable[..., None]) -> Callable[..., None]:
+    """Fill `{models}` in a command's help: the MODEL forms, with the checkpoint names the
+    code accepts (runs.CHECKPOINTS, one list for both)."""
+    fn.__doc__ = fn.__doc__.replace("{models}", (
+        "MODEL is RUN or RUN:CHECKPOINT. RUN is a cell id or a unique prefix of one (the "
+        "folders under OUT/runs/); alone, it means the checkpoint its selection rule reports "
+        "first (best under the common protocol). CHECKPOINT is one of "
+        + ", ".join(runs.CHECKPOINTS) + "."))
+    return fn
+
+
+def _reported(config: dict[str, Any]) -> str:
+    """The checkpoint a bare RUN names: the first its selection rule reports (best under the
+    common protocol; last for a rule without selection, swa_last for SAAD's)."""
+    return selection.rule(config["params"].get("selection")).reported[0]
+
+
+def _model(out: str, spec: str) -> tuple[runs.Run, str]:
+    """MODEL (RUN or RUN:CHECKPOINT) -> (its run, the checkpoint), or a one-line error."""
+    if ":" not in spec:
+        r = runs.find(Path(out), spec)
+        return r, _reported(r.config)
+    run, ckpt = runs.parse_model(spec)
+    return runs.find(Path(out), run), ckpt
+
+
+def _settings(config: dict[str, Any]) -> str:
+    """What makes a stored run's cell: method, preset, data set, arch, seed, and the
+    hyper-parameters set apart from its preset's (a sweep's cells differ only there)."""
+    c = config
+    text = f"{c['method']} {c['preset']} on {c['dataset']} / {c['arch']}, seed {c['seed']}"
+    own = ", ".join(f"{k}={v}" for k, v in _set_params(c).items())
+    return f"{text}; {own}" if own else text
+
+
+def _set_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The stored hyper-parameters that differ from the preset's own at the run's length
+    (landmarks scale with epochs); none when the method or data set is no longer known."""
+    import contextlib
+    import json
+
+    stored = config.get("params", {})
+    try:
+        cls = registry.get(config["method"])
+        kw = {"arch": config["arch"], "budget": datasets.spec(config["dataset"]).budget}
+        base = preset = cls.resolve(config["preset"], config["dataset"], **kw)
+    except (BenchError, KeyError):
+        return {}
+    resized = stored.get("epochs") != preset.epochs
+    if resized:  # a landmark that cannot scale (one set with --set): the unscaled preset
+        with contextlib.suppress(BenchError):
+            base = cls.resolve(config["preset"], config["dataset"], epochs=stored["epochs"],
+                               **kw)
+    own = json.loads(json.dumps(dataclasses.asdict(base), default=str))  # as config.json
+    diff = {k: v for k, v in stored.items() if own.get(k) != v}
+    return {"epochs": stored["epochs"], **diff} if resized else diff
+
+
 @cli.command()
 @click.argument("run")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per epoch.")
 @_OUT
 def history(run: str, as_json: bool, out: str) -> None:
-    """A run's per-epoch log: LR, loss, selection and tutor accuracies (%), seconds.
+    """A run's per-epoch log: LR, loss, selection and tutor accuracies (%), seconds; the
+    title names the cell (method, preset, data set, arch, seed, hyper-parameters set).
 
     RUN is a cell id or a unique prefix of one (the folders under OUT/runs/).
     """
     import json
 
     from rich.table import Table
-
-    from bench.train import runs
+    from rich.text import Text
 
     r = runs.find(Path(out), run)
     timing = {t["epoch"]: t for t in r.state().get("timing", [])}  # wall, selection seconds
@@ -407,8 +520,8 @@ def history(run: str, as_json: bool, out: str) -> None:
     wall = [h for h in hist if "wall_seconds" in h]
     took = (f"; selection {sum(h['selection_seconds'] for h in wall):.1f} s of "
             f"{sum(h['wall_seconds'] for h in wall):.1f} s wall" if wall else "")
-    t = Table(title=f"{r.id}: {len(hist)} epoch(s); accuracies in % (selection split, "
-                    f"PGD-10){took}")
+    t = Table(title=Text(f"{r.id} ({_settings(r.config)}): {len(hist)} epoch(s); accuracies "
+                         f"in % (selection split, PGD-10){took}"))
     for c in ("epoch", *cols):
         t.add_column(c.replace("_", " "), justify="right")  # headers wrap at the spaces
     for h in hist:
@@ -430,26 +543,27 @@ def history(run: str, as_json: bool, out: str) -> None:
 @_OUT
 @_DEVICE
 @_DATA_ROOT
+@_models_help
 def transfer(models: tuple[str, ...], attack: str, json_file: str | None, out: str,
              device: str, data_root: str | None) -> None:
     """Transfer matrix: accuracy (%) of every MODEL (columns) on the attack crafted against
     every MODEL (rows), on the test set at the data set's threat model.
 
-    MODEL is RUN:CHECKPOINT, CHECKPOINT one of best, last, swa_best, swa_last, peer,
-    teacher. The diagonal is each model's own white-box accuracy; the matrix is also stored
+    {models} The diagonal is each model's own white-box accuracy; the matrix is also stored
     under OUT/analyses/ for `bench plot transfer`.
     """
     from rich.table import Table
 
     from bench.eval import analysis
     from bench.eval.evaluate import Threat
-    from bench.train import runs
 
-    picked = [(runs.find(Path(out), run), ck) for run, ck in map(runs.parse_model, models)]
+    picked = [_model(out, m) for m in models]
     sets = {r.config["dataset"] for r, _ in picked}
     if len(sets) > 1:
         raise BenchError(f"models of different data sets cannot attack each other: "
                          f"{', '.join(sorted(sets))}")
+    _writable(Path(out) / "analyses")  # where it stores, before any attack
+    _json_target(json_file)
     dev = _device(device)
     nets = {f"{r.id}:{ck}": (runs.load(Path(out), r, ck), int(r.config["seed"]))
             for r, ck in picked}
@@ -483,23 +597,23 @@ def transfer(models: tuple[str, ...], attack: str, json_file: str | None, out: s
 @_OUT
 @_DEVICE
 @_DATA_ROOT
+@_models_help
 def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out: str,
           device: str, data_root: str | None) -> None:
     """Attack-strength curves of a stored model: accuracy (%) under PGD-k at every eps and k,
     and FGSM at every eps; stored beside the run for `bench plot strength`.
 
-    MODEL is RUN[:CHECKPOINT] (default checkpoint: best). Signs of gradient masking (PGD
-    not improving with steps, FGSM beating PGD, AutoAttack's own flags) are printed.
+    {models} Signs of gradient masking (PGD not improving with steps, FGSM beating PGD,
+    AutoAttack's own flags) are printed.
     """
     from rich.table import Table
 
     from bench.eval import analysis
-    from bench.report.aggregate import fmt_eps
-    from bench.train import runs
 
-    run, ck = runs.parse_model(model, default="best")
     eps_list, steps_list = analysis.parse_eps(eps_text), analysis.parse_steps(steps_text)
-    r = runs.find(Path(out), run)
+    r, ck = _model(out, model)
+    _writable(r.dir)  # strength.json goes beside the run: checked before any attack
+    _json_target(json_file)
     net = runs.load(Path(out), r, ck)
     x, y = _test_set(r.config, data_root)
     points = analysis.strength(net, x, y, eps_list, steps_list, seed=int(r.config["seed"]),
@@ -507,19 +621,29 @@ def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out
     stored, signs = analysis.save_strength(r.dir, ck, points, _aa_flags(Path(out), r.id, ck))
     _write_json(json_file, points)
     t = Table(title=f"{r.id}:{ck}: accuracy (%) by radius and attack (n={len(y)})")
+    shown = _eps_labels(eps_text)
     attacks = ["fgsm", *(f"pgd{k}" for k in steps_list)]
     for c in ("eps", *attacks):
         t.add_column(c, justify="right")
     for e in eps_list:
         by = {("fgsm" if p["attack"] == "fgsm" else f"pgd{p['steps']}"): p["accuracy"]
               for p in points if p["eps"] == e}
-        t.add_row(fmt_eps(e), *(_pct(by.get(a)) for a in attacks))
+        t.add_row(shown[e], *(_pct(by.get(a)) for a in attacks))
     console.print(t)
     for line in signs:
         console.print(f"gradient-masking sign: {line}", markup=False)
     if not signs:
         console.print("no sign of gradient masking in this model's stored curves", markup=False)
     console.print(f"stored {stored}", markup=False)
+
+
+def _eps_labels(text: str) -> dict[float, str]:
+    """Each radius as `--eps` gave it, a fraction with its decimal: 0.2 stays 0.2 though it
+    equals 51/255, and 8/255 reads 8/255 (0.0314); the first spelling of a value wins."""
+    from fractions import Fraction
+
+    spelled = {float(Fraction(p)): p for p in reversed(_csv(text))}
+    return {v: f"{p} ({v:.4f})" if "/" in p else p for v, p in spelled.items()}
 
 
 def _aa_flags(out: Path, cell_id: str, ckpt: str) -> list[str]:
@@ -537,8 +661,9 @@ def _aa_flags(out: Path, cell_id: str, ckpt: str) -> list[str]:
 
 @cli.command("list")
 def list_() -> None:
-    """Methods (with their presets), data sets and architectures."""
+    """Methods (with their presets and what each changes), data sets and architectures."""
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title="methods")
     for col in ("name", "trains with", "presets", "description"):
@@ -548,7 +673,8 @@ def list_() -> None:
         extra = ", ".join(k for k, needed in (
             ("trained teacher" if cls.trains_teacher else "teacher", cls.needs_teacher),
             ("clean teacher", cls.needs_clean_teacher), ("peer", cls.needs_peer)) if needed)
-        t.add_row(name, extra, ", ".join(cls.presets), cls.description())
+        presets = Text("\n".join(f"{p}: {_preset_doc(cls, p)}" for p in cls.presets))
+        t.add_row(name, extra, presets, cls.description())
     console.print(t)
     for name, why in registry.broken().items():
         err_console.print(f"warning: plugin {name!r} {why}")
@@ -563,6 +689,16 @@ def list_() -> None:
     console.print("archs: " + ", ".join(model_names()))
 
 
+def _preset_doc(cls: type[Distiller], preset: str) -> str:
+    """What a preset is. Only the built-in methods' faithful presets were checked against
+    the authors' code: a plugin's preset is its own, whatever wording it inherits."""
+    doc = cls.presets[preset].doc
+    if cls.__module__.startswith("bench.methods."):
+        return doc
+    own = "" if doc in (FAITHFUL.doc, PAPER.doc) else f": {doc}"
+    return f"the plugin's own preset{own} (not checked by bench against any authors' code)"
+
+
 @cli.command("show-preset")
 @click.argument("method")
 @click.option("--dataset", default="cifar10", show_default=True)
@@ -572,13 +708,17 @@ def list_() -> None:
               help="A run of this length: the preset's epoch landmarks scale with it.")
 def show_preset(method: str, dataset: str, preset: str, arch: str | None,
                 epochs: int | None) -> None:
-    """Print a method's fully resolved hyper-parameters for a data set and preset."""
+    """Print a method's fully resolved hyper-parameters for a data set and preset, its
+    checkpoint rule, and the teachers it uses: each one's id and architecture, and for a
+    teacher bench trains, its method, preset and resolved hyper-parameters too."""
+    from rich.markup import escape
+
     cell = Cell(method, dataset, arch, preset=preset)
     base = resolve(cell)
     over = () if epochs is None else (("epochs", epochs),)
     r = resolve(dataclasses.replace(cell, overrides=over)) if over else base
     console.print(f"[bold]{method}[/] preset {preset!r} on {dataset} ({r.arch}): "
-                  f"{registry.get(method).presets[preset].doc}")
+                  f"{escape(_preset_doc(r.cls, preset))}")
     scaled = [f"{k} {getattr(base.params, k)!r} -> {getattr(r.params, k)!r}"
               for k in landmarks(type(r.params)) if getattr(base.params, k) != getattr(r.params, k)]
     if scaled:
@@ -589,12 +729,25 @@ def show_preset(method: str, dataset: str, preset: str, arch: str | None,
     console.print(f"  checkpoints: {selection.rule(r.params.selection).doc}", markup=False)
     for kind, needed in (("teacher", r.cls.needs_teacher),
                          ("clean_teacher", r.cls.needs_clean_teacher)):
-        arch = r.config[f"{kind}_arch"]
-        norm = r.config["teacher_normalize"] if kind == "teacher" else None
         if needed:
-            console.print(f"  {kind} = {r.config[kind]}" + (f" ({arch})" if arch else "")
-                          + (f", normalising with {norm} mean/std" if norm else ""),
-                          markup=False)
+            _show_teacher(r, kind)
+
+
+def _show_teacher(r: Resolved, kind: str) -> None:
+    """A teacher's id and architecture; for one bench trains, its recipe: method, preset and
+    every resolved hyper-parameter (a RobustBench model is its published weights)."""
+    arch = r.config[f"{kind}_arch"]
+    norm = r.config["teacher_normalize"] if kind == "teacher" else None
+    console.print(f"  {kind} = {r.config[kind]}" + (f" ({arch})" if arch else "")
+                  + (f", normalising with {norm} mean/std" if norm else ""), markup=False)
+    cell = r.teacher_cell if kind == "teacher" else r.clean_teacher_cell
+    if cell is None:
+        return
+    t = resolve(cell)
+    console.print(f"    trained by {cell.method}, preset {cell.preset!r} ({t.arch}): "
+                  f"{_preset_doc(t.cls, cell.preset)}", markup=False)
+    for k, v in dataclasses.asdict(t.params).items():
+        console.print(f"    {k} = {v!r}", markup=False)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
@@ -615,22 +768,21 @@ def perf(ctx: click.Context) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click without its tracebacks; every failure is one line on stderr."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        cli.main(args=argv, prog_name="bench", standalone_mode=False)
+        cli.main(args=args, prog_name="bench", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         err_console.print(f"error: {exc.format_message()}".splitlines()[0], markup=False)
         sys.exit(2)
-    except click.exceptions.Abort:
-        err_console.print("error: aborted", markup=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        for line in INTERRUPTED if args[:1] == ["run"] else ("interrupted",):
+            err_console.print(line, markup=False)
         sys.exit(130)
     except BenchError as exc:
         err_console.print(f"error: {exc}".splitlines()[0], markup=False, soft_wrap=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: rerun the same command to resume", markup=False)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

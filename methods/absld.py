@@ -18,14 +18,14 @@ Authors' code: github.com/zhaoshiji123/ABSLD, resnet18_absld_cifar10.py, absld_l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from bench.methods.rslad import RSLADParams, rslad_kl, soft_label_pgd
 from torch import Tensor
 
-from bench.core.distiller import FAITHFUL, Distiller, Preset, paper
+from bench.core.distiller import FAITHFUL, Distiller, Preset, bounded, paper
 from bench.core.registry import register
 
 
@@ -33,10 +33,11 @@ from bench.core.registry import register
 class ABSLDParams(RSLADParams):
     """Defaults: resnet18_absld_cifar10.py (RSLAD's schedule and weights, seed 0)."""
 
-    tau_rate: float = 0.1  # r of the temperature update, decayed with the LR
-    tau_min: float = 0.5
-    tau_max: float = 5.0
+    tau_rate: float = bounded(0.1, ge=0)  # r of the temperature update, decayed with the LR
+    tau_min: float = bounded(0.5, gt=0)  # a temperature divides the teacher's logits
+    tau_max: float = bounded(5.0, gt=0)
     aliased: bool = True  # the code's in-place alias: every use sees tau_adv[y] * tau_nat[y]
+    ordered: ClassVar[tuple[tuple[str, str], ...]] = (("tau_min", "tau_max"),)
 
 
 @register("absld")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, bounded, paper
 from bench.core.registry import register
 from bench.eval.attacks import KLReduction, kl, pgd
 
@@ -25,7 +25,7 @@ class AdaADParams(Params):
     milestones: tuple[int, ...] = (100, 150)
     weight_decay: float = 5e-4
     seed: int | None = 42
-    a: float = 1.0  # weight of KL(T(x')||S(x')); (1 - a) weighs KL(T(x)||S(x))
+    a: float = bounded(1.0, ge=0, le=1)  # convex: KL(T(x')||S(x')), (1 - a) KL(T(x)||S(x))
     kl_reduction: KLReduction = "mean"
     attack_reduction: KLReduction = "sum"
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, bounded, paper
 from bench.core.registry import register
 from bench.eval.attacks import KLReduction, kl, pgd
 
@@ -26,8 +26,8 @@ class ARDParams(Params):
     epochs: int = 200
     milestones: tuple[int, ...] = (100, 150)
     lr_schedule: Literal["multistep", "ard"] = "ard"
-    t: float = 30.0  # distillation temperature
-    a: float = 1.0  # weight of the distillation term; (1 - a) weighs CE(S(x), y)
+    t: float = bounded(30.0, gt=0)  # distillation temperature
+    a: float = bounded(1.0, ge=0, le=1)  # convex: distillation term, (1 - a) CE(S(x), y)
     kl_reduction: KLReduction = "mean"  # nn.KLDivLoss() default: sum / (B*C)
     attack_reduction: Literal["sum", "mean"] = "sum"  # the attack's CE
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from bench.methods.mtard import Balanced, MTARDParams, ce_attack, hand_kl
 from torch import Tensor
 
-from bench.core.distiller import FAITHFUL, Preset, Schedule, TeacherTraining, paper
+from bench.core.distiller import FAITHFUL, Preset, Schedule, TeacherTraining, bounded, paper
 from bench.core.distributed import global_subset_mean
 from bench.core.registry import register
 
@@ -43,13 +43,13 @@ class CIARDParams(MTARDParams, TeacherTraining):
     temp_rate: float = 1e-3
     rate_milestones: tuple[int, ...] | None = (215, 260, 285)
     rate_per_step: bool = True
-    push_t: float = 5.0  # the student's temperature in the push term
+    push_t: float = bounded(5.0, gt=0)  # the student's temperature in the push term
     teacher_lr: float = 1e-4
     teacher_momentum: float = 0.1
     teacher_weight_decay: float = 2e-4
     teacher_lr_schedule: Schedule = "off-cosine-exp"
     teacher_milestones: tuple[int, ...] = (49,)
-    teacher_from: int = 50  # first 0-based epoch of teacher steps
+    teacher_from: int = bounded(50, ge=0)  # first 0-based epoch of teacher steps
     landmarks: ClassVar[tuple[str, ...]] = ("teacher_from",)  # an epochs override scales it
 
 

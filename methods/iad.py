@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from bench.methods.ard import FIXED, train_mode_pgd
 from torch import Tensor
 
-from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, bounded, paper
 from bench.core.registry import register
 from bench.eval.attacks import KLReduction, kl
 
@@ -34,10 +34,10 @@ class IADParams(Params):
     milestones: tuple[int, ...] = (100, 150)
     lr_schedule: Literal["multistep", "ard"] = "ard"
     seed: int | None = 1
-    t: float = 1.0  # temperature of the teacher term
-    a: float = 1.0  # weight of the distillation terms; (1 - a) weighs CE(S(x), y)
-    beta: float = 0.1  # w_i = p_T(y_i | x'_i) ** beta
-    warmup: int = 60  # 0-based epoch from which the introspection term is added
+    t: float = bounded(1.0, gt=0)  # temperature of the teacher term
+    a: float = bounded(1.0, ge=0, le=1)  # convex: distillation terms, (1 - a) CE(S(x), y)
+    beta: float = bounded(0.1, ge=0)  # w_i = p_T(y_i | x'_i) ** beta
+    warmup: int = bounded(60, ge=0)  # 0-based epoch from which the introspection term is added
     landmarks: ClassVar[tuple[str, ...]] = ("warmup",)  # an epochs override scales it
     kl_reduction: KLReduction = "batchmean"  # (1/B) * sum_i KL_i
     weight_teacher: bool = False  # the paper's w_i on the teacher term too

@@ -19,7 +19,7 @@ import torch
 from bench.methods.adaad import adaad_pgd
 from torch import Tensor
 
-from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, bounded, paper
 from bench.core.registry import register
 from bench.eval.attacks import KLReduction, kl
 
@@ -31,8 +31,8 @@ class IGDMParams(Params):
     epochs: int = 200
     milestones: tuple[int, ...] = (100, 150)
     seed: int | None = 0
-    alpha: float = 1.0  # weight of the gradient-matching term (10 on CIFAR-100, Tiny)
-    ramp_epochs: int | None = 200  # ramp (e + 1) / ramp_epochs; None: the run's epochs
+    alpha: float = bounded(1.0, ge=0)  # gradient-matching weight (10 on CIFAR-100, Tiny)
+    ramp_epochs: int | None = bounded(200, ge=1)  # ramp (e+1)/ramp_epochs; None: run's epochs
     swap_eps_step: bool = True  # the code's attack call: eps = step, step = eps
     kl_reduction: KLReduction = "batchmean"
 

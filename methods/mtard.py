@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from bench.methods.rslad import rslad_kl
 from torch import Tensor
 
-from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, bounded, paper
 from bench.core.distributed import global_means
 from bench.core.registry import register
 from bench.eval.attacks import pgd
@@ -34,18 +34,19 @@ class MTARDParams(Params):
     epochs: int = 300
     milestones: tuple[int, ...] = (215, 260, 285)
     seed: int | None = 0
-    scale: float = 1.0  # both KL terms x10 on CIFAR-100
-    kl_eps: float = 1e-5  # RSLAD's hand-written KL
-    weight_rate: float = 0.025  # a
+    scale: float = bounded(1.0, gt=0)  # both KL terms x10 on CIFAR-100
+    kl_eps: float = bounded(1e-5, ge=0)  # RSLAD's hand-written KL
+    weight_rate: float = bounded(0.025, ge=0, le=1)  # a: w moves this share towards r
     weight_rule: Literal["complement", "renormalise"] = "complement"  # MTARD / B-MTARD form
     adaptive: bool = True  # the adaptive weights form the total (CIARD's HEAD: 1 and 1)
-    temp_rate: float = 0.0  # eta of B-MTARD's temperatures (0: fixed at 1, MTARD)
-    temp_min: float = 1.0
-    temp_max: float = 10.0
-    rate_milestones: tuple[int, ...] | None = None  # a, eta x0.1 from these 0-based epochs
-    # (None: the LR milestones)
+    temp_rate: float = bounded(0.0, ge=0)  # eta of B-MTARD's temperatures (0: fixed at 1, MTARD)
+    temp_min: float = bounded(1.0, gt=0)  # a temperature divides the teacher's logits
+    temp_max: float = bounded(10.0, gt=0)
+    rate_milestones: tuple[int, ...] | None = bounded(None, ge=0)  # a, eta x0.1 from these
+    # 0-based epochs (None: the LR milestones)
     rate_per_step: bool = False  # CIARD's bug: x0.1 after EVERY step of epochs m - 1
     landmarks: ClassVar[tuple[str, ...]] = ("rate_milestones",)  # an epochs override scales it
+    ordered: ClassVar[tuple[tuple[str, str], ...]] = (("temp_min", "temp_max"),)
 
 
 def hand_kl(t_logits: Tensor, s_logits: Tensor, eps: float) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, bounded, paper
 from bench.core.registry import register
 from bench.eval.attacks import KLReduction, kl, pgd
 
@@ -24,13 +24,13 @@ class PeerAiDParams(Params):
     epochs: int = 300
     milestones: tuple[int, ...] = (214, 259, 284)
     swa: bool = True
-    t: float = 5.0  # student distillation temperature
-    tp: float = 1.0  # peer temperature
-    l1: float = 0.0  # student CE weight
-    l2: float = 1.0  # student <- peer KL weight
-    l3: float = 1.0  # student <- own clean prediction KL weight
-    g1: float = 1.0  # peer CE weight
-    g2: float = 0.1  # peer <- student KL weight
+    t: float = bounded(5.0, gt=0)  # student distillation temperature
+    tp: float = bounded(1.0, gt=0)  # peer temperature
+    l1: float = bounded(0.0, ge=0)  # student CE weight (weights, not convex: 35 on Tiny)
+    l2: float = bounded(1.0, ge=0)  # student <- peer KL weight
+    l3: float = bounded(1.0, ge=0)  # student <- own clean prediction KL weight
+    g1: float = bounded(1.0, ge=0)  # peer CE weight
+    g2: float = bounded(0.1, ge=0)  # peer <- student KL weight
     kl_reduction: KLReduction = "mean"
     attack_reduction: KLReduction = "sum"
     merged_forward: bool = False  # one S(x') forward instead of the authors' two

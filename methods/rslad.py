@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, bounded, paper
 from bench.core.registry import register
 from bench.eval.attacks import kl, pgd
 
@@ -20,10 +20,10 @@ class RSLADParams(Params):
     epochs: int = 300
     milestones: tuple[int, ...] = (215, 260, 285)
     seed: int | None = 0
-    w_adv: float = 5 / 6
-    w_nat: float = 1 / 6
-    scale: float = 1.0  # x10 on CIFAR-100
-    kl_eps: float = 1e-5  # the authors' hand-written KL: b*log(b + eps) - b*log_softmax(s)
+    w_adv: float = bounded(5 / 6, ge=0, le=1)  # the paper's convex weights alpha, 1 - alpha
+    w_nat: float = bounded(1 / 6, ge=0, le=1)
+    scale: float = bounded(1.0, gt=0)  # x10 on CIFAR-100
+    kl_eps: float = bounded(1e-5, ge=0)  # the authors' KL: b*log(b + eps) - b*log_softmax(s)
 
 
 def rslad_kl(t_logits: Tensor, s_logits: Tensor, eps: float) -> Tensor:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, paper
+from bench.core.distiller import FAITHFUL, Distiller, Params, Preset, bounded, paper
 from bench.core.registry import register
 from bench.eval.attacks import kl, pgd
 
@@ -42,10 +42,10 @@ class SAADParams(Params):
     swa: bool = True
     swa_start: int | None = 94  # 0-based (the code's 1-based `--swa_epoch 95`)
     swa_bn: Literal["batch"] | None = "batch"  # BN recomputed as torch's update_bn does
-    alpha: float = 1.0  # gradient-matching weight (10 on CIFAR-100, Tiny)
-    lam: float = 1.0  # first-order correction of the teacher's true-class logit in the attack
-    w_scale: float = 5.0  # hardcoded entropy scale
-    beta: float = 0.0  # weight of the clean term
+    alpha: float = bounded(1.0, ge=0)  # gradient-matching weight (10 on CIFAR-100, Tiny)
+    lam: float = bounded(1.0, ge=0)  # 1st-order correction of T's true-class logit (attack)
+    w_scale: float = bounded(5.0, gt=0)  # hardcoded entropy scale (0: every weight 0)
+    beta: float = bounded(0.0, ge=0)  # weight of the clean term
 
 
 TEN = dict(alpha=10.0)

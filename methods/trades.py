@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.core.distiller import FAITHFUL, PAPER, Distiller, Params, Preset
+from bench.core.distiller import FAITHFUL, PAPER, Distiller, Params, Preset, bounded
 from bench.core.registry import register
 from bench.eval.attacks import KLReduction, kl, pgd
 
@@ -28,7 +28,7 @@ class TRADESParams(Params):
     epochs: int = 76
     milestones: tuple[int, ...] = (74, 89, 99)
     seed: int | None = 1
-    beta: float = 6.0
+    beta: float = bounded(6.0, ge=0)  # weight of the robust (KL) term
     kl_reduction: KLReduction = "batchmean"  # KLDivLoss(size_average=False) / batch_size
     attack_reduction: KLReduction = "sum"
     merged_forward: bool = False  # one S(x) forward instead of the authors' two

@@ -13,9 +13,8 @@ PGD-20 on every checkpoint, and the start-up of a fresh Python process.
 
 Every configuration is a fresh process, run once untimed (warm file caches, decoded cache),
 then A B A B ... for `--rounds`; medians and spreads are printed (and written with --json).
-Fake CIFAR files cannot match torchvision's md5 sums, so every process here replaces that
-check by "the file exists" (`_nomd5`, in bench's processes only once its loader runs);
-nothing else changes.
+The fake CIFAR files are bench.data.fake's, with their own checksum manifest: bench and
+torchvision load them as they would the real ones (bench warns that they are synthetic).
 """
 
 from __future__ import annotations
@@ -37,17 +36,11 @@ TEST_BATCH = 128  # the authors' test loaders (IAD, CIARD: 128; ABSLD: 100)
 def make_cifar(root: Path, train: int, test: int) -> Path:
     """torchvision's cifar-10-batches-py (the GPU check's fake files); existing files are kept:
     rewriting them would invalidate bench's decoded cache."""
-    from bench.perf.gpucheck import fake_cifar
+    from bench.data.fake import fake_cifar
 
     if (root / "cifar-10-batches-py" / "batches.meta").exists():
         return root
     return fake_cifar(root, train, test)
-
-
-def _nomd5() -> None:
-    import torchvision.datasets.cifar as tv_cifar
-
-    tv_cifar.check_integrity = lambda fpath, md5=None: Path(fpath).is_file()
 
 
 def straight(a: argparse.Namespace) -> None:
@@ -206,20 +199,8 @@ def main() -> None:
                        help="skip the untimed first run of each (caches already warm)")
     a = ap.parse_args()
     if a.cmd == "straight":
-        if a.dataset != "digits":
-            _nomd5()
         return straight(a)
     if a.cmd == "bench":
-        import bench.data.datasets
-
-        # relaxed when the loader runs: a cached run skips it
-        load = bench.data.datasets._torchvision
-
-        def _relaxed(*args, **kw):
-            _nomd5()
-            return load(*args, **kw)
-
-        bench.data.datasets._torchvision = _relaxed
         from bench.cli import main as bench_main
 
         sys.argv = ["bench", *a.args]

@@ -188,7 +188,7 @@ def test_per_class_accuracies_weighted_by_counts_are_the_overall(results) -> Non
     (["eval", "pgdat", "--eps", "0.1", "--steps", "0"], "--steps"),
     (["transfer", "rslad:peer"], "no 'peer' checkpoint"),
     (["transfer", "pgdat:teacher"], "no 'teacher' checkpoint"),
-    (["transfer", "pgdat"], "RUN:CHECKPOINT"),
+    (["transfer", "pgdat:bestt"], "unknown checkpoint 'bestt'"),
 ])
 def test_bad_input_is_one_line(results, capsys, args: list[str], says: str) -> None:
     out, _, _ = results

@@ -231,6 +231,159 @@ def test_partial_and_corrupt_tinyimagenet(tiny: Path) -> None:
         _one_line(exc, "tinyimagenet", str(base))
 
 
+CIFAR = {"cifar10": (tv_cifar.CIFAR10, "data_batch_3"), "cifar100": (tv_cifar.CIFAR100, "test")}
+
+
+def _cifar_files(root: Path, name: str) -> tuple[Path, list[str]]:
+    """Every file of `name`'s layout (random contents, no marker): its folder and file names."""
+    cls = CIFAR[name][0]
+    base = root / cls.base_folder
+    files = [f for f, _ in [*cls.train_list, *cls.test_list]]
+    for f in files:
+        _dump(base / f, {"data": _images(4, 10)[0], "labels": [0] * 4})
+    _dump(base / cls.meta["filename"], {cls.meta["key"]: [f"c{i}" for i in range(100)]})
+    return base, [*files, cls.meta["filename"]]
+
+
+def _as_official(monkeypatch: pytest.MonkeyPatch, name: str, base: Path) -> None:
+    """The files now in `base` are, for torchvision's md5 check, the official ones."""
+    import hashlib
+
+    cls = CIFAR[name][0]
+    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in base.iterdir()}
+    for attr in ("train_list", "test_list"):
+        monkeypatch.setattr(cls, attr, [[f, md5[f]] for f, _ in getattr(cls, attr)])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5[cls.meta["filename"]]})
+
+
+@pytest.mark.parametrize("name", sorted(CIFAR))
+def test_cifar_errors_name_the_check_that_failed(name: str, tmp_path: Path, offline: list[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing folder, one missing file, every file present with the wrong md5 sum: each
+    its own line naming the files (the last was "not found or incomplete ... put the files
+    there", although every file was there)."""
+    gone = tmp_path / "nothing"
+    with pytest.raises(BenchError) as exc:
+        load(name, "train", root=gone)
+    base, files = _cifar_files(tmp_path, name)
+    _one_line(exc, name, f"not found or incomplete in {gone / base.name}: no such folder",
+              ", ".join(files))
+    with pytest.raises(BenchError) as exc:  # the files bench.perf's fake_cifar wrote, say
+        load(name, "test", root=tmp_path)
+    _one_line(exc, f"{name}: files in {base}: {', '.join(files)} fail the md5 check (an "
+              "incomplete download, or not the official files); could not download them (URL")
+    assert "not found" not in str(exc.value) and "bench.data.fake" in str(exc.value)
+    _as_official(monkeypatch, name, base)
+    assert len(load(name, "test", root=tmp_path)) == 4  # the control: all there, all good
+    missing = CIFAR[name][1]
+    (base / missing).unlink()
+    with pytest.raises(BenchError) as exc:
+        load(name, "test", root=tmp_path)
+    _one_line(exc, f"{name}: not found or incomplete in {base}: {missing} missing; could not")
+    assert "md5" not in str(exc.value)
+    assert offline  # every time, the download was tried (and refused offline)
+
+
+# --- bench's synthetic files: accepted through their own manifest, and said to be synthetic ---
+
+def _fake(root: Path, *args: str) -> Path:
+    from bench.data import fake
+
+    fake.main([str(root), *args])
+    return root
+
+
+@pytest.mark.parametrize(("name", "classes"), [("cifar10", 10), ("cifar100", 100)])
+def test_synthetic_files_load_with_a_warning_on_every_load(
+        name: str, classes: int, tmp_path: Path, offline: list[str], capsys) -> None:
+    from bench.data.datasets import FAKE_MARKER, synthetic
+
+    root = _fake(tmp_path, "--dataset", name, "--train", "7", "--test", "3")
+    capsys.readouterr()
+    base = root / CIFAR[name][0].base_folder
+    assert synthetic(name, root) == base and synthetic(name, tmp_path / "x") is None
+    for split, n in [("train", 7), ("test", 3), ("train", 7)]:
+        x, y = _stack(load(name, split, root=root))
+        assert x.shape == (n, 3, 32, 32) and y.min() >= 0 and y.max() < classes
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"warning: {name} in {base} is synthetic")
+    x, _ = devicedata.tensors(name, "test", root)  # the device path decodes the same files
+    assert len(x) == 3 and "synthetic" in capsys.readouterr().err
+    assert offline == []  # never a download over them
+    assert (base / FAKE_MARKER).is_file() and synthetic("svhn", root) is None
+
+
+def test_changed_synthetic_files_are_named(tmp_path: Path, offline: list[str]) -> None:
+    from bench.data.datasets import FAKE_MARKER
+
+    root = _fake(tmp_path, "--train", "5", "--test", "2")
+    base = root / "cifar-10-batches-py"
+    with (base / "data_batch_2").open("ab") as f:
+        f.write(b"\0")
+    (base / "test_batch").unlink()
+    with pytest.raises(BenchError) as exc:
+        load("cifar10", "train", root=root)
+    _one_line(exc, f"cifar10 (synthetic files, {FAKE_MARKER}): not found or incomplete in "
+              f"{base}: test_batch missing; data_batch_2 fails the md5 check (changed since "
+              "bench.data.fake wrote them)", "python -m bench.data.fake DIR")
+    (base / FAKE_MARKER).write_text("{")
+    with pytest.raises(BenchError) as exc:
+        load("cifar10", "train", root=root)
+    _one_line(exc, f"manifest {base / FAKE_MARKER} is unreadable")
+    assert offline == []
+
+
+def test_synthetic_files_never_overwrite_others(tmp_path: Path) -> None:
+    base, _ = _cifar_files(tmp_path, "cifar10")
+    before = (base / "data_batch_1").read_bytes()
+    with pytest.raises(SystemExit, match="already holds data_batch_1, .*not overwriting"):
+        _fake(tmp_path, "--train", "5", "--test", "2")
+    assert (base / "data_batch_1").read_bytes() == before
+    with pytest.raises(SystemExit):  # argparse: a count must be positive
+        _fake(tmp_path / "new", "--train", "0")
+
+
+@pytest.mark.slow
+def test_offline_smoke_test_of_a_cifar_shaped_run(tmp_path: Path, offline: list[str],
+                                                  capsys) -> None:
+    """docs/offline.md's commands, with fewer images: synthetic files, then `bench run`."""
+    import bench.cli
+    from bench.core.store import Store
+    from bench.data import fake
+    from bench.perf.gpucheck import fake_cifar
+
+    assert fake_cifar is fake.fake_cifar  # the GPU check writes the same files
+    root = _fake(tmp_path / "cifar", "--train", "40", "--test", "20")
+    assert "wrote 40 train and 20 test" in capsys.readouterr().out
+    out = tmp_path / "smoke"
+    bench.cli.main(["run", "--dataset", "cifar10", "--data-root", str(root), "--arch",
+                    "small_cnn", "--methods", "pgdat", "--epochs", "1", "--attacks", "clean",
+                    "--out", str(out)])
+    rows, problems = Store(out).read()
+    assert not problems and {(r["checkpoint"], r["n_clean"]) for r in rows} == {
+        ("best", 20), ("last", 20)}
+    assert all(r["synthetic_data"] for r in rows)  # the rows say what they measured
+    assert "is synthetic" in capsys.readouterr().err and offline == []
+    # another seed: the decoded cache serves the images, and the warning still comes; the
+    # table marks the lines
+    bench.cli.main(["run", "--dataset", "cifar10", "--data-root", str(root), "--arch",
+                    "small_cnn", "--methods", "pgdat", "--epochs", "1", "--attacks", "clean",
+                    "--seeds", "1", "--out", str(out)])
+    out_text, err = capsys.readouterr()
+    assert "is synthetic" in err and "PGD-AT (synthetic data)" in out_text
+
+
+def test_rows_from_synthetic_files_never_stand_for_real_data() -> None:
+    from bench.train import pipeline
+    from bench.train.cells import Cell, resolve
+    from bench.train.runner import RunOptions
+
+    r, opts = resolve(Cell("pgdat")), RunOptions()
+    assert pipeline._data_change(r, opts, {"synthetic_data": False}) is None
+    assert pipeline._data_change(r, opts, {}) is None  # rows from before the field: real
+    assert "synthetic files" in pipeline._data_change(r, opts, {"synthetic_data": True})
+
+
 # --- batch order ---------------------------------------------------------------------------
 
 def test_batches_seeded(cifar10, no_md5) -> None:

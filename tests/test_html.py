@@ -1,6 +1,6 @@
 """index.html in a real headless Chromium: loads offline without console errors, one line
-per (method, checkpoint) of each (data set, arch) section with the right mean ± std, and a
-click on a column header sorts it."""
+per (method, checkpoint) of each (data set, arch) section with the right mean ± std, a click
+on a column header sorts it, and no table is clipped at a common window width."""
 
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-dev-shm-usage"]
 GRID = {("cifar10", "resnet18"): (("peeraid", "rslad", "pgdat"), (0, 1, 2)),
         ("digits", "small_cnn"): (("standard", "pgdat"), (0, 1))}
+ATTACKS = ("clean", "fgsm", "pgd20", "pgd20s", "cw", "aa")  # the example report's columns
 METHOD_OF = {"PeerAiD": "peeraid", "RSLAD": "rslad", "PGD-AT": "pgdat",
              "Standard": "standard"}  # the tables show display names
 
 
 def _value(method: str, dataset: str, seed: int, ckpt: str, attack: str) -> float:
-    base = {"clean": 0.85, "pgd20": 0.54, "aa": 0.51}[attack]
+    base = {"clean": 0.85, "fgsm": 0.6, "pgd20": 0.54, "pgd20s": 0.55, "cw": 0.52,
+            "aa": 0.51}[attack]
     return round(base - 0.021 * len(method) + 0.031 * (seed % 2) + 0.004 * seed
                  - 0.01 * (ckpt == "last") + 0.05 * (dataset == "digits"), 4)
 
@@ -47,7 +49,7 @@ def report(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
                            "seed": s, "epochs": r.params.epochs, "checkpoint": ck,
                            "eps": r.spec.eps, "train_seconds": 100.0 + s, "cell_id": r.id,
                            "config": r.config, "device": "cpu", "created": "2026-01-01"}
-                    for a in ("clean", "pgd20", "aa"):
+                    for a in ATTACKS:
                         row[a] = _value(m, dataset, s, ck, a)
                         row[f"n_{a}"] = 500
                     st.put(row_key(r, ck), row)
@@ -196,3 +198,73 @@ def test_page_shows_display_names_and_figures_of_one_checkpoint(report) -> None:
     for dataset, arch in GRID:
         for what in ("Accuracy under each attack", "Clean vs robust accuracy"):
             assert f"{what}, {dataset} / {arch}, checkpoint 'best'" in alts, (what, alts)
+
+
+def test_every_table_scrolls_and_notes_render_markdown(report) -> None:
+    """Without a browser: every table sits in a horizontally scrolling box (a wide table
+    scrolls instead of being clipped), and notes are HTML from markdown, not raw backticks."""
+    import re
+
+    from bench.report import html
+
+    index, _ = report
+    text = index.read_text()
+    tables = text.count("<table")
+    assert tables >= 3 and len(re.findall(r'<div class="scroll"><table', text)) == tables
+    assert ".scroll{overflow-x:auto" in text
+    assert "<code>best</code>" in text and "`best`" not in text  # the "how measured" note
+    page = html.page("t", "intro", [{"title": "s", "table": "", "how": "**How.** `n=` x",
+                                     "notes": ["see `a<b>` and [docs](https://x.org/?a=1&b=2)",
+                                               "[bad](javascript:alert(1)) *not* bold"],
+                                     "figures": []}], "")
+    assert '<p class="note"><strong>How.</strong> <code>n=</code> x</p>' in page
+    assert ('<p class="note">see <code>a&lt;b&gt;</code> and '
+            '<a href="https://x.org/?a=1&amp;b=2">docs</a></p>') in page
+    assert '<p class="note">[bad](javascript:alert(1)) *not* bold</p>' in page  # kept as text
+
+
+def _clipped(browser) -> list[str]:
+    """Cells whose right edge lies past what their table's box shows, where that box does
+    not scroll; and a page wider than the window."""
+    return browser.execute_script("""
+      const out = [], vw = document.documentElement.clientWidth;
+      if (document.documentElement.scrollWidth > vw) out.push('the page scrolls sideways');
+      for (const table of document.querySelectorAll('table')) {
+        const box = table.parentElement, r = box.getBoundingClientRect();
+        const scrolls = ['auto', 'scroll'].includes(getComputedStyle(box).overflowX);
+        if (box.scrollWidth > box.clientWidth && !scrolls) out.push('box does not scroll');
+        if (r.right > vw + 0.5) out.push('box wider than the window');
+        const right = r.left + box.clientLeft + box.clientWidth;
+        for (const c of table.querySelectorAll('th, td')) {
+          if (!scrolls && c.getBoundingClientRect().right > right + 0.5) {
+            out.push(c.textContent.trim().slice(0, 40));
+          }
+        }
+      }
+      return out;""")
+
+
+def test_no_table_is_clipped_at_1400_px(report, browser) -> None:
+    """The user's report: at 1400 px (and still at 1920) the main table spilled past the page
+    and its AutoAttack, train and configuration columns were cut off. Now at 1400 px, with
+    every configuration open, no cell lies outside its table's box unless that box scrolls;
+    at 900 px the main tables must scroll, and do; at 1920 px they fit without scrolling."""
+    index, _ = report
+
+    def scrolling() -> list[bool]:
+        return browser.execute_script(
+            "return Array.from(document.querySelectorAll('section.results div.scroll'))"
+            ".map(b => b.scrollWidth > b.clientWidth)")
+
+    try:
+        for width, wide in ((1400, None), (900, True), (1920, False)):
+            browser.set_window_size(width, 1000)
+            browser.get(index.as_uri())
+            if wide is None:
+                for summary in browser.find_elements("css selector", "details summary"):
+                    summary.click()
+            assert _clipped(browser) == [], width
+            if wide is not None:
+                assert scrolling() == [wide] * len(GRID), width
+    finally:
+        browser.set_window_size(1400, 1000)

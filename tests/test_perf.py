@@ -96,3 +96,23 @@ def test_gpu_check_runs_its_steps_on_the_cpu(tmp_path: Path, capsys, monkeypatch
     assert e["peak_device_mb"] is None
     out = capsys.readouterr().out
     assert "bench GPU check on cpu" in out and "with selection" in out
+
+
+@pytest.mark.parametrize("suite", [[], ["--suite", "gpu", "--device", "cpu", "--tiny"]])
+def test_perf_json_target_is_checked_before_timing(tmp_path: Path, capsys, monkeypatch,
+                                                   suite: list[str]) -> None:
+    """A `--json` under a regular file fails in one line before any step is timed."""
+    from bench.cli import main
+    from bench.perf import gpucheck
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the output was checked")
+
+    monkeypatch.setattr(perf, "run", no_work)
+    monkeypatch.setattr(gpucheck, "check_fp32", no_work)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main(["perf", *suite, "--json", str(tmp_path / "file" / "rows.json")])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: output folder") and "not writable" in err[0]

@@ -117,6 +117,25 @@ OTHERS = [
     ("DGAD", "cifar100", "unverified", "unverified", "fgsm", 36.09, "S"),
     ("DGAD", "cifar100", "unverified", "unverified", PGD, 33.68, "S"),
     ("DGAD", "cifar100", "unverified", "unverified", "aa", 27.66, "S"),
+    # IGDM's Table 3 as a third party's notes quote it (S: 7i10/ard_codex_bootstrap)
+    ("RSLAD + IGDM", "cifar10", "resnet18", "unverified", "aa", 53.10, "S"),
+    ("AdaIAD + IGDM", "cifar10", "resnet18", "unverified", "aa", 54.02, "S"),
+    # SAAD's Tables 4 / 12, the same third party: SAAD (final SWA model) and its IGDM runs,
+    # with the Bartoldson2024 WRN-94-16 and the Gowal2021 WRN-28-10 (DDPM) teacher
+    ("SAAD", "cifar10", "resnet18", "swa_last", "clean", 84.27, "S"),
+    ("SAAD", "cifar10", "resnet18", "swa_last", PGD, 53.39, "S"),
+    ("SAAD", "cifar10", "resnet18", "swa_last", "aa", 50.34, "S"),
+    ("SAAD", "cifar10", "resnet18", "swa_last", "aa", 50.35, "S"),
+    ("IGDM", "cifar10", "resnet18", "unverified", "aa", 44.94, "S"),
+    ("IGDM", "cifar10", "resnet18", "unverified", "aa", 44.76, "S"),
+    # CIARD's MobileNetV2 / CIFAR-10 comparison as a paper note quotes it (S: Paper-Notes-en);
+    # its 'Robust (%)' names no attack
+    ("MTARD", "cifar10", "mobilenetv2", "unverified", "clean", 89.26, "S"),
+    ("MTARD", "cifar10", "mobilenetv2", "unverified", "robust_unspecified", 57.84, "S"),
+    ("B-MTARD", "cifar10", "mobilenetv2", "unverified", "clean", 89.09, "S"),
+    ("B-MTARD", "cifar10", "mobilenetv2", "unverified", "robust_unspecified", 58.79, "S"),
+    ("CIARD", "cifar10", "mobilenetv2", "unverified", "clean", 89.51, "S"),
+    ("CIARD", "cifar10", "mobilenetv2", "unverified", "robust_unspecified", 59.10, "S"),
 ]
 # the poster's "+x" margins over the best baseline (P)
 MARGINS = {("tinyimagenet", "resnet18", "clean"): 4.72, ("tinyimagenet", "resnet18", "aa"): 1.66,
@@ -162,7 +181,7 @@ def test_every_p_and_s_figure_exactly_as_published(published) -> None:
 
 
 def test_every_figure_has_grade_source_and_setting(published) -> None:
-    assert {f["grade"] for f in published} == {"P", "S", "T"}
+    assert {f["grade"] for f in published} == {"R", "P", "S", "T"}
     for f in published:
         assert f["source"] and f["paper"] and f["table"] and f["dataset"] and f["method"]
         assert f["grade"] != "T" or "third-party" in f["source"]
@@ -353,4 +372,76 @@ def test_bench_reported_shows_grades_pins_and_notes(capsys) -> None:
     assert "| pgd_steps_unstated | not comparable | 29.69 (S) |" in out
     assert "metric robust_unspecified: " in out and "the source names no attack" in out
     code, out, err = cli(["reported", "--grade", "R", "--json"], capsys)
-    assert code == 0 and json.loads(out) == []  # no figure was read from a paper itself
+    # the only figures read from a paper itself: IGDM's abstract (arXiv v2)
+    assert code == 0 and sorted((f["method"], f["dataset"], f["arch"], f["metric"], f["value"],
+                                 f["pin"]) for f in json.loads(out)) == [
+        ("igdm", "cifar100", "mobilenetv2", "aa", 29.32, "arXiv 2312.03286v2"),
+        ("igdm", "cifar100", "resnet18", "aa", 30.32, "arXiv 2312.03286v2")]
+
+
+# --- IGDM, SAAD, ABSLD, MTARD, B-MTARD, CIARD; methods without published figures ------------
+
+SIX = ("igdm", "saad", "absld", "mtard", "bmtard", "ciard")
+
+
+def test_the_six_methods_have_graded_pinned_labelled_rows() -> None:
+    """Each row of the six (read from the data file itself) names its grade, evidence, a pin
+    and only metric labels the file defines; ABSLD's tables could not be reached, so it has no
+    row, and the file says so."""
+    from bench.report.reported import DATA
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    text = DATA.read_text()
+    doc = tomllib.loads(text)
+    by = {m: [r for r in doc["row"] if r["method"] == m] for m in SIX}
+    for method, rows in by.items():
+        if method == "absld":
+            assert not rows and "ABSLD: no figure found anywhere (no row)" in text
+            continue
+        assert rows, method
+        for r in rows:
+            assert r["grade"] in GRADES and r["evidence"] and r["pin"] and r["source"], r
+            assert r["values"] and set(r["values"]) <= set(doc["metric"]), r
+            assert r.get("checkpoint") and r.get("teacher"), r
+    # the R figures are the paper's own, pinned to the arXiv version read
+    assert {r["pin"] for r in by["igdm"] if r["grade"] == "R"} == {"arXiv 2312.03286v2"}
+    saad = {r["teacher_key"]: r["values"]["aa"] for r in by["saad"]}
+    assert saad == {"robustbench:Bartoldson2024Adversarial_WRN-94-16": 50.34,
+                    "robustbench:Gowal2021Improving_28_10_ddpm_100m": 50.35}
+
+
+def test_bench_reported_lists_saad(capsys) -> None:
+    code, out, err = cli(["reported", "--methods", "saad"], capsys)
+    assert code == 0, err
+    assert "### SAAD (Lee & Chung, TMLR 2026)" in out and "| saad | SAAD |" in out
+    assert "50.34 (S)" in out and "50.35 (S)" in out and "unknown" not in out + err
+
+
+def test_a_registered_method_without_figures_is_not_unknown(capsys, monkeypatch) -> None:
+    import bench.report.reported as rep
+
+    whole = rep.frame()
+    monkeypatch.setattr(rep, "frame", lambda: whole[whole["method"] != "rslad"])
+    code, out, err = cli(["reported", "--methods", "rslad"], capsys)
+    assert code == 0, err
+    assert out.strip() == ("rslad: no published figures in bench's table "
+                           "(bench/report/reported.toml)")
+    assert "unknown" not in out + err
+    # beside a method with figures: the line, then that method's tables
+    code, out, err = cli(["reported", "--methods", "rslad,saad"], capsys)
+    assert code == 0 and out.startswith("rslad: no published figures") and "| saad |" in out
+    # --json stays one JSON document; the line goes to stderr
+    code, out, err = cli(["reported", "--methods", "rslad", "--json"], capsys)
+    assert code == 0 and json.loads(out) == [] and "rslad: no published figures" in err
+    # a name that is neither registered nor published is still unknown
+    code, out, err = cli(["reported", "--methods", "rslda"], capsys)
+    assert code != 0 and "unknown method" in out + err and "'rslad'" in out + err
+
+
+def test_another_filter_never_makes_a_method_unknown(capsys) -> None:
+    code, out, err = cli(["reported", "--methods", "saad", "--dataset", "cifar100"], capsys)
+    assert code == 0, err
+    assert out.strip() == "no published figure matches these filters"

@@ -106,19 +106,25 @@ def damaged(tmp_path: Path) -> tuple[Path, list[str]]:
     return tmp_path, ["notes.txt", "truncated.json", "binary.json", "list.json"]
 
 
+def _one_warning(err: str, out: Path, bad: list[str]) -> None:
+    """One line on stderr: how many files could not be read, where, and which."""
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"warning: {len(bad)} file(s) in {out / 'rows'} could not be read")
+    for name in bad:
+        assert line.count(name) == 1, (name, line)
+
+
 def test_table_with_damaged_rows_subprocess(damaged) -> None:
-    """The real entry point: exit 0, the good rows' table, one warning line per bad file."""
+    """The real entry point: exit 0, the good rows' table, one warning line for the bad
+    files."""
     out, bad = damaged
     res = subprocess.run([sys.executable, "-m", "bench.cli", "table", "--out", str(out),
                           "--format", "csv"], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
-    warnings = res.stderr.strip().splitlines()
-    assert len(warnings) == len(bad) and all(w.startswith("warning: ") for w in warnings)
-    for name in bad:
-        assert sum(name in w for w in warnings) == 1, (name, warnings)
-    assert "tmp" not in res.stderr  # a writer's temp file is no result and no problem
+    _one_warning(res.stderr, out, bad)
+    assert ".tmp" not in res.stderr  # a writer's temp file is no result and no problem
     import io
 
     import pandas as pd
@@ -137,5 +143,16 @@ def test_table_with_damaged_rows_markdown(damaged, capsys) -> None:
     # no per-image outcomes in these rows: the best is not tested, so a tie, not bold
     assert "| PGD-AT | last | 3 | 2 | 60.00 ± 14.14 ≈ |" in captured.out
     assert "| RSLAD | last | 3 | 1 (no std) | 90.00 ≈ |" in captured.out
-    warnings = captured.err.strip().splitlines()
-    assert [w.split(":")[1].strip() for w in warnings] == sorted(bad)
+    _one_warning(captured.err, out, bad)
+
+
+def test_many_unreadable_rows_are_counted_on_one_line(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.put("good--last", _row("pgdat", 0, 0.5))
+    for i in range(12):
+        store.path(f"bad{i:02d}--last").write_text("{")
+    rows, problems = store.read()
+    assert len(rows) == 1 and len(problems) == 1
+    assert problems[0].startswith(f"12 file(s) in {store.rows_dir} could not be read")
+    assert "bad04--last.json" in problems[0] and "bad05" not in problems[0]
+    assert problems[0].endswith("and 7 more")

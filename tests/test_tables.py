@@ -332,3 +332,11 @@ def test_names_override_display_names(store, capsys) -> None:
     code, _, err = cli(["table", "--out", str(store), "--names", "peeraidd=X"], capsys)
     assert code == 1 and err.count("\n") == 1
     assert "unknown method in --names 'peeraidd'; did you mean 'peeraid'?" in err
+
+
+def test_eps_labels_keep_what_a_user_typed() -> None:
+    from bench.report.aggregate import fmt_eps
+
+    assert fmt_eps(8 / 255) == "8/255 (0.0314)" and fmt_eps(16 / 255) == "16/255 (0.0627)"
+    assert fmt_eps(0.2) == "0.2"  # exactly 51/255, but typed as 0.2
+    assert fmt_eps(0.1) == "0.1" and fmt_eps(float("nan")) == "mixed"

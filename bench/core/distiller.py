@@ -12,6 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -44,6 +45,68 @@ def scheduled_lr(kind: Schedule, base: float, milestones: tuple[int, ...], decay
     return base * (0.5 + 0.5 * math.cos(math.pi * u)) * math.exp(-0.01 * u * u)
 
 
+class RangeError(BenchError):
+    """A hyper-parameter outside its valid range (`bounded`) or breaking a rule between fields
+    (`Params.check`)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a Params field (`bounded`): finite numbers within the bounds given,
+    every item of a tuple alike; None always passes (it defers to another field)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def admits(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if isinstance(value, tuple | list):
+            return all(self.admits(v) for v in value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return math.isfinite(value) and (self.ge is None or value >= self.ge) and (
+            self.gt is None or value > self.gt) and (self.le is None or value <= self.le) and (
+            self.lt is None or value < self.lt)
+
+    def __str__(self) -> str:
+        """Interval notation: (0, 1], [1, inf)."""
+        low = f"[{self.ge:g}" if self.ge is not None else (
+            f"({self.gt:g}" if self.gt is not None else "(-inf")
+        high = f"{self.le:g}]" if self.le is not None else (
+            f"{self.lt:g})" if self.lt is not None else "inf)")
+        return f"{low}, {high}"
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None) -> Any:
+    """A Params field with its valid range beside it, `eps: float = bounded(8 / 255, gt=0,
+    le=1)`: `Params.check` refuses a value outside it before any training, where it would
+    otherwise train silently to chance. A subclass that only changes the default keeps it."""
+    return field(default=default, metadata={"range": Range(ge, gt, le, lt)})
+
+
+def field_range(params_cls: type, name: str) -> Range | None:
+    """The range of field `name`: where the field is declared, else (a subclass that only
+    changes its default) where the nearest base class declared it."""
+    for c in params_cls.__mro__:
+        f = vars(c).get("__dataclass_fields__", {}).get(name)
+        if f is not None and "range" in f.metadata:
+            return f.metadata["range"]
+    return None
+
+
+def parse_number(text: str) -> float:
+    """`0.05`, `1e-3` or a fraction `8/255` (as papers write eps) as a float: one parser for
+    `--set`, `--sweep` and `bench eval --eps`. A ValueError for anything else."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ZeroDivisionError, OverflowError) as exc:
+        raise ValueError(f"{text!r} is not a finite number ({exc})") from None
+
+
 @dataclass(frozen=True)
 class Params:
     """Training budget shared by every method (CIFAR-10 scale defaults).
@@ -51,28 +114,49 @@ class Params:
     Milestones are 0-based epoch indices at which the LR is multiplied by `lr_decay`
     (epoch e runs at lr * lr_decay ** #{m <= e}); `lr_schedule` names the rule
     (`scheduled_lr`): "ard" reproduces ARD's official script, the cosine ones CIARD's.
+    Each numeric field declares its valid range (`bounded`); `check` enforces them.
     """
 
-    eps: float = 8 / 255
-    step: float = 2 / 255
-    steps: int = 10
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    milestones: tuple[int, ...] = (100, 150)
-    lr_decay: float = 0.1
+    eps: float = bounded(8 / 255, gt=0, le=1)  # L-inf radius, pixels in [0, 1]
+    step: float = bounded(2 / 255, gt=0, le=1)  # and at most 4 * eps (`check`)
+    steps: int = bounded(10, ge=1)
+    epochs: int = bounded(200, ge=1)
+    batch_size: int = bounded(128, ge=1)
+    lr: float = bounded(0.1, gt=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(2e-4, ge=0)
+    milestones: tuple[int, ...] = bounded((100, 150), ge=0)
+    lr_decay: float = bounded(0.1, gt=0)
     lr_schedule: Schedule = "multistep"
     swa: bool = False  # equal-weight SWA of the student, at the end of every epoch from ...
-    swa_start: int | None = None  # ... this 0-based epoch (None: the first milestone)
+    swa_start: int | None = bounded(None, ge=0)  # ... this 0-based epoch (None: 1st milestone)
     swa_bn: Literal["batch"] | None = None  # SWA's BN recompute: None weighs each image
     # equally (PeerAiD's code), "batch" each batch (torch's update_bn, SAAD's code)
     selection: str | None = None  # a rule of bench.train.selection (None: the common protocol)
-    seed: int | None = None  # the seed the authors' code fixes, if any (documentation only)
+    seed: int | None = bounded(None, ge=0)  # the authors' code's fixed seed (documentation)
     # The fields holding 0-based epochs of the run, which an `epochs` override scales
     # (`scale_landmarks`); a subclass lists only its own, `landmarks()` gathers them all.
     landmarks: ClassVar[tuple[str, ...]] = ("milestones", "swa_start")
+    # Pairs of fields (low, high) that must keep low <= high, e.g. a clamp's bounds; a
+    # subclass lists only its own, as with `landmarks`.
+    ordered: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def check(self) -> None:
+        """Every field within its range (`bounded`), then the rules between fields: step at
+        most 4 eps, each `ordered` pair in order, each epoch landmark at most `epochs` and a
+        list of them strictly increasing inside the run (past its end a step never fires:
+        TRADES' script keeps two there). A RangeError names the first value that breaks one."""
+        for f in dataclasses.fields(self):
+            _check_range(f.name, getattr(self, f.name), field_range(type(self), f.name))
+        if self.step > 4 * self.eps:
+            raise RangeError(f"step={self.step!r} is outside its valid range (0, 4*eps] = "
+                             f"(0, {4 * self.eps:g}]")
+        for low, high in _declared(type(self), "ordered"):
+            if getattr(self, low) > getattr(self, high):
+                raise RangeError(f"{low}={getattr(self, low)!r} is above {high}="
+                                 f"{getattr(self, high)!r}: valid {low} <= {high}")
+        for name in landmarks(type(self)):
+            _check_landmark(name, getattr(self, name), self.epochs)
 
     def lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
         """Learning rate of the student (and peer) at batch `step` of 0-based `epoch`."""
@@ -85,12 +169,12 @@ class TeacherTraining(Params):
     """Params of a method whose teacher keeps training (`trains_teacher`): the teacher's own
     SGD settings and LR schedule (`scheduled_lr` with the teacher_* values)."""
 
-    teacher_lr: float = 1e-4
-    teacher_momentum: float = 0.9
-    teacher_weight_decay: float = 2e-4
+    teacher_lr: float = bounded(1e-4, gt=0)
+    teacher_momentum: float = bounded(0.9, ge=0, lt=1)
+    teacher_weight_decay: float = bounded(2e-4, ge=0)
     teacher_lr_schedule: Schedule = "multistep"
-    teacher_milestones: tuple[int, ...] = ()
-    teacher_lr_decay: float = 0.1
+    teacher_milestones: tuple[int, ...] = bounded((), ge=0)
+    teacher_lr_decay: float = bounded(0.1, gt=0)
     landmarks: ClassVar[tuple[str, ...]] = ("teacher_milestones",)
 
     def teacher_lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
@@ -216,7 +300,12 @@ class Distiller(ABC):
             values.update(scale_landmarks(make_params(cls.Params, values), epochs, overrides,
                                           cls.name))
         values.update(overrides)
-        return make_params(cls.Params, values)
+        params = make_params(cls.Params, values)
+        try:
+            params.check()
+        except RangeError as exc:
+            raise RangeError(f"{cls.name}: {exc}") from None
+        return params
 
     @abstractmethod
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
@@ -265,8 +354,8 @@ class Distiller(ABC):
         sync); the runner hands the epoch's sums to `on_epoch_end` and clears them."""
         v = values.detach().float()
         total = self._sums.get(name)
-        if total is None:
-            total = torch.zeros(num_classes, device=v.device)
+        if total is None:  # float32 like `v`, whatever torch's default dtype
+            total = torch.zeros(num_classes, device=v.device, dtype=v.dtype)
         self._sums[name] = total.index_add(0, y, v)
 
     def on_epoch_end(self, sums: dict[str, Tensor]) -> None:
@@ -297,10 +386,37 @@ class LandmarkError(BenchError):
 
 def landmarks(params_cls: type) -> tuple[str, ...]:
     """Every epoch landmark of `params_cls`: the `landmarks` each class of its MRO lists."""
-    out: list[str] = []
+    return _declared(params_cls, "landmarks")
+
+
+def _declared(params_cls: type, attr: str) -> tuple[Any, ...]:
+    """The items of ClassVar `attr` that each class of `params_cls`'s MRO lists, once each."""
+    out: list[Any] = []
     for c in reversed(params_cls.__mro__):
-        out += [n for n in vars(c).get("landmarks", ()) if n not in out]
+        out += [n for n in vars(c).get(attr, ()) if n not in out]
     return tuple(out)
+
+
+def _check_range(name: str, value: Any, valid: Range | None) -> None:
+    if valid is None or valid.admits(value):
+        return
+    where = f": every item in {valid}" if isinstance(value, tuple | list) else f" {valid}"
+    raise RangeError(f"{name}={value!r} is outside its valid range{where}")
+
+
+def _check_landmark(name: str, value: int | tuple[int, ...] | None, epochs: int) -> None:
+    """An epoch landmark at most `epochs` (there: never reached); a list of them strictly
+    increasing while inside the run (scaled to a shorter run, several may meet at its end)."""
+    if value is None:
+        return
+    if isinstance(value, int):
+        if value > epochs:
+            raise RangeError(f"{name}={value} is outside its valid range [0, epochs] = "
+                             f"[0, {epochs}] (past the end of the run)")
+        return
+    if any(b <= a and min(a, b) < epochs for a, b in itertools.pairwise(value)):
+        raise RangeError(f"{name}={tuple(value)!r} must increase strictly within the run "
+                         f"(0-based epochs 0 to {epochs - 1})")
 
 
 def scale_epoch(m: int, old: int, new: int) -> int:

@@ -46,12 +46,22 @@ def write_file(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, serialized(obj))
 
 
+class Unreadable(BenchError):
+    """A file that exists but cannot be read back (cut short, bit flips, not torch's format):
+    `reason` says why in a few words, for callers that say what they do about it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is not a readable checkpoint ({reason})")
+        self.path, self.reason = path, reason
+
+
 def load_file(path: Path) -> Any:
     """`torch.load(weights_only=True)` with every failure turned into one clear line.
 
     Zip-format files (what torch.save writes) are CRC-checked first: torch itself does not,
     and would load flipped bits as weights. Torch's warnings are silenced: the outcome is
-    the value or one BenchError, never extra lines on stderr.
+    the value or one BenchError (`Unreadable` for a damaged file), never extra lines on
+    stderr.
     """
     import torch
 
@@ -60,7 +70,7 @@ def load_file(path: Path) -> Any:
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()
             if bad is not None:
-                raise BenchError(f"{path} is not a readable checkpoint (CRC mismatch in {bad})")
+                raise Unreadable(path, f"CRC mismatch in {bad}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -71,7 +81,21 @@ def load_file(path: Path) -> Any:
     except BenchError:
         raise
     except Exception as exc:  # arbitrary bytes make the unpickler fail in arbitrary ways
-        raise BenchError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
+        raise Unreadable(path, _damage(path, exc)) from None
+
+
+def _damage(path: Path, exc: Exception) -> str:
+    """What is wrong with a file torch could not read: empty, cut short, or torch's error."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:  # a folder, say
+        return type(exc).__name__
+    if not head:
+        return "empty file"
+    if head == b"PK\3\4":  # a zip archive without its directory, which is written last
+        return "truncated"
+    return type(exc).__name__
 
 
 def _refusal(path: Path, why: str) -> BenchError:
@@ -82,5 +106,4 @@ def _refusal(path: Path, why: str) -> BenchError:
         return BenchError(f"refusing to load {path}: it would import {found.group(1)}, and a "
                           f"weights file holds tensors only (nothing was run)")
     op = re.search(r"Unsupported operand \d+", why)
-    return BenchError(f"{path} is not a readable checkpoint "
-                      f"(UnpicklingError{': ' + op.group(0) if op else ''})")
+    return Unreadable(path, f"UnpicklingError{': ' + op.group(0) if op else ''}")

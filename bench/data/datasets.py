@@ -5,6 +5,12 @@ Every data set yields (x, y) with x float in [0, 1] (no normalisation) and y int
 In-memory sets are `TensorData` and are batched by slicing (no per-item Python overhead).
 Split "val" is a fixed (seed 0) subset of the train split, so model selection never looks at
 the test set; `load(..., "train", holdout=True)` leaves those images out of training.
+
+Files that torchvision rejects are named in one line: which are missing, which fail its md5
+check. Random files in CIFAR's layout that `python -m bench.data.fake` wrote (an offline smoke
+test) carry a manifest of their own md5 sums, `BENCH_FAKE_DATA`: bench checks them against
+it instead, never downloads over them and warns on every load that they are synthetic
+(`synthetic` tells callers, so that results from them can be marked).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -227,14 +234,35 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
 
 
+FAKE_MARKER = "BENCH_FAKE_DATA"  # in a data set's folder: its files are bench's synthetic ones
+FAKEABLE = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}  # what bench.data.fake can write
+FAKE_HOW = "python -m bench.data.fake DIR"
+OFFICIAL_BAD = "an incomplete download, or not the official files"
+
+
+def synthetic(name: str, root: str | Path | None = None) -> Path | None:
+    """The folder of `name` under `root` when it holds bench's synthetic files (its marker is
+    there), else None: results from such files must say so."""
+    if name not in FAKEABLE:
+        return None
+    import torchvision
+
+    cls = getattr(torchvision.datasets, FAKEABLE[name])
+    folder = (Path(root) if root is not None else default_root()) / cls.base_folder
+    return folder if (folder / FAKE_MARKER).is_file() else None
+
+
 def _torchvision(name: str, cls_name: str, root: Path | None, augment: bool,
                  flip: bool = True, **kw: Any) -> Dataset:
-    """A torchvision set from `root`, downloading it if absent; every failure is one line."""
+    """A torchvision set from `root`, downloading it if absent or failing its md5 sums (bench's
+    synthetic files excepted); every failure is one line naming the files at fault."""
     import torchvision
 
     root = root or default_root()
     cls = getattr(torchvision.datasets, cls_name)
     tf = _transform(augment, flip=flip)
+    if synthetic(name, root):
+        return _synthetic(name, cls, root, tf, **kw)
     try:
         try:
             return cls(str(root), transform=tf, download=False, **kw)
@@ -242,9 +270,79 @@ def _torchvision(name: str, cls_name: str, root: Path | None, augment: bool,
             return cls(str(root), transform=tf, download=True, **kw)
     except Exception as exc:  # offline, corrupt, unwritable root
         folder = root / getattr(cls, "base_folder", "")
-        raise BenchError(
-            f"{name}: not found or incomplete in {folder} and could not be downloaded "
-            f"({_why(exc)}); put the files there or pass --data-root DIR") from exc
+        faults = _faults(folder, _files(cls, kw), OFFICIAL_BAD) or f"cannot read {folder}"
+        hint = f" (random files for a smoke test: {FAKE_HOW})" if name in FAKEABLE else ""
+        raise BenchError(f"{name}: {faults}; could not download them ({_why(exc)}); put the "
+                         f"official files there or pass --data-root DIR{hint}") from exc
+
+
+def _files(cls: Any, kw: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(file, md5) of every file torchvision checks before reading split `kw` of `cls` (CIFAR:
+    all batches and the meta file; SVHN: the split's .mat file)."""
+    if hasattr(cls, "train_list"):
+        return [(f, md5) for f, md5 in [*cls.train_list, *cls.test_list]] + [
+            (cls.meta["filename"], cls.meta["md5"])]
+    _, file, md5 = cls.split_list[kw["split"]]
+    return [(file, md5)]
+
+
+def _faults(folder: Path, files: list[tuple[str, str | None]], bad_why: str) -> str | None:
+    """Which check failed, naming the files: the folder or files missing, or files present
+    whose md5 sum is not the expected one (`bad_why`: what that suggests); None if none."""
+    from torchvision.datasets.utils import check_integrity
+
+    if not folder.is_dir():
+        return (f"not found or incomplete in {folder}: no such folder (it should hold "
+                f"{', '.join(f for f, _ in files)})")
+    missing = [f for f, _ in files if not (folder / f).is_file()]
+    bad = [f for f, md5 in files
+           if f not in missing and not check_integrity(str(folder / f), md5 or "")]
+    said = [f"{', '.join(missing)} missing"] if missing else []
+    if bad:
+        said.append(f"{', '.join(bad)} fail{'s' * (len(bad) == 1)} the md5 check ({bad_why})")
+    head = "not found or incomplete in" if missing else "files in"
+    return (f"{head} {folder}: " + "; ".join(said)) if said else None
+
+
+def _synthetic(name: str, cls: Any, root: Path, tf: Callable, **kw: Any) -> Dataset:
+    """bench's synthetic files: torchvision checks them against the md5 sums their writer
+    recorded, not the official ones; never downloaded over; one warning line per load."""
+    folder = root / cls.base_folder
+    sums = _manifest(name, folder)
+    ds = cls.__new__(cls)  # the sums as instance attributes: a plain, picklable CIFAR set
+    ds.train_list = [[f, sums.get(f, "")] for f, _ in cls.train_list]
+    ds.test_list = [[f, sums.get(f, "")] for f, _ in cls.test_list]
+    ds.meta = {**cls.meta, "md5": sums.get(cls.meta["filename"], "")}
+    try:
+        cls.__init__(ds, str(root), transform=tf, download=False, **kw)
+    except Exception as exc:
+        faults = (_faults(folder, _files(ds, kw), "changed since bench.data.fake wrote them")
+                  or f"cannot read {folder} ({_why(exc)})")
+        raise BenchError(f"{name} (synthetic files, {FAKE_MARKER}): {faults}; write them again "
+                         f"({FAKE_HOW}), delete {FAKE_MARKER} if they are the official files "
+                         "now, or pass --data-root DIR") from exc
+    warn_synthetic(name, folder)
+    return ds
+
+
+def warn_synthetic(name: str, folder: Path) -> None:
+    """The line every load of bench's synthetic files prints (decoded or from the cache)."""
+    warn(f"{name} in {folder} is synthetic: random images written by bench.data.fake "
+         f"({FAKE_MARKER}), not {name}; results from it measure nothing about {name}")
+
+
+def _manifest(name: str, folder: Path) -> dict[str, str]:
+    """The md5 sums bench.data.fake recorded for the files it wrote in `folder`."""
+    path = folder / FAKE_MARKER
+    try:
+        sums = json.loads(path.read_text())["md5"]
+        if not isinstance(sums, dict):
+            raise TypeError(f"md5 is a {type(sums).__name__}, not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{name}: the synthetic files' manifest {path} is unreadable "
+                         f"({_why(exc)}); write them again ({FAKE_HOW}), or delete it and put "
+                         "the official files there, or pass --data-root DIR") from exc
+    return {str(f): str(md5) for f, md5 in sums.items()}
 
 
 @register_dataset(DataSpec("cifar10", 10, 3, 32, "resnet18",

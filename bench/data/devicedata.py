@@ -147,6 +147,8 @@ def decoded(name: str, source: datasets.Source, root: Path | None = None) -> tup
     root = root or datasets.default_root()
     hit = _indexed(root, name, source)
     if hit is not None and (cached := _read_cache(*hit)) is not None:
+        if (fake := datasets.synthetic(name, root)) is not None:  # said on every load
+            datasets.warn_synthetic(name, fake)
         return cached
     ds = datasets.raw(name, source, root)
     if isinstance(ds, datasets.TensorData):

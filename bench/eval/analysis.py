@@ -13,7 +13,6 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from bench import BenchError
+from bench.core.distiller import parse_number
 from bench.core.files import atomic_write_bytes
 from bench.eval.batching import eval_batch_sizes
 from bench.eval.evaluate import Threat, accuracy, adversarial, judged
@@ -179,8 +179,8 @@ def parse_eps(text: str) -> list[float]:
     out = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         try:
-            value = float(Fraction(part))
-        except (ValueError, ZeroDivisionError):
+            value = parse_number(part)
+        except ValueError:
             raise BenchError(f"--eps takes comma-separated numbers or k/255 fractions, got "
                              f"{part!r}") from None
         if not 0 <= value <= 1:

@@ -14,10 +14,8 @@ summary. `--device cpu --tiny` runs the same code on a small budget (a smoke tes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
-import pickle
 import sys
 import tempfile
 import time
@@ -28,45 +26,16 @@ import torch
 
 from bench.core import registry
 from bench.data import devicedata
+from bench.data.fake import fake_cifar
 from bench.models import create_model
 from bench.perf import throughput
 from bench.train.compute import COMPILE_MODES, Compute
+from bench.train.experiment import writable
 
 # The tolerances the unit tests state (tests/test_compute.py), applied at CIFAR-10 shape.
 # fp32 channels_last against NCHW on the same x_adv: other kernels, another summation order.
 FP32_LOSS_RTOL, FP32_GRAD_RTOL = 1e-4, 2e-2
 BF16_LOSS_RTOL, BF16_SIGN_AGREEMENT = 5e-3, 0.9
-
-
-def fake_cifar(root: Path, train: int, test: int, seed: int = 0) -> Path:
-    """CIFAR-10 files in torchvision's on-disk format with random pixels (speed and the
-    pipeline do not depend on them)."""
-    import numpy as np
-
-    base, rng = root / "cifar-10-batches-py", np.random.default_rng(seed)
-    base.mkdir(parents=True, exist_ok=True)
-    sizes = [train // 5 + (i < train % 5) for i in range(5)]
-    parts = [*((f"data_batch_{i + 1}", n) for i, n in enumerate(sizes)), ("test_batch", test)]
-    for name, n in parts:
-        obj = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-               "labels": rng.integers(0, 10, n).tolist()}
-        (base / name).write_bytes(pickle.dumps(obj, protocol=2))
-    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": list("abcdefghij")}))
-    return root
-
-
-@contextlib.contextmanager
-def files_exist_is_integrity():
-    """Fake files cannot match torchvision's md5 sums: inside this block, a file that exists
-    passes torchvision's integrity check (only here; parsing stays torchvision's)."""
-    import torchvision.datasets.cifar as tv_cifar
-
-    real = tv_cifar.check_integrity
-    tv_cifar.check_integrity = lambda fpath, md5=None: Path(fpath).is_file()
-    try:
-        yield
-    finally:
-        tv_cifar.check_integrity = real
 
 
 def _method(name: str, arch: str, compute: Compute, seed: int = 0):
@@ -91,11 +60,10 @@ def check_fp32(root: Path, arch: str, device: str, batch: int) -> dict[str, Any]
     (`throughput.ReferenceCompute`)."""
     from bench.data import datasets
 
-    with files_exist_is_integrity():
-        ref_set = datasets.load("cifar10", "train", root=root)
-        x_ref, y_ref = next(iter(torch.utils.data.DataLoader(ref_set, batch_size=batch)))
-        x, y = next(devicedata.load("cifar10", "train", root, device).batches(
-            batch, shuffle=False))
+    ref_set = datasets.load("cifar10", "train", root=root)
+    x_ref, y_ref = next(iter(torch.utils.data.DataLoader(ref_set, batch_size=batch)))
+    x, y = next(devicedata.load("cifar10", "train", root, device).batches(
+        batch, shuffle=False))
     out: dict[str, Any] = {"pixels_equal": bool(torch.equal(x.cpu(), x_ref))}
     for name in ("peeraid", "rslad", "pgdat"):
         ref = _method(name, arch, Compute(device, "fp32"))
@@ -214,7 +182,7 @@ def bench_epoch(root: Path, arch: str, compute: Compute, out: Path) -> dict[str,
     if cuda:
         torch.cuda.reset_peak_memory_stats(compute.device)
     t0 = time.perf_counter()
-    with files_exist_is_integrity(), counting_graphs() as compiled:
+    with counting_graphs() as compiled:
         rows = run_cell(cell, opts, EvalOptions(attacks=("clean", "pgd20"), aa_on="none"),
                         Store(out), redo=True)
         graphs = [graphs_of(c) for c in compiled]
@@ -239,6 +207,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=None, help="folder for fake files and runs")
     a = ap.parse_args(argv)
+    if a.json:  # where the report goes, checked before minutes of checks
+        writable(a.json.parent)
     tiny = a.tiny
     arch, batch = ("small_cnn", 16) if tiny else ("resnet18", 128)
     steps, rounds, warmup = (1, 1, 0) if tiny else (5, 3, 3)
@@ -271,10 +241,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     report["perf"] = rows + compiled
     report["profile"] = profile(arch, compute, batch, 1 if tiny else 3)
     print("\n".join(report["profile"]), flush=True)
-    with files_exist_is_integrity():
-        # as a long run computes it: compiled on CUDA (bench.train.compute.COMPILE_MIN_EPOCHS)
-        epoch_compute = Compute.for_run(a.device, compile=torch.device(a.device).type == "cuda")
-        report["epoch"] = bench_epoch(root, arch, epoch_compute, work / "results")
+    # as a long run computes it: compiled on CUDA (bench.train.compute.COMPILE_MIN_EPOCHS)
+    epoch_compute = Compute.for_run(a.device, compile=torch.device(a.device).type == "cuda")
+    report["epoch"] = bench_epoch(root, arch, epoch_compute, work / "results")
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     _summary(report)
     if a.json:

@@ -35,6 +35,7 @@ from bench.core import registry
 from bench.data import datasets, devicedata
 from bench.models import create_model
 from bench.train.compute import COMPILE_MODES, Compute, Tally
+from bench.train.experiment import writable
 
 SHAPES = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "svhn": (3, 32, 10),
           "tinyimagenet": (3, 64, 200), "digits": (1, 8, 10)}
@@ -355,6 +356,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     a = parser().parse_args(argv)
+    if a.json:  # where the rows go, checked before minutes of timing
+        writable(a.json.parent)
     compute = Compute.for_run(a.device, a.precision, channels_last=_flag(a.channels_last),
                               compile=_flag(a.compile), image_size=SHAPES[a.shape][1],
                               compile_mode=a.compile_mode)

@@ -35,6 +35,7 @@ LABELS.update({m: f"{LABELS[m.removesuffix('_on_aa')]} on AA's images" for m in 
 LABELS["robust"] = "Worst case"
 TABLE_METRICS = ("clean", "fgsm", "pgd20", "pgd20s", "cw", *SUBSET, "aa", "robust")
 STALE = " (stale code)"  # a label's mark: rows made by other code of their method
+SYNTHETIC = " (synthetic data)"  # rows measured on bench.data.fake's random files
 
 
 def count_key(m: str) -> str:
@@ -172,6 +173,8 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     df["epochs"] = df["epochs"].fillna(-1).astype(int)
     df["setup"] = (df["config"].map(setup_key) if "config" in df else "")
     df["stale_code"] = stale_code(df)
+    df["synthetic_data"] = (df["synthetic_data"].fillna(False).astype(bool)
+                            if "synthetic_data" in df else False)
     counts = df["per_class_n"] if "per_class_n" in df else pd.Series(None, index=df.index)
     for w in WORST:  # a worst class of too few images is noise: withheld
         if w in df:
@@ -256,6 +259,8 @@ def labels(df: pd.DataFrame, names: Names | None = None) -> pd.Series:
     out = df["method"].astype(str).map(shown)
     if "stale_code" in df:
         out = out.where(~df["stale_code"].astype(bool), out + STALE)
+    if "synthetic_data" in df:
+        out = out.where(~df["synthetic_data"].astype(bool), out + SYNTHETIC)
     if df["preset"].nunique() > 1:
         out = out + " [" + df["preset"].astype(str) + "]"
     if df["epochs"].nunique() > 1:
@@ -506,11 +511,12 @@ def paper_table(agg: pd.DataFrame, bold: bool = False, hours: bool = False,
 
 
 def fmt_eps(eps: float) -> str:
-    """0.1 -> '0.1'; 8/255 -> '8/255 (0.0314)'."""
+    """0.1 -> '0.1'; 8/255 -> '8/255 (0.0314)'; 0.2 (= 51/255) stays '0.2': a fraction of
+    255 only where the decimal a user would type is not short."""
     if eps != eps:
         return "mixed"
     k = eps * 255
-    if abs(k - round(k)) < 1e-6 and round(k) > 0:
+    if abs(k - round(k)) < 1e-6 and round(k) > 0 and len(repr(float(eps))) > 8:
         return f"{round(k)}/255 ({eps:.4f})"
     return f"{eps:g}"
 

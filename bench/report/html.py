@@ -1,6 +1,9 @@
 """The report as one self-contained HTML page: inline CSS and JavaScript, figures inline as
 base64, no network. Tables sort by any column (click a header); every line's full
-configuration opens on demand; published numbers always carry their grade.
+configuration opens on demand; published numbers always carry their grade. A table wider than
+the window scrolls sideways in its own box rather than spilling past the page (where its
+right-hand columns were cut off), and notes are written in markdown (for results.md) and
+rendered here: inline code, bold and links, everything else escaped.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,17 +20,24 @@ if TYPE_CHECKING:
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
-max-width:1300px;padding:0 1em;color:#222;line-height:1.45}
+max-width:1800px;padding:0 1em;color:#222;line-height:1.45}p{max-width:75em}
 h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:1em 0;font-size:.9em}
-th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right;vertical-align:top;
+.scroll{overflow-x:auto;margin:1em 0}
+table{border-collapse:collapse;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.3em .5em;text-align:right;vertical-align:top;
 white-space:nowrap}
-th{background:#f3f3f3;cursor:pointer;user-select:none;white-space:nowrap}
+th{background:#f3f3f3;cursor:pointer;user-select:none;white-space:normal;
+vertical-align:bottom}
+td.text{white-space:normal}td.text:first-child{min-width:7em}td.config{min-width:8em}
+.scroll th:first-child,.scroll td:first-child{position:sticky;left:0;box-shadow:1px 0 #ddd}
+.scroll tbody td:first-child{background:#fff}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 td.text,th.text{text-align:left}tfoot td{font-style:italic;background:#fafafa}
 b.best{font-weight:700}.flag{color:#b00;font-weight:700}
-details pre{text-align:left;font-size:.8em;max-width:40em;overflow:auto;white-space:pre-wrap}
+details pre{text-align:left;font-size:.8em;max-width:36em;white-space:pre-wrap;
+overflow-wrap:break-word}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}p.note{color:#555;font-size:.9em}
+code{background:#f3f3f3;padding:0 .2em;border-radius:3px;font-size:.95em}
 """
 
 JS = """
@@ -54,6 +65,38 @@ document.addEventListener('DOMContentLoaded',()=>{
 
 def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
+
+
+CODE = re.compile(r"`([^`]+)`")
+BOLD = re.compile(r"\*\*(.+?)\*\*")
+LINK = re.compile(r"\[([^\]]+)\]\(([^()\s]+)\)")
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+SAFE_SCHEMES = ("http:", "https:", "mailto:")
+
+
+def inline_markdown(text: str) -> str:
+    """A note's markdown (inline code, bold, links) as HTML, all else escaped: the notes are
+    written for results.md, and shown raw they read as stray backticks and asterisks."""
+    parts = CODE.split(text)  # odd positions: the insides of code spans, taken literally
+    return "".join(f"<code>{esc(p)}</code>" if i % 2 else _prose(p)
+                   for i, p in enumerate(parts))
+
+
+def _prose(text: str) -> str:
+    return LINK.sub(_link, BOLD.sub(r"<strong>\1</strong>", esc(text)))
+
+
+def _link(m: re.Match[str]) -> str:
+    """A link, unless its scheme could run code (javascript:, data:): then the text as is."""
+    scheme = SCHEME.match(m[2])
+    if scheme and scheme[0].lower() not in SAFE_SCHEMES:
+        return m[0]
+    return f'<a href="{m[2]}">{m[1]}</a>'
+
+
+def scroll(table: str) -> str:
+    """`table` in a box that scrolls sideways when the table is wider than the page."""
+    return f'<div class="scroll">{table}</div>'
 
 
 def _cell(text: str, sort: Any = None, cls: str = "") -> str:
@@ -98,7 +141,7 @@ def section_table(agg: pd.DataFrame, rows: pd.DataFrame, metrics: list[str],
             cells.append(_cell(text, r[m]))
         t = r.get("train_seconds", float("nan"))
         cells.append(_cell("–" if t != t else f"{t:.1f}", t))
-        cells.append(_cell(_config(rows, r), cls="text"))
+        cells.append(_cell(_config(rows, r), cls="text config"))
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody>")
     if margin is not None:
@@ -108,7 +151,7 @@ def section_table(agg: pd.DataFrame, rows: pd.DataFrame, metrics: list[str],
         foot += [f"<td>{vals[m]:+.2f}</td>" if m in vals else "<td></td>" for m in metrics]
         out.append("<tfoot><tr>" + "".join(foot) + "<td></td><td></td></tr></tfoot>")
     out.append("</table>")
-    return "".join(out)
+    return scroll("".join(out))
 
 
 def _config(rows: pd.DataFrame, line: pd.Series) -> str:
@@ -143,7 +186,7 @@ def reported_table(cmp: pd.DataFrame) -> str:
             tds.append(_cell(text, sort.get(col), "" if col in sort else "text"))
         out.append("<tr>" + "".join(tds) + "</tr>")
     out.append("</tbody></table>")
-    return "".join(out)
+    return scroll("".join(out))
 
 
 def not_comparable_table(apart: pd.DataFrame) -> str:
@@ -154,9 +197,8 @@ def not_comparable_table(apart: pd.DataFrame) -> str:
     head = "".join(f'<th class="text">{esc(c)}</th>' for c in t.columns)
     body = "".join("<tr>" + "".join(_cell(esc(r[c]), cls="text") for c in t.columns)
                    + "</tr>" for _, r in t.iterrows())
-    return ("<h3>Published figures of these settings that are not comparable</h3>"
-            f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
-            "</table>")
+    return ("<h3>Published figures of these settings that are not comparable</h3>" + scroll(
+        f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'))
 
 
 def image(path: Path, alt: str) -> str:
@@ -166,8 +208,8 @@ def image(path: Path, alt: str) -> str:
 
 def page(title: str, intro: str, sections: list[dict[str, Any]], reported: str,
          appendix: str = "") -> str:
-    """The whole page. `sections`: dicts with title, table (HTML), how (text), notes (list of
-    text) and figures (list of (png path, alt))."""
+    """The whole page. `sections`: dicts with title, table (HTML), how (markdown), notes (list
+    of markdown) and figures (list of (png path, alt))."""
     body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(intro)}</p>"]
     toc = "".join(f'<li><a href="#s{i}">{esc(s["title"])}</a></li>'
                   for i, s in enumerate(sections))
@@ -175,8 +217,8 @@ def page(title: str, intro: str, sections: list[dict[str, Any]], reported: str,
     for i, s in enumerate(sections):
         body.append(f'<section id="s{i}" class="results"><h2>{esc(s["title"])}</h2>')
         body.append(s["table"])
-        body.append(f'<p class="note">{esc(s["how"])}</p>')
-        body += [f'<p class="note">{esc(n)}</p>' for n in s["notes"]]
+        body.append(f'<p class="note">{inline_markdown(s["how"])}</p>')
+        body += [f'<p class="note">{inline_markdown(n)}</p>' for n in s["notes"]]
         body += [image(p, alt) for p, alt in s["figures"]]
         body.append("</section>")
     from bench.report.reported import GRADES_NOTE

@@ -88,8 +88,9 @@ def sections(df: pd.DataFrame, opts: TableOptions):
 
 
 def render(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions()) -> list:
-    """Every section in `fmt`: strings (markdown, LaTeX, CSV), or for rich (title, table of
-    display strings) pairs that the caller draws as a rich table or as markdown."""
+    """Every section in `fmt`: strings (markdown, LaTeX, CSV; rich's notes), and for rich
+    (title, table of display strings) pairs that the caller draws once: as a rich table on
+    a terminal, as markdown in a file."""
     from bench.report.aggregate import BOLD_NOTE, latex, markdown, paper_table
 
     if fmt not in FORMATS:
@@ -105,8 +106,8 @@ def render(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions()) -> l
             csv_parts.append(numeric(agg, metrics))
         else:
             table = paper_table(agg, bold=True, hours=opts.hours, ours=ours, metrics=metrics)
-            out.append((title, table) if fmt == "rich"
-                       else f"### {title}\n\n{markdown(table)}\n\n{BOLD_NOTE}\n")
+            out += ([(title, table), f"{BOLD_NOTE}\n\n"] if fmt == "rich"
+                    else [f"### {title}\n\n{markdown(table)}\n\n{BOLD_NOTE}\n"])
     if csv_parts:
         import pandas as pd
 
@@ -117,7 +118,8 @@ def render(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions()) -> l
 
 
 def reported_view(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions()) -> list:
-    """Reproduced beside published, per section; every published number with its grade."""
+    """Reproduced beside published, per section; every published number with its grade.
+    Parts as `render`'s: for rich, every table a (title, table) pair, drawn once."""
     from bench.report.aggregate import markdown
     from bench.report.reported import (
         compare,
@@ -159,6 +161,7 @@ def reported_view(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions(
             out.append(f"### {title}\n\n{markdown(t)}\n")
     apart = not_comparable(select(df, opts))
     if fmt in ("rich", "markdown") and not apart.empty:
-        out.append("### Published figures of these settings that are not comparable\n\n"
-                   + markdown(not_comparable_table(apart)) + "\n")
+        title, t = ("Published figures of these settings that are not comparable",
+                    not_comparable_table(apart))
+        out.append((title, t) if fmt == "rich" else f"### {title}\n\n{markdown(t)}\n")
     return out

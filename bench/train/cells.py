@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -130,23 +129,6 @@ def _check_types(params_cls: type, overrides: dict[str, Any]) -> None:
             raise BenchError(f"hyper-parameter {key} must be {_kind(hints[key])}, got {value!r}")
 
 
-def _check_params(p: Params) -> None:
-    """Reject values that can only be typos: a silent wrong result is worse than an error."""
-    if not 0 < p.eps <= 1:
-        raise BenchError(f"eps must be in (0, 1] for pixels in [0, 1], got {p.eps}")
-    if not 0 < p.step <= p.eps * 4:
-        raise BenchError(f"step must be in (0, 4*eps], got {p.step} with eps {p.eps}")
-    if p.steps < 1 or p.epochs < 1 or p.batch_size < 1:
-        raise BenchError(f"steps, epochs and batch size must be >= 1, got "
-                         f"{p.steps}, {p.epochs}, {p.batch_size}")
-    if any(m < 0 for m in p.milestones) or not p.lr_decay > 0:
-        raise BenchError(f"milestones must be >= 0 and lr_decay > 0, got {p.milestones} and "
-                         f"{p.lr_decay}")
-    if not 0 < p.lr < math.inf:
-        raise BenchError(f"lr must be a finite number > 0, got {p.lr}")
-    selection.check(p.selection, p.swa)
-
-
 @dataclass(frozen=True)
 class _Teacher:
     """Where a fixed teacher comes from: its id in the config, and a file or a cell to train."""
@@ -179,8 +161,8 @@ def resolve(cell: Cell) -> Resolved:
     arch = cell.arch or spec.default_arch
     _check_types(cls.Params, dict(cell.overrides))
     params = cls.resolve(cell.preset, cell.dataset, arch=arch, budget=spec.budget,
-                         **dict(cell.overrides))
-    _check_params(params)
+                         **dict(cell.overrides))  # every value in its range (`Params.check`)
+    selection.check(params.selection, params.swa)
     teacher = clean = _NO_TEACHER
     norm = cell.teacher_normalize
     if cls.needs_teacher:

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from bench import BenchError
+from bench.core.distiller import parse_number
 from bench.core.suggest import unknown
 from bench.train.cells import Cell
 
@@ -40,10 +41,15 @@ def seeds(value: str) -> list[int]:
 
 
 def _literal(raw: str) -> Any:
-    """A Python literal (number, tuple, quoted string), else the text itself."""
+    """A Python literal (number, tuple, quoted string), a fraction such as 8/255 as its float
+    (as `bench eval --eps` takes it), else the text itself."""
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
+        pass
+    try:
+        return parse_number(raw)
+    except ValueError:
         return raw
 
 
@@ -214,9 +220,9 @@ def _as_cli(param: click.Parameter, key: str, value: Any, where: str) -> Any:
             if key == "sweep":
                 if not isinstance(v, list) or not v:
                     raise BenchError(f"{where}: sweep.{k} must be a non-empty list, got {v!r}")
-                pairs.append(f"{k}=" + ",".join(repr(x) for x in v))
+                pairs.append(f"{k}=" + ",".join(_set_text(x) for x in v))
             else:
-                pairs.append(f"{k}={v!r}")
+                pairs.append(f"{k}={_set_text(v)}")
         return tuple(pairs)
     if isinstance(value, list):  # a comma list
         if not value or not all(isinstance(v, str | int) and not isinstance(v, bool)
@@ -226,6 +232,19 @@ def _as_cli(param: click.Parameter, key: str, value: Any, where: str) -> Any:
     if isinstance(value, str | int) and not isinstance(value, bool):
         return str(value)
     raise bad("text or a list")
+
+
+def _set_text(value: Any) -> str:
+    """A `set` / `sweep` file value as `--set` takes it: a string naming a number, such as
+    "8/255" (TOML has no fractions), as written, so it parses as that number; anything else
+    as a Python literal."""
+    if isinstance(value, str):
+        try:
+            parse_number(value)
+            return value
+        except ValueError:
+            pass
+    return repr(value)
 
 
 # Keys of the report script (run_all.py) that `bench run` reads past, so one experiment file

@@ -11,7 +11,8 @@ import json
 import platform
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,9 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import __version__
-from bench.core import distributed
-from bench.core.files import load_file
+from bench import BenchError, __version__
+from bench.core import distributed, lock
 from bench.core.fingerprint import fingerprint
 from bench.core.store import Store
 from bench.data import datasets, devicedata
@@ -40,6 +40,8 @@ EMBEDDED_AA_SAMPLES = 100  # AutoAttack's Square attack dominates a CPU run; see
 
 AA_ON = ("best", "all", "none")
 REPORTED = selection.COMMON.reported  # the common protocol's: best (and swa_best)
+LOCK = "cell.lock"  # in a cell's run folder, held while one process trains and evaluates it
+MODEL_FILES = ("best", "best_clean", "swa_best")  # the finals kept in files of their own
 
 
 @dataclass(frozen=True)
@@ -101,25 +103,62 @@ def _device_name(device: str) -> str:
 
 
 def train_teacher(cell: Cell, opts: RunOptions) -> Path:
-    """The cached weights of the teacher `cell` (its best checkpoint), trained if missing or
-    made by other code of its method (unless `opts.keep_stale`)."""
+    """The cached weights of the teacher `cell` (its best checkpoint), trained if missing,
+    damaged (moved aside first) or made by other code of its method (unless
+    `opts.keep_stale`). One process trains it; another waits for it (the cell's lock)."""
     tr = resolve(cell)
     cached = opts.out / "teachers" / f"{tr.id}.pt"
     code = fingerprint(tr.cls)["sha256"]
-    then = load_file(cached).get("code") if cached.exists() and not opts.keep_stale else code
-    if then != code:
-        opts.log(f"retrain teacher {tr.id}: made by other code of {tr.cell.method} "
-                 f"({_code_change(then, code)})")
-    if then != code or not cached.exists():
-        opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
+    if _cache_problem(cached, code, opts.keep_stale) is None:
+        return cached
+    with _locked(tr, opts, wait=True):
+        problem = _cache_problem(cached, code, opts.keep_stale)  # trained while we waited?
+        if problem is None:
+            return cached
+        kind, detail = problem
         trainer = Trainer(tr, opts, None)
-        if then != code:
-            _start_over(trainer)
+        if kind == "damaged":
+            _retrain_damaged(trainer, cached, detail)
+        else:
+            if kind == "stale":
+                opts.log(f"retrain teacher {tr.id}: made by other code of {tr.cell.method} "
+                         f"({detail})")
+                _start_over(trainer)
+            opts.log(f"training teacher {tr.id} ({tr.cell.method}, {tr.params.epochs} epochs)")
         best = trainer.train()["best"]
         if distributed.is_main():
             checkpoint.save_weights(cached, best, id=tr.id, code=code)
         distributed.barrier()
     return cached
+
+
+def _cache_problem(cached: Path, code: str, keep_stale: bool) -> tuple[str, str] | None:
+    """Why the cached teacher cannot stand, as (missing | damaged | stale, detail); None: it
+    stands."""
+    if not cached.exists():
+        return "missing", ""
+    try:
+        then = checkpoint.verified(cached).get("code")
+    except BenchError as exc:
+        return "damaged", getattr(exc, "reason", str(exc))
+    if then != code and not keep_stale:
+        return "stale", _code_change(then, code)
+    return None
+
+
+def _retrain_damaged(trainer: Trainer, cached: Path, why: str) -> None:
+    """Move the damaged cached teacher aside (kept for a look, never loaded) and say how it
+    comes back: from its run's stored checkpoints if they are intact, else trained again."""
+    aside = cached.with_name(cached.name + ".damaged")
+    if distributed.is_main():
+        cached.replace(aside)
+    lost = _lost_files(trainer.dir, ["last", "best"])
+    how = (f"training it again ({', '.join(lost)} gone or damaged too)" if lost
+           else "rebuilding it from its run's stored checkpoints")
+    trainer.opts.log(f"warning: cached teacher {cached} is damaged ({why}); moved to "
+                     f"{aside.name}, {how}")
+    if lost:
+        _start_over(trainer)
 
 
 def _start_over(trainer: Trainer) -> None:
@@ -184,9 +223,28 @@ def row_key(r: Resolved, checkpoint: str) -> str:
     return f"{r.id}--{checkpoint}"
 
 
+def checkpoint_names(r: Resolved) -> list[str]:
+    """The checkpoints a finished run of the cell evaluates, one row each: the names
+    `Trainer.finals` gives (`last`, and what the selection rule keeps: the SWA ones where SWA
+    has averaged by the last epoch), known before any training."""
+    p, rule = r.params, selection.rule(r.params.selection)
+    start = p.swa_start if p.swa_start is not None else (p.milestones[0] if p.milestones else 0)
+    swa = p.swa and p.epochs > start
+    kept = (*rule.keep, *(["best_clean"] if rule.best_clean else []))
+    return ["last", *(n for n in kept if n in ("best", "best_clean")
+                      or (swa and n in ("swa_best", "swa_last")))]
+
+
+def missing_rows(r: Resolved, store: Store) -> list[str]:
+    """The cell's checkpoints whose rows are absent from the store or unreadable."""
+    names = checkpoint_names(r)
+    gone = set(store.missing([row_key(r, n) for n in names]))
+    return [n for n in names if row_key(r, n) in gone]
+
+
 def stored(r: Resolved, store: Store) -> bool:
-    """Whether the cell's rows are already in the store (its `last` row is written last)."""
-    return store.has(row_key(r, "last"))
+    """Whether every row of the cell is in the store, readable."""
+    return not missing_rows(r, store)
 
 
 def teacher_codes(r: Resolved) -> dict[str, str]:
@@ -261,27 +319,158 @@ def _twin(finals: dict[str, nn.Module], name: str, attacks: tuple[str, ...],
                  and _same_weights(finals[n], finals[name])), None)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What `run_cell` does with a cell: skip it (`train` False, `line` says why), or train
+    it (from scratch with `redo`; else resuming) and evaluate its checkpoints, `again`
+    naming those whose rows are lost from a cell already evaluated in part."""
+
+    train: bool
+    line: str | None = None
+    redo: bool = False
+    again: tuple[str, ...] = ()
+
+    def evaluates(self, name: str) -> bool:
+        """Whether checkpoint `name` is evaluated: all of them, unless only rows other than
+        `last` are lost (with `last` lost, all again: twins are found as in one pass)."""
+        return not self.again or "last" in self.again or name in self.again
+
+
+def _plan(r: Resolved, store: Store, opts: RunOptions, redo: bool) -> _Plan:
+    """Skip a cell whose rows are all stored and current; retrain a stale or redone one;
+    evaluate again the checkpoints of one whose rows are partly lost."""
+    if redo:
+        return _Plan(True, redo=True)
+    names, gone = checkpoint_names(r), missing_rows(r, store)
+    if "last" in gone:  # written last: a cell never evaluated, or cut short while it was
+        return _Plan(True, again=tuple(gone) if len(gone) < len(names) else ())
+    last = store.get(row_key(r, "last")) or {}
+    why = stale(r, store, last)
+    if why is not None and not opts.keep_stale:
+        return _Plan(True, f"retrain {r.id}: {why} (--keep-stale keeps such rows)", redo=True)
+    if (data := _data_change(r, opts, last)) is not None:
+        return _Plan(True, f"retrain {r.id}: {data}", redo=True)
+    if gone:
+        return _Plan(True, again=tuple(gone))
+    return _Plan(False, f"skip {r.id}: already in the store{_differences(last, opts.device)}"
+                 + (f"; kept though stale: {why}" if why else "") + " (use --redo to run it again)")
+
+
+def synthetic_data(r: Resolved, opts: RunOptions) -> bool:
+    """Whether the cell's data are bench's synthetic files (bench.data.fake): its rows say so."""
+    return datasets.synthetic(r.cell.dataset, opts.data_root) is not None
+
+
+def _data_change(r: Resolved, opts: RunOptions, row: dict[str, Any]) -> str | None:
+    """Why stored rows cannot stand for the cell's data now: made from bench's synthetic
+    files where the real ones are now (or the other way round); None when they can."""
+    then, now = bool(row.get("synthetic_data")), synthetic_data(r, opts)
+    if then == now:
+        return None
+    return ("its rows were measured on bench's synthetic files, the data here are real" if then
+            else "its rows were measured on real files, the data here are bench's synthetic ones")
+
+
+def _intact(path: Path) -> bool:
+    try:
+        checkpoint.verified(path)
+    except BenchError:
+        return False
+    return True
+
+
+def _lost_files(run_dir: Path, names: Sequence[str]) -> list[str]:
+    """The stored files of a finished run that `names` need, absent or damaged: its epoch
+    checkpoint (both copies) for `last` and `swa_last`, a file of its own for the others."""
+    lost = [f"{n}.pt" for n in names if n in MODEL_FILES and not _intact(run_dir / f"{n}.pt")]
+    if checkpoint.find(run_dir / "ckpt.pt").state is None:
+        lost.insert(0, "ckpt.pt")
+    return lost
+
+
+def _evaluate_again(trainer: Trainer, plan: _Plan) -> _Plan:
+    """For a cell whose rows are partly lost: evaluate them again from its stored checkpoint
+    files, or, where those are gone too, retrain it from scratch (and evaluate it all)."""
+    r, names = trainer.r, checkpoint_names(trainer.r)
+    rows = f"{r.id}: row(s) {', '.join(plan.again)} missing or unreadable"
+    lost = _lost_files(trainer.dir, names)
+    if lost:
+        trainer.opts.log(f"{rows}, and its checkpoint file(s) {', '.join(lost)} gone or "
+                         "damaged: training it again")
+        return _Plan(True, redo=True)
+    which = "them" if "last" not in plan.again else "all its checkpoints"
+    trainer.opts.log(f"{rows}: evaluating {which} again from its stored checkpoint files")
+    return plan
+
+
+@contextmanager
+def _locked(r: Resolved, opts: RunOptions, wait: bool) -> Iterator[None]:
+    """The cell's lock held (by the main rank) while it trains and evaluates; every rank
+    passes the barrier once it is held, so all decide from the same stored state."""
+    if not distributed.is_main():
+        distributed.barrier()
+        yield
+        return
+    folder = opts.out / "runs" / r.id
+    made = [d for d in (folder.parent, folder) if not d.exists()]
+    try:
+        with lock.held(folder / LOCK, r.id, opts.log, wait):
+            distributed.barrier()
+            yield
+    finally:  # a cell that failed before writing anything (its data missing) leaves nothing
+        for d in reversed(made):
+            with suppress(OSError):  # not empty: kept
+                d.rmdir()
+
+
 def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
-             redo: bool = False, resume: bool = True) -> list[dict[str, Any]]:
+             redo: bool = False, resume: bool = True, wait: bool = True
+             ) -> list[dict[str, Any]]:
     """Train and evaluate one cell, unless its rows are already stored; returns new rows.
 
     An unfinished cell continues from its last epoch checkpoint unless `resume` is False;
-    `redo` retrains a stored cell from scratch.
+    `redo` retrains a stored cell from scratch; a cell whose rows are partly lost has those
+    evaluated again from its stored checkpoints. Another process training the cell is waited
+    for (`wait`; else `lock.Busy`, but always under torchrun: ranks must agree).
     """
     r = resolve(cell)
-    if stored(r, store) and not redo:
-        last = store.get(row_key(r, "last")) or {}
-        why = stale(r, store, last)
-        if why is None or opts.keep_stale:
-            note = _differences(last, opts.device)
-            opts.log(f"skip {r.id}: already in the store{note}"
-                     + (f"; kept though stale: {why}" if why else "")
-                     + " (use --redo to run it again)")
-            return []
-        opts.log(f"retrain {r.id}: {why} (--keep-stale keeps such rows)")
-        redo = True
+    plan = _plan(r, store, opts, redo)
+    if not plan.train:
+        opts.log(plan.line)
+        return []
+    with _locked(r, opts, wait or distributed.world_size() > 1):
+        plan = _plan(r, store, opts, redo)  # again: another process may have stored rows
+        if plan.line:
+            opts.log(plan.line)
+        return _train_and_store(cell, r, opts, ev, store, plan, resume) if plan.train else []
+
+
+def run_cells(cells: Sequence[Cell], opts: RunOptions, ev: EvalOptions, store: Store,
+              redo: bool = False, resume: bool = True,
+              announce: Callable[[Cell], None] = lambda c: None) -> None:
+    """`run_cell` over `cells`, in order; a cell another process is training is put off
+    until the others are done, then waited for (its rows are then stored: no retraining).
+    `announce` is called before each cell is taken up."""
+    later = []
+    for c in cells:
+        announce(c)
+        try:
+            run_cell(c, opts, ev, store, redo=redo, resume=resume, wait=False)
+        except lock.Busy as busy:
+            opts.log(f"{busy}: moving on, back to it at the end")
+            later.append(c)
+    for c in later:
+        announce(c)
+        run_cell(c, opts, ev, store, redo=redo, resume=resume)
+
+
+def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
+                     store: Store, plan: _Plan, resume: bool) -> list[dict[str, Any]]:
+    """Train (or resume) the cell as `plan` says, evaluate its checkpoints and store rows."""
     trainer = Trainer(r, opts, teacher_for(r, opts), teacher_for(r, opts, "clean_teacher"))
-    if redo or not resume:
+    if plan.again:
+        plan = _evaluate_again(trainer, plan)
+    if plan.redo or not resume:
         _start_over(trainer)
     t0 = time.perf_counter()
     finals = trainer.train()
@@ -306,7 +495,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
         pass  # the name the rows record (fp32 on the CPU whatever the choice)
     images = images_fingerprint(x, y)
     done: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
-    for name in sorted(finals, key=lambda n: n == "last"):
+    for name in sorted(filter(plan.evaluates, finals), key=lambda n: n == "last"):
         t1 = time.perf_counter()
         attacks = ev.attacks_for(name, rule.reported)
         twin = _twin(finals, name, attacks, done)
@@ -345,6 +534,7 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
             "channels_last": trainer.compute.channels_last,
             "compile": trainer.compute.compile, "data_path": opts.data_path,
             "compile_mode": trainer.compute.compile_mode,
+            "synthetic_data": synthetic_data(r, opts),
         }
         store.put(row_key(r, name), row)
         rows.append(row)

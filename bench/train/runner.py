@@ -218,9 +218,17 @@ class Trainer:
         except NonFiniteLoss as exc:  # the epoch is discarded: its checkpoint is never written
             raise BenchError(f"loss is {exc.value}{' (teacher)' if exc.teacher else ''} at epoch "
                              f"{epoch + 1} batch {exc.step + 1} (1-based, as logged): stopped; "
-                             f"last good checkpoint kept at {self.ckpt_path}") from None
+                             f"{self._kept()}") from None
         self.method.on_epoch_end(distributed.all_reduce_sums(self.method.pop_sums()))
         return loss
+
+    def _kept(self) -> str:
+        """Where the last good epoch is, for the non-finite loss stop: named only if a file
+        holds one (a first epoch that fails leaves none)."""
+        found = checkpoint.find(self.ckpt_path)
+        if found.state is None:
+            return "no epoch finished, so no checkpoint was kept"
+        return f"last good checkpoint kept at {found.file} (epoch {found.state['epoch']})"
 
     def _select(self, epoch: int, log: dict[str, Any]) -> None:
         """Evaluate the student (and the SWA model) as the preset's selection rule says, on the
@@ -293,10 +301,13 @@ class Trainer:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "config.json").write_text(
                 json.dumps(self.r.config, indent=1, default=str))
-        state = checkpoint.load_latest(self.ckpt_path)
-        if state is not None:
-            self._restore(state)
-            if self.epoch < self.p.epochs:
+        found = checkpoint.find(self.ckpt_path)
+        note = checkpoint.damage_note(found, self.r.id)
+        if note is not None:
+            self.opts.log(note)  # says where it resumes: no second line
+        if found.state is not None:
+            self._restore(found.state)
+            if self.epoch < self.p.epochs and note is None:
                 self.opts.log(f"  resuming {self.r.id} at epoch {self.epoch}")
         with torch.autograd.set_detect_anomaly(self.opts.detect_anomaly):
             while self.epoch < self.p.epochs:

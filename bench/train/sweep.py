@@ -71,11 +71,11 @@ def sweep(cells: list[Cell], opts: RunOptions, ev: EvalOptions, so: SweepOptions
     """Run `cells` as submitit jobs (teachers first) and wait; returns rows stored. Every job
     runs with `opts` (device, data path, kernels), logging to its own submitit log."""
     out = opts.out
+    resolved = [resolve(c) for c in cells]  # every error before submitit writes anything
     ex = _executor(out, so)
     job = replace(opts, log=print, progress=None)  # no handle on this process's console
     teachers: dict[str, Cell] = {}
-    for c in cells:
-        r = resolve(c)
+    for r in resolved:
         for kind, t in (("teacher", r.teacher_cell), ("clean_teacher", r.clean_teacher_cell)):
             if t is not None:
                 teachers.setdefault(r.config[kind], t)

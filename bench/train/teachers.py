@@ -59,8 +59,13 @@ def _state_dict_of(obj: object, path: Path, what: str) -> dict[str, Tensor]:
 
 
 def load_weights(model: nn.Module, path: Path, what: str) -> nn.Module:
-    """Load a weights file into `model` strictly, with a one-line error on any mismatch."""
-    state = _state_dict_of(files.load_file(path), path, what)
+    """Load a weights file into `model` strictly, with a one-line error on any mismatch; a
+    damaged file's says what to do (bench cannot remake a file it was given)."""
+    try:
+        obj = files.load_file(path)
+    except files.Unreadable as exc:
+        raise BenchError(f"{what} {exc}; replace it with an intact copy") from None
+    state = _state_dict_of(obj, path, what)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -99,8 +104,10 @@ def robustbench_model(name: str, dataset: str, model_dir: Path) -> nn.Module:
         return load_model(name, model_dir=model_dir, dataset=dataset, threat_model="Linf").eval()
     except Exception as exc:  # offline download, corrupt file: one line that says where
         target = model_dir / dataset / "Linf" / f"{name}.pt"
+        fix = (f"{target} may be damaged: delete it to download it again, or put an intact "
+               "copy there" if target.exists() else f"put its checkpoint at {target}")
         raise BenchError(f"could not load RobustBench model {name} ({type(exc).__name__}); "
-                         f"put its checkpoint at {target}") from None
+                         f"{fix}") from None
 
 
 def renormalized(model: nn.Module, norm: str, name: str) -> nn.Module:
