@@ -9,6 +9,7 @@ S(x) in the last term is NOT detached. The teacher term is NOT weighted by w_i i
 Forwards (student in train mode): the attack's 10 + final S(x'), an unused S(x') (`basicop`),
 then S(x) for the last term (from warm-up on) and S(x) again for the CE.
 The script also has ARD's LR bug (factor applied to the initial LR): `fixed` repairs it.
+IAD-II (IAD-II.py, on AKD2: a robust and a standard-trained teacher) is `iad2`.
 """
 
 from __future__ import annotations

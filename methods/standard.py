@@ -1,11 +1,16 @@
-"""Standard (non-adversarial) training: the reference every robust method must beat."""
+"""Standard (non-adversarial) training: the reference every robust method must beat.
+
+Preset `iad-teacher` is the standard-trained teacher IAD trains for AKD2 and IAD-II
+(github.com/ZFancy/IAD, pre_train/ST.py): the "piecewise" LR of 200 epochs decays at 0-based
+epochs 99 and 149, seed 1.
+"""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.core.distiller import Distiller
+from bench.core.distiller import FAITHFUL, PAPER, Distiller, Preset
 from bench.core.registry import register
 
 
@@ -14,6 +19,14 @@ class Standard(Distiller):
     """Standard training: CE on clean images, no attack (the non-robust reference)."""
 
     display_name = "Standard"
+    presets = {
+        "faithful": FAITHFUL,
+        "paper": PAPER,
+        "iad-teacher": Preset("IAD's standard-trained teacher (pre_train/ST.py): LR x0.1 at "
+                              "0-based epochs 99 and 149, seed 1; full schedule",
+                              common=dict(milestones=(99, 149), seed=1), base="faithful",
+                              full_scale=True),
+    }
 
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
         return x

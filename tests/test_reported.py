@@ -136,6 +136,19 @@ OTHERS = [
     ("B-MTARD", "cifar10", "mobilenetv2", "unverified", "robust_unspecified", 58.79, "S"),
     ("CIARD", "cifar10", "mobilenetv2", "unverified", "clean", 89.51, "S"),
     ("CIARD", "cifar10", "mobilenetv2", "unverified", "robust_unspecified", 59.10, "S"),
+    # IAD's Table 2 (AT ResNet-18 teacher) as the same third party quotes it (S): AA only
+    ("AKD2", "cifar10", "resnet18", "unverified", "aa", 48.08, "S"),
+    ("IAD-II", "cifar10", "resnet18", "unverified", "aa", 48.58, "S"),
+    # CAT's README image (P, liuxingbin/CAT 2325fa1): two unlabelled rows each of CAT and
+    # CAT+AWP, Clean and AA; no data set (CIFAR-10 inferred) and no network printed
+    ("CAT (upper row)", "cifar10", "unverified", "unverified", "clean", 86.22, "P"),
+    ("CAT (upper row)", "cifar10", "unverified", "unverified", "aa", 54.11, "P"),
+    ("CAT (lower row)", "cifar10", "unverified", "unverified", "clean", 86.51, "P"),
+    ("CAT (lower row)", "cifar10", "unverified", "unverified", "aa", 54.20, "P"),
+    ("CAT+AWP (upper row)", "cifar10", "unverified", "unverified", "clean", 86.74, "P"),
+    ("CAT+AWP (upper row)", "cifar10", "unverified", "unverified", "aa", 56.43, "P"),
+    ("CAT+AWP (lower row)", "cifar10", "unverified", "unverified", "clean", 87.01, "P"),
+    ("CAT+AWP (lower row)", "cifar10", "unverified", "unverified", "aa", 56.61, "P"),
 ]
 # the poster's "+x" margins over the best baseline (P)
 MARGINS = {("tinyimagenet", "resnet18", "clean"): 4.72, ("tinyimagenet", "resnet18", "aa"): 1.66,
@@ -195,7 +208,8 @@ def test_bench_method_names(published) -> None:
     names = {(f["published_as"], f["method"]) for f in published}
     for pub, ours in (("Natural", "standard"), ("SAT", "pgdat"), ("PGD-AT", "pgdat"),
                       ("TRADES", "trades"), ("ARD", "ard"), ("IAD", "iad"),
-                      ("RSLAD", "rslad"), ("PeerAiD", "peeraid"), ("AdaAD", "adaad")):
+                      ("RSLAD", "rslad"), ("PeerAiD", "peeraid"), ("AdaAD", "adaad"),
+                      ("AKD2", "akd2"), ("IAD-II", "iad2"), ("IAD-I", "iad"), ("CAT", "cat")):
         assert (pub, ours) in names
 
 
@@ -445,3 +459,86 @@ def test_another_filter_never_makes_a_method_unknown(capsys) -> None:
     code, out, err = cli(["reported", "--methods", "saad", "--dataset", "cifar100"], capsys)
     assert code == 0, err
     assert out.strip() == "no published figure matches these filters"
+
+
+# --- AKD2, IAD-II and CAT; the baselines of PeerAiD's Table 1 ---------------------------------
+
+THREE = ("akd2", "iad2", "cat")
+# PeerAiD's Table 1 as the authors' poster labels it, in bench's names; "IAD" alone may be
+# IAD-I (bench's iad) or IAD-II (iad2), so the experiment files run both
+TABLE1 = {"PGD-AT": ("pgdat",), "TRADES": ("trades",), "AKD2": ("akd2",), "RSLAD": ("rslad",),
+          "IAD": ("iad", "iad2"), "CAT": ("cat",), "AdaAD": ("adaad",),
+          "PeerAiD": ("peeraid",)}
+
+
+def _data() -> tuple[str, dict]:
+    from bench.report.reported import DATA
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    text = DATA.read_text()
+    return text, tomllib.loads(text)
+
+
+def test_akd2_iad2_and_cat_have_graded_pinned_labelled_rows() -> None:
+    """Each row of the three names its grade, evidence, a pin of the grade's form and only
+    metric labels the file defines; what could not be reached is said in the file."""
+    text, doc = _data()
+    by = {m: [r for r in doc["row"] if r["method"] == m] for m in THREE}
+    for method, rows in by.items():
+        assert rows, method
+        for r in rows:
+            assert r["grade"] in GRADES and r["evidence"] and r["source"], r
+            assert r["values"] and set(r["values"]) <= set(doc["metric"]), r
+            assert r.get("checkpoint") and r.get("teacher"), r
+            if r["grade"] == "T":
+                assert r["pin"].startswith("none:") and "third-party" in r["source"], r
+            elif r["grade"] == "R":
+                assert ARXIV.fullmatch(r["pin"]), r
+            else:
+                assert COMMIT.fullmatch(r["pin"]), r
+            if r["grade"] != "R":  # no table of a paper read: its number is never claimed
+                assert "not read" in r["table"], r
+    # IAD's Table 2 (AT ResNet-18 teacher), quoted by a named third party (S), AA only
+    iad_table2 = {(r["method"], r["published_as"]): (r["values"], r["grade"], r["teacher_key"])
+                  for r in by["akd2"] + by["iad2"]}
+    assert iad_table2 == {("akd2", "AKD2"): ({"aa": 48.08}, "S", "pgdat:resnet18"),
+                          ("iad2", "IAD-II"): ({"aa": 48.58}, "S", "pgdat:resnet18")}
+    assert {r["pin"] for r in by["akd2"] + by["iad2"]} == {
+        "github:7i10/ard_codex_bootstrap 616163bfa15308ad525609f9d6b889bdf2f23621"}
+    # CAT's own README image (P): two unlabelled CAT rows, no network printed
+    readme = [r for r in by["cat"] if r["grade"] == "P"]
+    assert sorted(tuple(r["values"].values()) for r in readme) == [(86.22, 54.11),
+                                                                   (86.51, 54.2)]
+    assert {(r["arch"], r["pin"]) for r in readme} == {
+        ("unverified", "github:liuxingbin/CAT 2325fa16af644c1a6e83bf4761d4a8dece86763d")}
+    # nothing was found for these three in PeerAiD's Table 1, nor in AKD2's own paper
+    assert "PeerAiD's Table 1 rows for AKD2, IAD and CAT: no figure found" in text
+    assert "AKD2's own paper" in text and "no figure found" in text
+
+
+def test_peeraid_table1_experiments_name_every_baseline() -> None:
+    """The Table 1 experiment files run every method of the table, each registered."""
+    from pathlib import Path
+
+    from bench.core import registry
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    files = sorted((Path(__file__).parents[1] / "experiments").glob("peeraid_table1_*.toml"))
+    assert [f.stem for f in files] == ["peeraid_table1_cifar10", "peeraid_table1_cifar100",
+                                       "peeraid_table1_tinyimagenet"]
+    want = {m for names in TABLE1.values() for m in names}
+    for f in files:
+        text = f.read_text()
+        methods = tomllib.loads(text)["methods"]
+        assert set(methods) == want and len(methods) == len(want), f
+        assert want <= set(registry.names()), want - set(registry.names())
+        assert "not in bench" not in text
+        for name in TABLE1:  # the comment names each baseline as the table does
+            assert name in text, (f, name)
+        assert "IAD-I" in text and "IAD-II" in text  # which IAD: said, with why both run

@@ -67,7 +67,8 @@ FIGURE_MODULES: list[str] = ["bench.report.plots", "bench.report.analysis_plots"
 # The built-in methods in a fixed order: each keeps its colour whatever is installed beside it
 # (a test checks this list against the methods bench ships).
 BUILTIN_ORDER = ("absld", "adaad", "ard", "bmtard", "ciard", "iad", "igdm", "mtard", "peeraid",
-                 "pgdat", "rslad", "saad", "standard", "trades")
+                 "pgdat", "rslad", "saad", "standard", "trades",
+                 "akd2", "iad2", "cat")  # later methods at the end: the earlier keep colours
 
 
 def _palette() -> list[Any]:
