@@ -16,16 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cli_run import cli
+from resumable import killed_and_resumed
 from test_methods import EPS, STEP, TOL, Net, _assert_same_buffers, _batch, ref_pgd
-from test_second_wave_mt import _same
 
 from bench.core import registry
 from bench.core.distiller import RangeError
 from bench.data import datasets
 from bench.models import create_model
-from bench.train import checkpoint
 from bench.train.cells import Cell, resolve
-from bench.train.compute import Compute
 from bench.train.runner import RunOptions, Trainer
 
 DATASETS = {"cifar10": 10, "cifar100": 100}
@@ -278,30 +276,11 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, method: st
                                                       monkeypatch) -> None:
     """Killed at batch 6 of the second epoch (IAD-II introspective in it: its warm-up of 3 of
     15 epochs scales to 1 of 2), resumed from the first epoch's checkpoint: the same bits."""
-    whole = _trainer(method, tmp_path / "whole")
     if method == "iad2":
-        assert whole.method.p.warmup == 1
-    whole.train()
-    step = Compute.step
-
-    def killed(self, m, *args, **kw):
-        if m.epoch == 1 and m.step == 5:
-            raise KeyboardInterrupt
-        return step(self, m, *args, **kw)
-
-    monkeypatch.setattr(Compute, "step", killed)
-    with pytest.raises(KeyboardInterrupt):
-        _trainer(method, tmp_path / "cut").train()
-    monkeypatch.setattr(Compute, "step", step)
-    resumed = _trainer(method, tmp_path / "cut")
-    resumed.train()
-    got, want = (checkpoint.load_file(t.ckpt_path) for t in (resumed, whole))
+        assert _trainer(method, tmp_path / "probe").method.p.warmup == 1
+    got, want = killed_and_resumed(lambda out: _trainer(method, out), tmp_path, monkeypatch)
     assert got["epoch"] == want["epoch"] == 2
-    for key in ("models", "optims", "method", "best"):
-        _same(got[key], want[key], key)
     assert set(want["models"]) == {"student"}
-    assert [{k: v for k, v in h.items() if k != "seconds"} for h in got["history"]] == [
-        {k: v for k, v in h.items() if k != "seconds"} for h in want["history"]]
 
 
 def test_cli_trains_both_with_their_teachers(tmp_path: Path, capsys) -> None:

