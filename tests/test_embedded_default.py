@@ -10,7 +10,7 @@ from bench.train.pipeline import EvalOptions, run_cell
 from bench.train.runner import RunOptions
 
 ROBUST = ["pgdat", "trades", "peeraid", "rslad", "ard", "adaad", "iad", "igdm", "saad", "absld",
-          "mtard", "bmtard", "ciard"]
+          "mtard", "bmtard", "ciard", "akd2", "iad2", "cat"]
 
 
 @pytest.fixture(scope="module")
