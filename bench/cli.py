@@ -14,6 +14,7 @@ from rich.console import Console, ConsoleDimensions
 from bench import BenchError
 from bench.core import registry
 from bench.core.distiller import FAITHFUL, PAPER, Distiller, landmarks
+from bench.core.suggest import unknown
 from bench.data import datasets
 from bench.eval.evaluate import ALL_ATTACKS
 from bench.models import model_names
@@ -203,7 +204,8 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
 @click.option("--arch", "archs", default="", help="Only these student archs (comma list).")
 @click.option("--methods", default="", help="Only these methods (comma list).")
 @click.option("--checkpoint", "checkpoints", default="",
-              help="Only these checkpoints (comma list: best, last, swa_best, swa_last).")
+              help="Only these checkpoints (comma list: "
+                   + ", ".join(runs.ROW_CHECKPOINTS) + ").")
 @click.option("--time", "hours", is_flag=True, help="Add training GPU-hours per cell.")
 @click.option("--ours", default=None,
               help="The method whose margin over the best other method is shown "
@@ -225,6 +227,9 @@ def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoin
     from bench.report.aggregate import known_methods, parse_names
     from bench.report.tables import TableOptions
 
+    for name in _csv(checkpoints):
+        if name not in runs.ROW_CHECKPOINTS:
+            raise unknown("checkpoint", name, runs.ROW_CHECKPOINTS)
     opts = TableOptions(datasets=tuple(_csv(datasets)), archs=tuple(_csv(archs)),
                         methods=tuple(_csv(methods)), checkpoints=tuple(_csv(checkpoints)),
                         hours=hours, ours=ours, metrics=_with_worst() if worst else None,
@@ -293,8 +298,6 @@ def reported_(as_json: bool, datasets: str, methods: str, grades: str) -> None:
             valid |= names
         bad = sorted(set(wanted) - valid)
         if bad:
-            from bench.core.suggest import unknown
-
             raise unknown(f"{col} among the published figures", bad[0], valid)
         if wanted:
             df = df[df[col].isin(wanted)]

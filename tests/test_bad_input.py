@@ -150,6 +150,8 @@ CASES = [
      "Option '--methods' requires an argument"),
     ("unknown-command", ["trian"], "No such command 'trian'"),
     ("table-format", ["table", "--format", "xml"], "'xml' is not one of"),
+    ("table-checkpoint", ["table", "--checkpoint", "bset"],
+     "unknown checkpoint 'bset'; did you mean 'best'"),
 ]
 
 

@@ -492,3 +492,8 @@ def test_ciard_rule_keeps_the_best_trained_teacher(tmp_path: Path) -> None:
     at = scores.index(max(scores))  # the epoch whose teacher was kept
     state = checkpoint.load_file(tr.ckpt_path if at == 1 else tr.dir / "ckpt.prev.pt")
     same(saved["models"]["student"], state["models"]["teacher"], "teacher_best")
+    # and it is reachable by name (bench eval / transfer RUN:teacher_best), in its architecture
+    from bench.train import runs
+
+    net = runs.load(tmp_path, runs.find(tmp_path, tr.r.id), "teacher_best")
+    same(dict(net.state_dict()), dict(saved["models"]["student"]), "loaded teacher_best")

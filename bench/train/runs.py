@@ -22,8 +22,9 @@ from bench.models import create_model
 from bench.train import checkpoint
 
 CHECKPOINTS = ("best", "last", "swa_best", "swa_last", "best_clean", "peer", "teacher",
-               "clean_teacher")
+               "teacher_best", "clean_teacher")
 STUDENT_FILES = ("best", "swa_best", "best_clean")  # selected students, one file each
+ROW_CHECKPOINTS = ("best", "last", "swa_best", "swa_last", "best_clean")  # rows are of these
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,15 @@ def load(out: Path, run: Run, ckpt: str) -> nn.Module:
         return load_weights(_net(run, c["arch"]), path, f"{ckpt} checkpoint").eval()
     if ckpt in ("teacher", "clean_teacher"):
         return _teacher(out, run, ckpt).eval()
+    if ckpt == "teacher_best":  # a trained teacher's best (CIARD's rule), in its architecture
+        from bench.train.teachers import normalized
+
+        path = run.dir / "teacher_best.pt"
+        if not path.is_file():
+            raise _missing(run, ckpt, "the method trains no teacher, or its selection rule "
+                           "keeps no best teacher, or no selection epoch finished yet")
+        model = load_weights(_net(run, c["teacher_arch"]), path, f"{ckpt} checkpoint")
+        return normalized(model, c.get("teacher_normalize")).eval()
     state = run.state()
     if ckpt == "swa_last":
         swa = state.get("swa")
