@@ -13,6 +13,7 @@ import ast
 import itertools
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,11 @@ def seeds(value: str) -> list[int]:
 def _literal(raw: str) -> Any:
     """A Python literal (number, tuple, quoted string), a fraction such as 8/255 as its float
     (as `bench eval --eps` takes it), else the text itself."""
-    try:
+    with suppress(ValueError, SyntaxError):
         return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        pass
-    try:
+    with suppress(ValueError):
         return parse_number(raw)
-    except ValueError:
-        return raw
+    return raw
 
 
 def overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -239,11 +237,9 @@ def _set_text(value: Any) -> str:
     "8/255" (TOML has no fractions), as written, so it parses as that number; anything else
     as a Python literal."""
     if isinstance(value, str):
-        try:
-            parse_number(value)
+        with suppress(ValueError):
+            parse_number(value)  # a number's text: kept as written
             return value
-        except ValueError:
-            pass
     return repr(value)
 
 
