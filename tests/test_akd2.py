@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from cli_run import cli
 from resumable import killed_and_resumed
-from test_methods import EPS, STEP, TOL, Net, _assert_same_buffers, _batch, ref_pgd
+from test_methods import (
+    EPS,
+    STEP,
+    _assert_same_buffers,
+    _batch,
+    assert_same_loss_and_grads,
+    ref_pgd,
+)
+from test_second_wave_mt import DATASETS, _make, _nets  # CIFAR-10 and -100: the scripts' sets
 
 from bench.core import registry
 from bench.core.distiller import RangeError
@@ -26,17 +34,7 @@ from bench.models import create_model
 from bench.train.cells import Cell, resolve
 from bench.train.runner import RunOptions, Trainer
 
-DATASETS = {"cifar10": 10, "cifar100": 100}
 SPEC = dict(t=1.0, a1=0.5, a2=0.25, beta=0.1, warmup=40)  # AKD2.py / IAD-II.py argparse
-
-
-def _nets(classes: int, bn: bool) -> dict:
-    return {"s": Net(classes, bn, 1), "t": Net(classes, bn, 2), "c": Net(classes, bn, 4)}
-
-
-def _make(name: str, nets: dict, dataset: str = "cifar10", preset: str = "faithful", **kw):
-    return registry.create(name, student=nets["s"], teacher=nets["t"], clean_teacher=nets["c"],
-                           dataset=dataset, preset=preset, **kw)
 
 
 def kl_rows(log_q, p):
@@ -98,12 +96,9 @@ def test_loss_grads_and_bn_updates(name, epoch, over, dataset, bn):
     nets["c"].train()
     loss = m.loss(x, xa, y)
     expected = ref_loss(name, ref, x, xa, y, {**SPEC, **over}, epoch)
-    torch.testing.assert_close(loss, expected, **TOL)
+    assert_same_loss_and_grads(loss, expected, list(nets["s"].parameters()),
+                               list(ref["s"].parameters()))
     assert loss.item() > 0
-    got = torch.autograd.grad(loss, list(nets["s"].parameters()))
-    want = torch.autograd.grad(expected, list(ref["s"].parameters()))
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, **TOL)
     _assert_same_buffers(nets, ref)  # order and count of train-mode forwards
     assert not any(q.requires_grad for k in ("t", "c") for q in nets[k].parameters())
 
@@ -182,10 +177,7 @@ def test_full_step_replays_the_script(bn):
     xa = ref_pgd(lambda z: F.cross_entropy(S(z), y, reduction="sum"), x, EPS, STEP, 10,
                  "uniform", False)
     want = ref_loss("iad2", ref, x, xa, y, SPEC, 40)
-    torch.testing.assert_close(loss, want, **TOL)
-    for g, w in zip(torch.autograd.grad(loss, list(nets["s"].parameters())),
-                    torch.autograd.grad(want, list(S.parameters())), strict=True):
-        torch.testing.assert_close(g, w, **TOL)
+    assert_same_loss_and_grads(loss, want, list(nets["s"].parameters()), list(S.parameters()))
     _assert_same_buffers(nets, ref)
 
 

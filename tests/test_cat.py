@@ -16,7 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from resumable import killed_and_resumed
-from test_methods import EPS, STEP, TOL, Net, _assert_same_buffers, _batch, ref_pgd
+from test_methods import (
+    EPS,
+    STEP,
+    TOL,
+    Net,
+    _assert_same_buffers,
+    _batch,
+    assert_same_loss_and_grads,
+    ref_pgd,
+)
 from torch import nn
 
 from bench.core import registry
@@ -81,12 +90,8 @@ def test_loss_grads_and_bn_updates(preset, bn):
     m.peer_adv = (x, xp)
     loss = m.loss(x, xa, y)
     expected = ref_loss(ref, x, xa, xp, y)
-    torch.testing.assert_close(loss, expected, **TOL)
+    assert_same_loss_and_grads(loss, expected, _params(nets), _params(ref))
     assert m.peer_adv is None  # used once
-    got = torch.autograd.grad(loss, _params(nets))
-    want = torch.autograd.grad(expected, _params(ref))
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, **TOL)
     _assert_same_buffers(nets, ref)  # S: x, x_s, x_p; P: x_p, x, x_s
     if bn:
         assert nets["s"].b1.num_batches_tracked.item() == 3

@@ -205,6 +205,18 @@ def ref_loss(name: str, n: dict, x, xa, y, c: dict, epoch: int = 0, wrong: str |
     raise KeyError(name)
 
 
+def assert_same_loss_and_grads(loss: torch.Tensor, expected: torch.Tensor,
+                               params: list[torch.Tensor],
+                               ref_params: list[torch.Tensor]) -> None:
+    """A method's loss against the reference written out in a test: its value, and the
+    gradients of the trained networks' parameters (graphs kept for later checks)."""
+    torch.testing.assert_close(loss, expected, **TOL)
+    got = torch.autograd.grad(loss, params, retain_graph=True)
+    want = torch.autograd.grad(expected, ref_params, retain_graph=True)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+
+
 def _params(name: str, nets: dict) -> list[torch.Tensor]:
     ps = list(nets["s"].parameters())
     return ps + list(nets["p"].parameters()) if name == "peeraid" else ps
@@ -233,12 +245,8 @@ def test_loss_grads_and_bn_updates(name, epoch, over, dataset, bn):
     loss = m.loss(x, xa, y)
     c = {**_spec(name, dataset), **over}
     expected = ref_loss(name, ref, x, xa, y, c, epoch)
-    torch.testing.assert_close(loss, expected, **TOL)
+    assert_same_loss_and_grads(loss, expected, _params(name, nets), _params(name, ref))
     assert loss.item() > 0
-    got = torch.autograd.grad(loss, _params(name, nets))
-    want = torch.autograd.grad(expected, _params(name, ref))
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, **TOL)
     _assert_same_buffers(nets, ref)  # order and count of train-mode forwards
 
 

@@ -15,7 +15,17 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from test_methods import DATASETS, EPS, KL, STEP, TOL, _assert_same_buffers, _batch, _nets, ref_pgd
+from test_methods import (
+    DATASETS,
+    EPS,
+    KL,
+    STEP,
+    _assert_same_buffers,
+    _batch,
+    _nets,
+    assert_same_loss_and_grads,
+    ref_pgd,
+)
 
 from bench.core import registry
 
@@ -123,12 +133,9 @@ def test_loss_grads_and_bn_updates(name, preset, epoch, over, dataset, bn):
     loss = m.loss(x, xa, y)
     c = {**_spec(name, dataset, preset), **over}
     expected = ref_loss(name, ref, x, xa, y, c, epoch)
-    torch.testing.assert_close(loss, expected, **TOL)
+    assert_same_loss_and_grads(loss, expected, list(nets["s"].parameters()),
+                               list(ref["s"].parameters()))
     assert loss.item() > 0
-    got = torch.autograd.grad(loss, list(nets["s"].parameters()))
-    want = torch.autograd.grad(expected, list(ref["s"].parameters()))
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, **TOL)
     _assert_same_buffers(nets, ref)
 
 
