@@ -493,7 +493,7 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
     versions, commit, device = _versions(), _git_commit(), _device_name(opts.device)
     with eval_precision(opts.device, ev.precision) as precision_label:
         pass  # the name the rows record (fp32 on the CPU whatever the choice)
-    images = images_fingerprint(x, y)
+    images, synthetic = images_fingerprint(x, y), synthetic_data(r, opts)
     done: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for name in sorted(filter(plan.evaluates, finals), key=lambda n: n == "last"):
         t1 = time.perf_counter()
@@ -534,7 +534,7 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
             "channels_last": trainer.compute.channels_last,
             "compile": trainer.compute.compile, "data_path": opts.data_path,
             "compile_mode": trainer.compute.compile_mode,
-            "synthetic_data": synthetic_data(r, opts),
+            "synthetic_data": synthetic,
         }
         store.put(row_key(r, name), row)
         rows.append(row)
