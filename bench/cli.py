@@ -13,7 +13,7 @@ from rich.console import Console, ConsoleDimensions
 
 from bench import BenchError
 from bench.core import registry
-from bench.core.distiller import FAITHFUL, PAPER, Distiller, landmarks
+from bench.core.distiller import FAITHFUL, PAPER, Distiller, landmarks, parse_number
 from bench.core.suggest import unknown
 from bench.data import datasets
 from bench.eval.evaluate import ALL_ATTACKS
@@ -643,9 +643,7 @@ def eval_(model: str, eps_text: str, steps_text: str, json_file: str | None, out
 def _eps_labels(text: str) -> dict[float, str]:
     """Each radius as `--eps` gave it, a fraction with its decimal: 0.2 stays 0.2 though it
     equals 51/255, and 8/255 reads 8/255 (0.0314); the first spelling of a value wins."""
-    from fractions import Fraction
-
-    spelled = {float(Fraction(p)): p for p in reversed(_csv(text))}
+    spelled = {parse_number(p): p for p in reversed(_csv(text))}
     return {v: f"{p} ({v:.4f})" if "/" in p else p for v, p in spelled.items()}
 
 
