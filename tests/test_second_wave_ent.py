@@ -420,11 +420,11 @@ def test_selection_rules_in_a_run(tmp_path):
     opts, store = RunOptions(out=tmp_path, log=lambda *_: None), Store(tmp_path)
     ev = EvalOptions(attacks=("clean",))
     got, hist, best = {}, {}, {}
-    for rule in ("adaad", "ard", "absld", "bmtard", None):
+    for rule in ("adaad", "ard", "absld", "bmtard", "common", None):
         over = (("epochs", 2),) + ((("selection", rule),) if rule else ())
         rows = run_cell(Cell("standard", overrides=over), opts, ev, store)
         got[rule] = {r["checkpoint"]: r for r in rows}
-        assert {r["selection"] for r in rows} == {rule or "common"}
+        assert {r["selection"] for r in rows} == {rule or "clean"}  # standard's own: clean
         state = load_latest(tmp_path / "runs" / rows[0]["cell_id"] / "ckpt.pt")
         hist[rule], best[rule] = state["history"], state["best"]
     assert set(got["adaad"]) == {"best", "best_clean", "last"}
@@ -433,15 +433,21 @@ def test_selection_rules_in_a_run(tmp_path):
     assert got["adaad"]["best_clean"]["clean"] == pytest.approx(
         max(e["clean"] for e in h), abs=1e-9)  # same split (test) in selection and evaluation
     assert set(got["ard"]) == {"last"} and got["ard"]["last"]["reported"]
-    assert got[None]["best"]["reported"] and not got[None]["last"]["reported"]
     h = hist["absld"]
     assert [("pgd20s" in e, "worst_class" in e) for e in h] == [(False, False), (True, True)]
     assert best["absld"]["best"] == pytest.approx(h[1]["pgd20s"] + h[1]["worst_class"])
     h = hist["bmtard"]
     assert all("clean" in e and "pgd20s" in e for e in h) and set(got["bmtard"]) == {"best", "last"}
     assert best["bmtard"]["best"] == pytest.approx(max((e["clean"] + e["pgd20s"]) / 2 for e in h))
-    assert set(got[None]) == {"best", "last"}
-    assert all("pgd10" in e for e in hist[None])
+    assert set(got["common"]) == {"best", "last"}
+    assert all("pgd10" in e for e in hist["common"])
+    assert got["common"]["best"]["reported"] and not got["common"]["last"]["reported"]
+    # standard training's own rule: the best clean network of every epoch, no attack run
+    h = hist[None]
+    assert all("clean" in e and "pgd10" not in e for e in h) and len(h) == 2
+    assert best[None]["best"] == max(e["clean"] for e in h)
+    assert got[None]["best"]["clean"] == pytest.approx(best[None]["best"], abs=1e-9)
+    assert set(got[None]) == {"best", "last"} and got[None]["best"]["reported"]
 
 
 def test_unknown_or_impossible_selection_is_one_line():

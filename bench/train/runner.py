@@ -346,8 +346,9 @@ class Trainer:
         return attack_frozen({id(n): n for n in nets}.values())
 
     def _log_epoch(self, h: dict[str, Any]) -> None:
-        sel = "  ".join(f"{k} {h[k]:.3f}" for k in ("pgd10", "swa_pgd10", "tutor_on_student",
-                                                    "tutor_on_self") if k in h)
+        sel = "  ".join(f"{k} {h[k]:.3f}" for k in ("clean", "pgd10", "pgd20s", "swa_pgd10",
+                                                    "tutor_on_student", "tutor_on_self")
+                        if k in h)
         self.opts.log(f"  [{self.r.cell.method}] epoch {h['epoch'] + 1}/{self.p.epochs}  "
                       f"lr {h['lr']:.4g}  loss {h['loss']:.4f}  {sel}  {h['seconds']:.1f}s"
                       + (f" (wall {h['wall_seconds']:.1f}s, selection "

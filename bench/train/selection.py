@@ -71,6 +71,10 @@ RULES: dict[str, Rule] = {
                   "every epoch from 215; best and last", attack="pgd20s", every=20,
                   dense_from=215, keep=("best", "last"), reported=("best", "last")),
     "ard": Rule("ARD: no selection, the last epoch", keep=("last",), reported=("last",)),
+    # A non-robust network's robust accuracy is near 0 at every epoch, so the best of it is
+    # noise: standard training keeps the best clean network, as IAD's pre_train/ST.py does.
+    "clean": Rule("standard training: best clean accuracy every epoch (IAD's pre_train/ST.py); "
+                  "and last", attack="clean", every=1, keep=("best", "last")),
     "adaad": Rule("AdaAD: best PGD-10 every epoch, also the best clean accuracy; and last",
                   every=1, keep=("best", "last"), best_clean=True),
     "peeraid": Rule("PeerAiD: best PGD-10 every epoch, of the student and of the SWA model",
