@@ -209,6 +209,7 @@ def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = Non
         ckpt = "best" if not best.empty else "all checkpoints"
         tex.append(latex(main, f"{dataset} / {arch}, checkpoint: {ckpt}"))
         tex.append("")
+    appendix = _teachers_section(df, out, md)
     cmp = compare(df)
     md.append("## Reproduced vs published\n")
     md.append("Published numbers come from `bench/report/reported.toml` (`bench reported` lists "
@@ -223,10 +224,9 @@ def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = Non
     if not apart.empty:
         md.append("### Published figures of these settings that are not comparable\n\n"
                   + markdown(not_comparable_table(apart)) + "\n")
-    appendix = ""
     if analyses:
         md.append("## Analyses\n")
-        appendix = '<section id="analyses"><h2>Analyses</h2>'
+        appendix += '<section id="analyses"><h2>Analyses</h2>'
         for doc, ps in analyses:
             md.append(f"{doc[0].upper()}{doc[1:]}.\n")
             appendix += f'<p class="note">{html.inline_markdown(doc)}</p>'
@@ -249,6 +249,24 @@ def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = Non
     put("index.html", html.page("Results: adversarial distillation benchmark", intro, pages,
                                 reported, appendix))
     return written
+
+
+def _teachers_section(df, out: Path, md: list[str]) -> str:
+    """Where a grid taught a method with several teachers: each teacher's accuracy beside its
+    students' (appended to `md`), and the same as HTML, returned."""
+    from bench.report import html
+    from bench.report.aggregate import markdown
+    from bench.report.teachers import TEACHERS_NOTE, beside, compared, tables
+
+    if not compared(beside(df, out)[0]):
+        return ""
+    md.append(f"## Teacher beside student\n\n{TEACHERS_NOTE}\n")
+    page = f'<section id="teachers"><h2>Teacher beside student</h2><p class="note">' \
+           f"{html.esc(TEACHERS_NOTE)}</p>"
+    for title, t in tables(df, out):
+        md.append(f"### {title}\n\n{markdown(t)}\n")
+        page += f"<h3>{html.esc(title)}</h3>" + html.text_table(t)
+    return page + "</section>"
 
 
 def _analysis_figures(out: Path, report_dir: Path, names: dict[str, str] | None = None

@@ -163,7 +163,7 @@ def _updater(bar):
 
 
 def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=None,
-                 reported: bool = False) -> None:
+                 reported: bool = False, teachers: bool = False) -> None:
     """The stored rows (of `ids` only, if given) as one table per data set and arch."""
     import pandas as pd
 
@@ -180,7 +180,13 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
         return
     df, _ = current(pd.DataFrame(rows))
     opts = opts or tables.TableOptions()
-    parts = (tables.reported_view if reported else tables.render)(df, fmt, opts)
+    if teachers:
+        parts = tables.teacher_view(df, fmt, str(store.root), opts)
+        if not parts:
+            raise BenchError("no student row links an evaluated teacher: run a grid with "
+                             "--teachers A,B,... first")
+    else:
+        parts = (tables.reported_view if reported else tables.render)(df, fmt, opts)
     from bench.report.aggregate import markdown, rich_table
 
     for part in parts:
@@ -214,11 +220,14 @@ def _print_table(store, ids: set[str] | None = None, fmt: str = "rich", opts=Non
               help="Reproduced mean ± std beside the published figures of the same setting.")
 @click.option("--worst", is_flag=True,
               help="Add the worst class's accuracy beside clean, PGD-20 and AutoAttack.")
+@click.option("--teachers", is_flag=True,
+              help="Each teacher's accuracy beside its students', measured on the same images "
+                   "(AutoAttack, else PGD-20), with each method's rank correlation over them.")
 @click.option("--names", multiple=True,
               help="Display names, METHOD=NAME (comma list or repeated; e.g. "
                    "peeraid=PeerAiD-ours) [default: each method's own].")
 def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoints: str,
-          hours: bool, ours: str | None, reported: bool, worst: bool,
+          hours: bool, ours: str | None, reported: bool, worst: bool, teachers: bool,
           names: tuple[str, ...]) -> None:
     """The stored results as paper tables: mean ± std over seeds (with the seed count), the
     a column's best in bold when significantly better than the runner-up (else both marked
@@ -234,7 +243,9 @@ def table(out: str, fmt: str, datasets: str, archs: str, methods: str, checkpoin
                         methods=tuple(_csv(methods)), checkpoints=tuple(_csv(checkpoints)),
                         hours=hours, ours=ours, metrics=_with_worst() if worst else None,
                         names=parse_names(names, known_methods(out)) if names else None)
-    _print_table(Store(out), None, fmt, opts, reported)
+    if teachers and (reported or worst):
+        raise BenchError("--teachers is a view of its own: give it without --reported/--worst")
+    _print_table(Store(out), None, fmt, opts, reported, teachers)
 
 
 def _with_worst() -> tuple[str, ...]:

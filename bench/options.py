@@ -61,9 +61,12 @@ class GridOptions:
     sweep: tuple[str, ...] = opt(GRID, "--sweep", default=(), multiple=True, metavar="KEY=V1,V2",
                                  help="One cell per value (repeatable: one per combination), "
                                       "typed and checked like --set, e.g. --sweep g2=0.01,0.1,1.")
-    teacher: str | None = opt(TEACHERS, "--teacher",
-                              help="Teacher checkpoint file or robustbench:NAME [default: train "
-                                   "one with --teacher-method, cached].")
+    teachers: str | None = opt(TEACHERS, "--teachers", "--teacher",
+                               help="Comma-separated teachers, one cell each (a grid axis): "
+                                    "checkpoint files, robustbench:NAME, or "
+                                    "train:METHOD[:ARCH][:KEY=VALUE...] for one bench trains and "
+                                    "caches [default: the preset's, else trained with "
+                                    "--teacher-method].")
     teacher_normalize: str | None = opt(
         TEACHERS, "--teacher-normalize", type=click.Choice(sorted(NORMALIZATIONS)),
         help="The teacher normalises its [0,1] input with these mean/std inside.")
@@ -72,10 +75,11 @@ class GridOptions:
     teacher_method: str | None = opt(TEACHERS, "--teacher-method",
                                      help="Method that trains the teacher when none is given "
                                           "[default: the preset's teacher, else pgdat].")
-    clean_teacher: str | None = opt(TEACHERS, "--clean-teacher",
-                                    help="Clean (non-robust) teacher of a multi-teacher method: "
-                                         "file or robustbench:NAME [default: the preset's, else "
-                                         "trained with standard].")
+    clean_teachers: str | None = opt(TEACHERS, "--clean-teachers", "--clean-teacher",
+                                     help="Comma-separated clean (non-robust) teachers of the "
+                                          "multi-teacher methods, a grid axis, in the forms "
+                                          "--teachers takes [default: the preset's, else trained "
+                                          "with standard].")
     clean_teacher_arch: str | None = opt(TEACHERS, "--clean-teacher-arch",
                                          help="Clean teacher architecture [default: the "
                                               "preset's, else student's].")
@@ -181,10 +185,10 @@ class GridOptions:
             precision = default_precision(device)
         return experiment.grid(
             self.methods, self.datasets, self.archs, self.seeds, self.preset, self.epochs,
-            self.sets, self.sweep, peer_arch=self.peer_arch, teacher=self.teacher,
+            self.sets, self.sweep, peer_arch=self.peer_arch, teachers=self.teachers,
             teacher_arch=self.teacher_arch, teacher_method=self.teacher_method,
             select=self.select, select_every=self.select_every,
-            teacher_normalize=self.teacher_normalize, clean_teacher=self.clean_teacher,
+            teacher_normalize=self.teacher_normalize, clean_teachers=self.clean_teachers,
             clean_teacher_arch=self.clean_teacher_arch, precision=precision).cells()
 
     def use_threads(self, cells: list[Cell], device: str) -> None:

@@ -276,10 +276,20 @@ def labels(df: pd.DataFrame, names: Names | None = None) -> pd.Series:
                        if len({json.dumps(c2.get(k), default=str) for c2 in cfgs.values()}) > 1
                        and k != "params.epochs"})
         for x, c in cfgs.items():
-            diff = ", ".join(f"{k.rsplit('.', 1)[-1]}={c.get(k, '-')}" for k in keys)
             idx = g.index[g["setup"] == x]
+            shown = {k: _named(g.loc[idx], k, c.get(k, "-")) for k in keys}
+            diff = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in shown.items())
             out.loc[idx] = out.loc[idx] + " {" + (diff[:40] + "…" if len(diff) > 40 else diff) + "}"
     return out
+
+
+def _named(rows: pd.DataFrame, key: str, value: Any) -> Any:
+    """A setting as a label shows it: a teacher by the name its rows record (the spec a
+    --teachers item gives, not its hashed id)."""
+    col = f"{key}_name"
+    if key in ("teacher", "clean_teacher") and col in rows and rows[col].notna().any():
+        return str(rows[col].dropna().iloc[0]).removeprefix("train:")
+    return value
 
 
 def aggregate(df: pd.DataFrame, keys: list[str] | None = None, names: Names | None = None

@@ -61,7 +61,8 @@ def _load() -> None:
         importlib.import_module(mod)
 
 
-FIGURE_MODULES: list[str] = ["bench.report.plots", "bench.report.analysis_plots"]
+FIGURE_MODULES: list[str] = ["bench.report.plots", "bench.report.analysis_plots",
+                              "bench.report.teachers"]
 
 
 # The built-in methods in a fixed order: each keeps its colour whatever is installed beside it

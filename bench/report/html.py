@@ -193,12 +193,17 @@ def not_comparable_table(apart: pd.DataFrame) -> str:
     """The published figures of the reproduced settings left out, each with why."""
     from bench.report.reported import not_comparable_table as lines
 
-    t = lines(apart)
+    return ("<h3>Published figures of these settings that are not comparable</h3>"
+            + text_table(lines(apart)))
+
+
+def text_table(t: pd.DataFrame) -> str:
+    """A table of display strings, sortable, in a box that scrolls sideways."""
     head = "".join(f'<th class="text">{esc(c)}</th>' for c in t.columns)
     body = "".join("<tr>" + "".join(_cell(esc(r[c]), cls="text") for c in t.columns)
                    + "</tr>" for _, r in t.iterrows())
-    return ("<h3>Published figures of these settings that are not comparable</h3>" + scroll(
-        f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'))
+    return scroll(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}'
+                  "</tbody></table>")
 
 
 def image(path: Path, alt: str) -> str:

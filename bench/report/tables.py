@@ -149,14 +149,8 @@ def reported_view(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions(
         if fmt == "rich":
             out.append((title, t))
         elif fmt == "latex":
-            from bench.report.aggregate import tex_escape
-
             cols = ["method", "checkpoint", "attack", "reproduced", "published", "difference"]
-            body = [" & ".join(tex_escape(r[c]) for c in cols) + r" \\"
-                    for _, r in t.iterrows()]
-            out.append("\n".join([f"% {title}", r"\begin{tabular}{llllll}", r"\toprule",
-                                  " & ".join(c.capitalize() for c in cols) + r" \\",
-                                  r"\midrule", *body, r"\bottomrule", r"\end{tabular}", ""]))
+            out.append(tabular(title, t[cols].rename(columns=str.capitalize)))
         else:
             out.append(f"### {title}\n\n{markdown(t)}\n")
     apart = not_comparable(select(df, opts))
@@ -165,3 +159,35 @@ def reported_view(df: pd.DataFrame, fmt: str, opts: TableOptions = TableOptions(
                     not_comparable_table(apart))
         out.append((title, t) if fmt == "rich" else f"### {title}\n\n{markdown(t)}\n")
     return out
+
+
+def tabular(title: str, t: pd.DataFrame) -> str:
+    """A table of display strings as a booktabs LaTeX tabular, its title as a comment."""
+    from bench.report.aggregate import tex_escape
+
+    body = [" & ".join(tex_escape(str(v)) for v in r) + r" \\" for r in t.values]
+    return "\n".join([f"% {title}", r"\begin{tabular}{" + "l" * t.shape[1] + "}", r"\toprule",
+                      " & ".join(tex_escape(str(c)) for c in t.columns) + r" \\",
+                      r"\midrule", *body, r"\bottomrule", r"\end{tabular}", ""])
+
+
+def teacher_view(df: pd.DataFrame, fmt: str, out: str, opts: TableOptions = TableOptions()
+                 ) -> list:
+    """Each teacher's accuracy beside its students' (`bench.report.teachers`), per section;
+    parts as `render`'s."""
+    from bench.report.aggregate import markdown
+    from bench.report.teachers import beside, tables
+
+    kept = select(df, opts)
+    if fmt == "csv":
+        lines, _ = beside(kept, out, (opts.metrics or (None,))[0])
+        return [lines.to_csv(index=False)] if not lines.empty else []
+    out_parts: list = []
+    for title, t in tables(kept, out, (opts.metrics or (None,))[0]):
+        if fmt == "rich":
+            out_parts.append((title, t))
+        elif fmt == "latex":
+            out_parts.append(tabular(title, t))
+        else:
+            out_parts.append(f"### {title}\n\n{markdown(t)}\n")
+    return out_parts

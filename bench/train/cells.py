@@ -37,13 +37,15 @@ class Cell:
     preset: str = "faithful"
     overrides: tuple[tuple[str, Any], ...] = ()
     peer_arch: str | None = None  # PeerAiD's peer; None: same as the student
-    teacher: str | None = None  # a checkpoint file or "robustbench:NAME"; None: train one
+    # a checkpoint file, "robustbench:NAME", or "train:METHOD[:ARCH][:KEY=VALUE...]" (a teacher
+    # bench trains and caches, `train_spec`); None: the preset's teacher, else trained
+    teacher: str | None = None
     teacher_arch: str | None = None
     teacher_method: str | None = None  # None: the preset's teacher, else PGD-AT
     select: str = "test"  # model selection split: "test" (as the papers) or "val"
     select_every: int = 1
     teacher_normalize: str | None = None  # the teacher normalises its input with these stats
-    clean_teacher: str | None = None  # the non-robust teacher: file, "robustbench:NAME", None
+    clean_teacher: str | None = None  # the non-robust teacher, in the same forms; None
     clean_teacher_arch: str | None = None  # None: the preset's, else the student's
     precision: str = "fp32"  # training precision (bench.train.compute); evaluation is always fp32
 
@@ -127,6 +129,44 @@ def _check_types(params_cls: type, overrides: dict[str, Any]) -> None:
     for key, value in overrides.items():
         if key in hints and not _fits(value, hints[key]):
             raise BenchError(f"hyper-parameter {key} must be {_kind(hints[key])}, got {value!r}")
+
+
+TRAIN = "train:"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A teacher bench trains, as a `--teachers` item names it: train:METHOD[:ARCH][:KEY=VALUE
+    ...], where a KEY is a hyper-parameter of METHOD or `preset` (so teachers of different
+    strengths are one axis: train:pgdat:epochs=3, train:pgdat, train:trades:small_cnn)."""
+
+    method: str
+    arch: str | None = None
+    preset: str | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+def train_spec(text: str, kind: str = "teacher") -> TrainSpec:
+    """`text` (after `train:`) parsed and its method and hyper-parameter names checked, with a
+    one-line error naming the form; values are checked when the teacher's cell resolves."""
+    from bench.train.experiment import overrides as parse_overrides
+
+    parts = [p.strip() for p in text.removeprefix(TRAIN).split(":")]
+    form = f"{kind.replace('_', ' ')} {text!r}: the form is train:METHOD[:ARCH][:KEY=VALUE...]"
+    if not parts or not parts[0]:
+        raise BenchError(f"{form}, and it names no method")
+    method, rest = parts[0], parts[1:]
+    try:
+        registry.get(method)
+    except BenchError as e:  # unknown method: one line with a suggestion
+        raise BenchError(f"{kind.replace('_', ' ')} {text}: {e}") from None
+    arch = rest.pop(0) if rest and "=" not in rest[0] else None
+    if any("=" not in p for p in rest):
+        raise BenchError(f"{form}; {next(p for p in rest if '=' not in p)!r} is not KEY=VALUE")
+    over = parse_overrides(rest)
+    preset = over.pop("preset", None)
+    return TrainSpec(method, arch, None if preset is None else str(preset),
+                     tuple(sorted(over.items())))
 
 
 @dataclass(frozen=True)
@@ -215,15 +255,21 @@ def _teacher(cell: Cell, cls: type[Distiller], arch: str, kind: str, source: str
     trained = prescribed if isinstance(prescribed, tuple) else (default_method, arch)
     if source and source.startswith(ZOO):
         return _Teacher(source, prescribed=source == prescribed)
-    if source:
+    spec = train_spec(source, kind) if source and source.startswith(TRAIN) else None
+    if source and spec is None:
         path = Path(source)
         return _Teacher(f"file:{_file_digest(path, kind)}", t_arch or arch, file=path)
+    if spec is not None:  # the spec says it all: no --teacher-method / -arch, no run length
+        trained, t_method, t_arch = (spec.method, spec.arch or arch, spec.preset or "faithful"), \
+            None, None
     t_arch = t_arch or trained[1]
     mine = dict(cell.overrides)
-    epochs = mine.get("epochs")
+    epochs = mine.get("epochs") if spec is None else None
     recipe = trained[2] if len(trained) > 2 and not t_method else "faithful"
     method = t_method or trained[0]
     over: tuple[tuple[str, Any], ...] = (("epochs", epochs),) if epochs else ()
+    if spec is not None:
+        over = spec.overrides
     if epochs:  # the run's length, and the landmarks set with it where the teacher has them
         t_cls = registry.get(method)
         own = t_cls.resolve(recipe, cell.dataset, arch=t_arch,
@@ -236,6 +282,10 @@ def _teacher(cell: Cell, cls: type[Distiller], arch: str, kind: str, source: str
         t_id = resolve(t_cell).id
     except LandmarkError as e:  # say whose schedule it is
         raise LandmarkError(f"{cell.method}'s {kind.replace('_', ' ')} {e}") from None
+    except BenchError as e:
+        if spec is None:
+            raise
+        raise BenchError(f"{kind.replace('_', ' ')} {source}: {e}") from None
     return _Teacher(t_id, t_arch, t_cell,
                     prescribed=isinstance(prescribed, tuple) and not t_method and
                     t_arch == prescribed[1])

@@ -1,7 +1,8 @@
 """Options or an experiment file -> the cells of a grid: one public way for `bench run` and
 `run_all.py`.
 
-A grid is methods x data sets x architectures x sweep combinations x seeds. An experiment
+A grid is methods x data sets x architectures x sweep combinations x teachers x clean
+teachers x seeds (the teacher axes only for the methods that take such a teacher). An experiment
 file is TOML whose keys are a command's long option names (`methods`, `datasets`, `archs`,
 `seeds`, `epochs`, `attacks`, `set`, `sweep`, ...), with lists where the command takes comma
 lists; it becomes the command's defaults, so flags typed on the command line override it.
@@ -124,10 +125,16 @@ class Grid:
     preset: str = "faithful"
     overrides: dict[str, Any] = field(default_factory=dict)  # --set and --epochs
     sweep: dict[str, list[Any]] = field(default_factory=dict)  # --sweep: one cell per combo
-    cell_fields: dict[str, Any] = field(default_factory=dict)  # teacher, peer_arch, select...
+    teachers: list[str | None] = field(default_factory=lambda: [None])  # None: the preset's
+    clean_teachers: list[str | None] = field(default_factory=lambda: [None])
+    cell_fields: dict[str, Any] = field(default_factory=dict)  # teacher arch, peer_arch, ...
 
     def cells(self) -> list[Cell]:
-        """One cell per (data set, arch, method, sweep combination, seed), in that order."""
+        """One cell per (data set, arch, method, sweep combination, teacher, clean teacher,
+        seed), in that order; a method without a (clean) teacher has one cell where the grid
+        names several."""
+        from bench.core import registry
+
         if not self.methods:
             raise BenchError("--methods names no method")
         if not self.datasets:
@@ -138,14 +145,30 @@ class Grid:
         keys = sorted(self.sweep)
         combos = [dict(zip(keys, vals, strict=True))
                   for vals in itertools.product(*(self.sweep[k] for k in keys))]
+        def axis(method: str, kind: str) -> list[str | None]:
+            values = self.teachers if kind == "teacher" else self.clean_teachers
+            return values if getattr(registry.get(method), f"needs_{kind}") else [None]
+
         return [Cell(m, d, a, s, self.preset, tuple(sorted({**self.overrides, **combo}.items())),
-                     **self.cell_fields)
+                     teacher=t, clean_teacher=ct, **self.cell_fields)
                 for d in self.datasets for a in self.archs for m in self.methods
-                for combo in combos for s in self.seeds]
+                for combo in combos for t in axis(m, "teacher")
+                for ct in axis(m, "clean_teacher") for s in self.seeds]
+
+
+def teacher_list(value: str | None, flag: str) -> list[str | None]:
+    """`--teachers a,b` -> ['a', 'b'] (repeats dropped); None (not given) -> [None]."""
+    if value is None:
+        return [None]
+    out = list(dict.fromkeys(csv(value)))
+    if not out:
+        raise BenchError(f"{flag} names no teacher")
+    return out
 
 
 def grid(methods: str, datasets: str, archs: str | None, seeds_: str, preset: str = "faithful",
          epochs: int | None = None, sets: tuple[str, ...] = (), sweep: tuple[str, ...] = (),
+         teachers: str | None = None, clean_teachers: str | None = None,
          **cell_fields: Any) -> Grid:
     """A Grid from the command-line forms of the options (comma lists, key=value pairs)."""
     over = overrides(sets)
@@ -160,7 +183,10 @@ def grid(methods: str, datasets: str, archs: str | None, seeds_: str, preset: st
         names = registry.names()
     return Grid(methods=names, datasets=csv(datasets),
                 archs=csv(archs) if archs else [None], seeds=seeds(seeds_),
-                preset=preset, overrides=over, sweep=sweeps(sweep), cell_fields=cell_fields)
+                preset=preset, overrides=over, sweep=sweeps(sweep),
+                teachers=teacher_list(teachers, "--teachers"),
+                clean_teachers=teacher_list(clean_teachers, "--clean-teachers"),
+                cell_fields=cell_fields)
 
 
 # --- experiment files ------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from bench.data import datasets, devicedata
 from bench.eval import analysis
 from bench.eval.batching import eval_batch_sizes, eval_precision
 from bench.eval.evaluate import ALL_ATTACKS, Threat, evaluate, images_fingerprint, restrict
-from bench.train import checkpoint, selection
+from bench.train import checkpoint, selection, teacher_rows
 from bench.train.cells import Cell, Resolved, resolve
 from bench.train.compute import attack_frozen
 from bench.train.runner import RunOptions, Trainer, build
@@ -534,10 +534,17 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
             "channels_last": trainer.compute.channels_last,
             "compile": trainer.compute.compile, "data_path": opts.data_path,
             "compile_mode": trainer.compute.compile_mode,
-            "synthetic_data": synthetic,
+            "synthetic_data": synthetic, **teacher_rows.links(r),
         }
         store.put(row_key(r, name), row)
         rows.append(row)
         opts.log(f"  [{cell.method}] {name}: " + "  ".join(
             f"{a} {metrics[a]:.3f}" for a in ev.attacks if a in metrics))
+    with eval_precision(opts.device, ev.precision):  # each fixed teacher once, as the students
+        teacher_rows.evaluate_teachers(
+            r, lambda kind: teacher_for(r, opts, kind), x, y, ev.attacks_for("best", ("best",)),
+            out=opts.out, n_aa=n_aa, device=opts.device, batch_size=batch,
+            aa_batch_size=aa_batch, log=opts.log,
+            row_fields={"versions": versions, "git_commit": commit, "device": device,
+                        "eval_precision": precision_label, "synthetic_data": synthetic})
     return rows
