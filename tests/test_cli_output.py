@@ -4,7 +4,6 @@ claims, eps labels, and output paths checked before any work."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from bench.methods.standard import Standard
-from cli_run import cli
+from cli_run import cli, run_all_module
 from rich.console import Console
 
 import bench.cli
@@ -20,7 +19,6 @@ from bench.core import registry
 from bench.eval import analysis
 from bench.train import pipeline, runs
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "1", "--attacks", "clean"]
 BOX = "┃"  # a rich table's header rule: absent from markdown
 
@@ -121,7 +119,7 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, capsys, monkeypat
     assert 1 <= len(lines) <= 2 and lines[0].startswith("interrupted: "), lines
     assert "checkpointed" in err and "rows" in err and "rerun the same command" in err
     assert "last finished epoch" in err
-    run_all = _run_all()
+    run_all = run_all_module()
     assert run_all.main([*FAST, "--methods", "standard", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err.strip().splitlines() == lines  # the same words
 
@@ -132,11 +130,6 @@ def test_ctrl_c_outside_training_claims_nothing(sweep, capsys, monkeypatch) -> N
     assert code == 130 and err.strip() == "interrupted", err
 
 
-def _run_all():
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- 5, 6. the same MODEL forms, every checkpoint name --------------------------------------
@@ -277,7 +270,7 @@ def test_unwritable_target_fails_before_any_work(argv, sweep, tmp_path, capsys,
 def test_run_all_checks_the_report_folder_before_training(tmp_path, capsys, no_work) -> None:
     regular = tmp_path / "afile"
     regular.write_text("a file, not a folder\n")
-    code = _run_all().main(["--methods", "standard", *FAST, "--out", str(tmp_path / "r"),
+    code = run_all_module().main(["--methods", "standard", *FAST, "--out", str(tmp_path / "r"),
                             "--report-dir", str(regular / "report")])
     _error_line(code, capsys.readouterr().err, "is not writable")
     assert not (tmp_path / "r" / "runs").exists()

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from cli_run import cli
+from cli_run import cli, run_all_module
 
 from bench import BenchError
 from bench.cli import main, run
@@ -93,11 +93,7 @@ def test_flags_override_the_file(grid_store: Path, tmp_path: Path, capsys,
 
 def test_run_all_takes_the_same_file(grid_store: Path, tmp_path: Path, capsys,
                                      no_training) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
-    run_all = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_all)
+    run_all = run_all_module()
     f = tmp_path / "grid.toml"
     f.write_text(GRID_TOML.replace("threads = 1\n", ""))
     rc = run_all.main(["--config", str(f), "--out", str(grid_store), "--report-dir",
@@ -109,11 +105,7 @@ def test_run_all_takes_the_same_file(grid_store: Path, tmp_path: Path, capsys,
 
 
 def test_run_all_fans_out_through_submitit(tmp_path: Path, capsys) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
-    run_all = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_all)
+    run_all = run_all_module()
     rc = run_all.main(["--methods", "standard", "--epochs", "1", "--attacks", "clean",
                        "--executor", "debug", "--out", str(tmp_path)])
     out = capsys.readouterr().out
@@ -229,15 +221,6 @@ def test_shipped_experiments_resolve(path: Path) -> None:
         assert {c.preset for c in cells} == {"paper"}
 
 
-def _run_all():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_run_and_run_all_take_one_declared_option_list() -> None:
     """Both commands' grid options come from GridOptions' fields: the same names, flags and
     defaults (but the methods each runs), listed under their groups' headings."""
@@ -249,7 +232,7 @@ def test_bench_run_and_run_all_take_one_declared_option_list() -> None:
         return {p.name: (tuple(p.opts), p.default) for p in command.params
                 if isinstance(p, click.Option)}
 
-    ours, report = options(run), options(_run_all().cli)
+    ours, report = options(run), options(run_all_module().cli)
     fields = [f.name for f in dataclasses.fields(GridOptions)]
     assert all(ours[n] == report[n] for n in fields if n != "methods")
     assert set(ours) - set(fields) == {f.name for f in dataclasses.fields(RunControl)} | {"config"}
@@ -269,11 +252,11 @@ def test_run_all_reads_past_every_option_of_bench_run_alone(tmp_path: Path, caps
     f = tmp_path / "exp.toml"
     f.write_text('methods = "pgdat"\nread-every = 5\nnum-workers = 0\nrestart = true\n'
                  'redo = true\ndetect-anomaly = false\n')
-    rc = _run_all().main(["--config", str(f), "--out", str(tmp_path / "o"), "--no-train"])
+    rc = run_all_module().main(["--config", str(f), "--out", str(tmp_path / "o"), "--no-train"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "1 missing (--no-train: not trained)" in out
     (tmp_path / "bad.toml").write_text('methods = "pgdat"\nread-evry = 5\n')
-    assert _run_all().main(["--config", str(tmp_path / "bad.toml"), "--no-train",
+    assert run_all_module().main(["--config", str(tmp_path / "bad.toml"), "--no-train",
                             "--out", str(tmp_path / "o")]) != 0
     assert "read-evry" in capsys.readouterr().err

@@ -5,19 +5,18 @@ on a column header sorts it, and no table is clipped at a common window width.""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_run import run_all_module
 
 from bench.core.store import Store
 from bench.train.cells import Cell, resolve
 from bench.train.pipeline import row_key
 
-ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage"]
@@ -53,9 +52,7 @@ def report(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
                         row[a] = _value(m, dataset, s, ck, a)
                         row[f"n_{a}"] = 500
                     st.put(row_key(r, ck), row)
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
-    run_all = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_all)
+    run_all = run_all_module()
     with contextlib.redirect_stdout(io.StringIO()):
         assert run_all.main(["--no-train", "--out", str(root)]) == 0
     return root / "report" / "index.html", pd.DataFrame(st.read()[0])

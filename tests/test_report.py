@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import statistics
@@ -11,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import run_all_module
 
 from bench.core.fingerprint import fingerprint
 from bench.core.store import Store
 from bench.train.cells import Cell, resolve
 from bench.train.pipeline import row_key, teacher_codes
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("pgdat", "rslad")
 SHOWN = {"pgdat": "PGD-AT", "rslad": "RSLAD"}  # their display names in tables and figures
 SEEDS = (0, 1)
@@ -31,14 +30,7 @@ BAD_FILES = {"broken.json": "{not json", "notes.txt": "hello", "foreign.json": '
 STALE_ID = "pgdat-faithful-digits-small_cnn-s0-0123456789"  # an older run of pgdat seed 0
 
 
-def _load_run_all():
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "run_all.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-run_all = _load_run_all()
+run_all = run_all_module()
 
 
 def value(method: str, seed: int, ckpt: str, attack: str) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from cli_run import cli
+from cli_run import cli, run_all_module
 
 from bench import BenchError
 from bench.train.cells import Cell, resolve, train_spec
@@ -168,3 +168,15 @@ def test_rank_correlation_is_spearmans_rho():
     assert rho == pytest.approx(1 - 6 * sum(x * x for x in d) / (n * (n * n - 1)))
     assert 0 < p < 1
     assert rank_correlation(g.iloc[:2]) is None  # two teachers are always in order
+
+
+def test_the_report_has_the_teacher_section_when_a_method_had_two_teachers(two_teachers,
+                                                                            tmp_path):
+    out, _ = two_teachers
+    run_all_module().write_report(out, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "## Teacher beside student" in md
+    assert "train:standard:small_cnn:epochs=1" in md.split("## Teacher beside student")[1]
+    page = (tmp_path / "index.html").read_text()
+    assert '<section id="teachers">' in page
+    assert (tmp_path / "teachers_digits_small_cnn_pgd20.png").exists()
