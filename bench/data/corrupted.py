@@ -77,7 +77,7 @@ class CorruptedSets:
                                           _transform(False, size=64)))
         images = np.load(self.folder / f"{corruption}.npy", mmap_mode="r")
         n = len(images) // len(SEVERITIES)
-        x = torch.from_numpy(np.ascontiguousarray(images[(severity - 1) * n:severity * n]))
+        x = torch.from_numpy(np.array(images[(severity - 1) * n:severity * n]))
         labels = np.load(self.folder / "labels.npy")
         y = labels[(severity - 1) * n:severity * n] if len(labels) > n else labels
         return x.permute(0, 3, 1, 2).float().div(255), torch.from_numpy(

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             fake_cifar_c(a.root, a.dataset, a.seed)
     except (BenchError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from exc
-    print(f"wrote {a.train} train and {a.test} test random {a.dataset}-shaped images to "
+    also = " and their corrupted sets" if a.corrupted else ""
+    print(f"wrote {a.train} train and {a.test} test random {a.dataset}-shaped images{also} to "
           f"{a.root} (marked {FAKE_MARKER}: synthetic); bench run --dataset {a.dataset} "
           f"--data-root {a.root} ...")
 

@@ -18,6 +18,8 @@ from bench import BenchError
 from bench.eval.evaluate import ALL_ATTACKS, PER_CLASS
 from bench.report.stats import MIN_CLASS_IMAGES, SUBSET, accuracy_interval
 
+CORRUPTION_PAIRING = ("corruption_acc", "corruption_images")  # what the paired tests need
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -306,7 +308,7 @@ def aggregate(df: pd.DataFrame, keys: list[str] | None = None, names: Names | No
     df = df.assign(label=labels(df, names))
     metrics = [m for m in (*ALL_ATTACKS, *SUBSET, "robust", *WORST)
                if m in df and df[m].notna().any()]
-    kept = [c for c in dict.fromkeys(("seed", "outcomes", "test_images",
+    kept = [c for c in dict.fromkeys(("seed", "outcomes", "test_images", *CORRUPTION_PAIRING,
                                       *(count_key(m) for m in metrics))) if c in df]
     rows = []
     for key, g in df.groupby([*keys, "label"], sort=False, dropna=False):
