@@ -28,17 +28,9 @@ from bench.core.store import Store
 from bench.data import datasets, devicedata
 from bench.data.corrupted import corrupted_sets
 from bench.eval import analysis
+from bench.eval import evaluate as suite
 from bench.eval.batching import eval_batch_sizes, eval_precision
-from bench.eval.evaluate import (
-    AUTOATTACKS,
-    CORRUPTIONS,
-    DEFAULT_ATTACKS,
-    L2_ATTACKS,
-    Threat,
-    evaluate,
-    images_fingerprint,
-    restrict,
-)
+from bench.eval.evaluate import DEFAULT_ATTACKS, Threat, evaluate, images_fingerprint, restrict
 from bench.train import checkpoint, selection
 from bench.train.cells import Cell, Resolved, resolve
 from bench.train.compute import attack_frozen
@@ -69,7 +61,7 @@ class EvalOptions:
         """AutoAttack (L-inf and L2), the costly one, only where `aa_on` asks for it
         (`reported`: the checkpoints the cell's selection rule reports)."""
         aa = self.aa_on == "all" or (self.aa_on == "best" and checkpoint in reported)
-        return tuple(a for a in self.attacks if a not in AUTOATTACKS or aa)
+        return tuple(a for a in self.attacks if a not in suite.AUTOATTACKS or aa)
 
 
 def _versions() -> dict[str, str]:
@@ -211,8 +203,8 @@ def missing_package(resolved: Sequence[Resolved], ev: EvalOptions,
     """The first optional package the run will need and lacks, as one line naming it and the
     flag that avoids it (None: nothing missing); checked before any training, so a run never
     trains fully and then stops at AutoAttack."""
-    if set(AUTOATTACKS) & set(ev.attacks) and ev.aa_on != "none" and not _has("pyautoattack"):
-        rest = ",".join(a for a in ev.attacks if a not in AUTOATTACKS) or "clean"
+    if set(suite.AUTOATTACKS) & set(ev.attacks) and ev.aa_on != "none" and not _has("pyautoattack"):
+        rest = ",".join(a for a in ev.attacks if a not in suite.AUTOATTACKS) or "clean"
         return ("AutoAttack needs the pyautoattack package (pip install pyautoattack), or drop "
                 f"it: --attacks {rest}")
     for r in resolved:
@@ -504,9 +496,9 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
     with eval_precision(opts.device, ev.precision) as precision_label:
         pass  # the name the rows record (fp32 on the CPU whatever the choice)
     images, synthetic = images_fingerprint(x, y), synthetic_data(r, opts)
-    corrupted = (corrupted_sets(cell.dataset, opts.data_root) if CORRUPTIONS in ev.attacks
+    corrupted = (corrupted_sets(cell.dataset, opts.data_root) if suite.CORRUPTIONS in ev.attacks
                  else None)  # checked before training too (GridOptions.check)
-    l2 = {"eps_l2": r.spec.eps_l2} if set(L2_ATTACKS) & set(ev.attacks) else {}
+    l2 = {"eps_l2": r.spec.eps_l2} if set(suite.L2_ATTACKS) & set(ev.attacks) else {}
     done: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for name in sorted(filter(plan.evaluates, finals), key=lambda n: n == "last"):
         t1 = time.perf_counter()
