@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from bench import BenchError
-from bench.eval.evaluate import ALL_ATTACKS
+from bench.eval.evaluate import ALL_ATTACKS, CORRUPTIONS, DEFAULT_ATTACKS
 from bench.train import experiment
 from bench.train.cells import Cell
 from bench.train.teachers import NORMALIZATIONS
@@ -92,8 +92,10 @@ class GridOptions:
                                  "whole selection split with PGD-10, per network kept: on "
                                  "CIFAR-10 about a fifth of a PGD-AT epoch, half or more of a "
                                  "cheap method's; its time is each epoch's selection_seconds).")
-    attacks: str = opt(EVALUATION, "--attacks", default=",".join(ALL_ATTACKS),
-                       help="Evaluation attacks.")
+    attacks: str = opt(EVALUATION, "--attacks", default=",".join(DEFAULT_ATTACKS),
+                       help="Evaluation attacks (L-inf); also, opt-in: pgd20_l2 and aa_l2 "
+                            "(L2), corruptions (CIFAR-10-C, CIFAR-100-C, Tiny-ImageNet-C "
+                            "under --data-root).")
     aa_samples: int | None = opt(EVALUATION, "--aa-samples", type=int,
                                  help="AutoAttack on a fixed seeded subset of N test images "
                                       "[default: 100 on the embedded set, all otherwise].")
@@ -161,9 +163,17 @@ class GridOptions:
         """The checks a value needs beyond its click type, before any work."""
         attacks = self.attack_list()
         bad = [a for a in attacks if a not in ALL_ATTACKS]
-        if bad or not attacks:
-            raise BenchError(f"unknown attack {bad[0] if bad else self.attacks!r} "
-                             f"(valid: {', '.join(ALL_ATTACKS)})")
+        if bad:
+            from bench.core.suggest import unknown
+
+            raise unknown("attack", bad[0], ALL_ATTACKS)
+        if not attacks:
+            raise BenchError(f"unknown attack {self.attacks!r} (valid: {', '.join(ALL_ATTACKS)})")
+        if CORRUPTIONS in attacks:  # files missing or damaged: one line, before training
+            from bench.data.corrupted import corrupted_sets
+
+            for dataset in experiment.csv(self.datasets):
+                corrupted_sets(dataset, self.data_root)
         if self.aa_samples is not None and self.aa_samples < 1:
             raise BenchError(f"--aa-samples must be >= 1, got {self.aa_samples}")
         if self.threads is not None and self.threads < 1:

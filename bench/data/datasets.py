@@ -51,6 +51,17 @@ class DataSpec:
     doc: str = ""
     val_size: float = 1000  # held-out train images for "val": a count, or a fraction if < 1
     eps: float = 8 / 255  # the evaluation threat model (L-inf), whatever a method trains at
+    # The L2 threat model (pgd20_l2, aa_l2): RobustBench's 0.5 for CIFAR-10, and for 32x32
+    # colour sets of the same L-inf radius (CIFAR-100, SVHN) the same 0.5 the L2 literature
+    # uses there (RobustBench has no L2 board for them).
+    eps_l2: float = 0.5
+
+
+def scaled_l2(eps: float, channels: int, image_size: int) -> float:
+    """An L2 radius scaled from CIFAR-10's (0.5 at L-inf 8/255, 3x32x32) as the L-inf radius
+    is scaled and by the square root of the pixel count (the same per-pixel root-mean-square
+    change): eps_l2 = 0.5 * (eps / (8/255)) * sqrt(channels * size^2 / 3072)."""
+    return 0.5 * (eps / (8 / 255)) * (channels * image_size ** 2 / 3072) ** 0.5
 
 
 class TensorData(Dataset):
@@ -166,6 +177,7 @@ DIGITS_BUDGET = dict(eps=0.1, step=0.025, steps=10, epochs=15, milestones=(10, 1
 @register_dataset(DataSpec(
     "digits", num_classes=10, channels=1, image_size=8, default_arch="small_cnn", embedded=True,
     budget=DIGITS_BUDGET, eps=DIGITS_BUDGET["eps"], val_size=0.1,
+    eps_l2=scaled_l2(DIGITS_BUDGET["eps"], 1, 8),  # 0.5 * 3.1875 * sqrt(64/3072) = 0.2301
     doc="scikit-learn's 8x8 handwritten digits (1797 images), fixed 80/20 split; offline"))
 def _digits(split: Source, root: Path | None, augment: bool) -> Dataset:
     return digits_split(*_digits_arrays(root or default_root()), split)
@@ -418,7 +430,9 @@ def _tiny_items(base: Path, split: Source) -> list[tuple[Path, int]]:
     return items
 
 
-@register_dataset(DataSpec("tinyimagenet", 200, 3, 64, "resnet18",
+# L2: no radius is common for 64x64 TinyImageNet; CIFAR-10's 0.5 scaled by the pixel count
+# (`scaled_l2`, same L-inf eps): 0.5 * sqrt(12288 / 3072) = 1.0.
+@register_dataset(DataSpec("tinyimagenet", 200, 3, 64, "resnet18", eps_l2=scaled_l2(8 / 255, 3, 64),
                            doc="TinyImageNet-200 from <data-root>/tiny-imagenet-200; "
                                "test = its val folder (test labels are unpublished)"))
 def _tinyimagenet(split: Source, root: Path | None, augment: bool) -> Dataset:

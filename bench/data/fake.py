@@ -1,9 +1,13 @@
 """Synthetic CIFAR-shaped files for offline smoke tests and speed checks:
 
     python -m bench.data.fake DIR [--dataset cifar10|cifar100] [--train N] [--test N]
+                                  [--corrupted]
 
 writes random pixels and labels in torchvision's on-disk layout under DIR (cifar-10-batches-py/
-or cifar-100-python/), and beside them a manifest of their md5 sums, BENCH_FAKE_DATA. No such
+or cifar-100-python/), and beside them a manifest of their md5 sums, BENCH_FAKE_DATA.
+`--corrupted` also writes CIFAR-10-C/ (CIFAR-100-C/) in the published layout: every
+corruption's file holds the fake test images with noise growing with the severity, and
+labels.npy their labels (marked BENCH_FAKE_DATA too: bench warns when it reads them). No such
 file can match torchvision's sums of the official files, so bench accepts these only through
 that manifest (bench.data.datasets), warns on every load that they are synthetic, and never
 downloads over them. Then `bench run --dataset cifar10 --data-root DIR ...` runs offline: the
@@ -50,6 +54,34 @@ def fake_cifar(root: Path, train: int, test: int, seed: int = 0,
     return root
 
 
+def fake_cifar_c(root: Path, dataset: str = "cifar10", seed: int = 0) -> Path:
+    """The fake test images `fake_cifar` wrote under `root`, as `dataset`'s corrupted sets in
+    the published layout (bench.data.corrupted): a seeded noise of standard deviation 8 x
+    severity (out of 255) per corruption, the labels repeated per severity."""
+    import numpy as np
+    import torchvision
+
+    from bench.data.corrupted import CORRUPTIONS, FOLDERS, SEVERITIES
+
+    cls = getattr(torchvision.datasets, FAKEABLE[dataset])
+    test = pickle.loads((root / cls.base_folder / cls.test_list[0][0]).read_bytes())
+    x = np.asarray(test["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = np.tile(np.asarray(test[LABEL_KEY[dataset]], np.int64), len(SEVERITIES))
+    base, rng = root / FOLDERS[dataset], np.random.default_rng(seed)
+    names = [f"{c}.npy" for c in CORRUPTIONS] + ["labels.npy"]
+    _refuse_foreign(base, names)
+    base.mkdir(parents=True, exist_ok=True)
+    for c in CORRUPTIONS:
+        sets = [np.clip(x + rng.normal(0, 8 * s, x.shape), 0, 255).astype(np.uint8)
+                for s in SEVERITIES]
+        np.save(base / f"{c}.npy", np.concatenate(sets))
+    np.save(base / "labels.npy", labels)
+    manifest = {"written_by": "python -m bench.data.fake --corrupted", "dataset": dataset,
+                "seed": seed, "md5": {f: _md5(base / f) for f in names}}
+    (base / FAKE_MARKER).write_text(json.dumps(manifest, indent=1) + "\n")
+    return root
+
+
 def _refuse_foreign(base: Path, names: list[str]) -> None:
     """Files of the layout already there and no marker: someone else's, kept."""
     if (base / FAKE_MARKER).exists():
@@ -84,12 +116,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", type=_count, default=1200, help="train images [1200]")
     ap.add_argument("--test", type=_count, default=200, help="test images [200]")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--corrupted", action="store_true",
+                    help="also write the test images' corrupted sets (CIFAR-10-C layout)")
     a = ap.parse_args(argv)
     try:
         fake_cifar(a.root, a.train, a.test, a.seed, a.dataset)
+        if a.corrupted:
+            fake_cifar_c(a.root, a.dataset, a.seed)
     except (BenchError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from exc
-    print(f"wrote {a.train} train and {a.test} test random {a.dataset}-shaped images to "
+    also = " and their corrupted sets" if a.corrupted else ""
+    print(f"wrote {a.train} train and {a.test} test random {a.dataset}-shaped images{also} to "
           f"{a.root} (marked {FAKE_MARKER}: synthetic); bench run --dataset {a.dataset} "
           f"--data-root {a.root} ...")
 

@@ -1,4 +1,5 @@
-"""Shared attack building blocks: one L-inf PGD loop parameterised by objective and start.
+"""Shared attack building blocks: one PGD loop parameterised by objective, start and norm
+(L-inf, or L2 for the L2 threat model of the evaluation suite).
 
 Every method's training-time attack and every evaluation attack is this loop with its own
 objective; a method only says which networks, in which mode, the objective runs.
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Start = Literal["none", "uniform", "normal"]
+Norm = Literal["Linf", "L2"]
 KLReduction = Literal["mean", "batchmean", "sum"]
 
 
@@ -37,10 +39,25 @@ def cw_margin(logits: Tensor, y: Tensor) -> Tensor:
     return (wrong - true).sum()
 
 
-def random_start(x: Tensor, start: Start, eps: float, clamp: bool) -> Tensor:
-    """The attack's starting point: x itself, uniform in the eps ball, or x + 0.001 N(0, I)."""
+def _per_image_norm(t: Tensor) -> Tensor:
+    """Each image's L2 norm, shaped to broadcast over the image."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *[1] * (t.dim() - 1))
+
+
+def random_start(x: Tensor, start: Start, eps: float, clamp: bool,
+                 norm: Norm = "Linf") -> Tensor:
+    """The attack's starting point: x itself, uniform in the eps ball, or x + 0.001 N(0, I).
+
+    In the L2 ball, "uniform" is torchattacks' PGDL2 draw: a Gaussian direction scaled to
+    radius eps * U(0, 1) (uniform in radius, not in volume).
+    """
     if start == "none":
         x0 = x.clone()
+    elif start == "uniform" and norm == "L2":
+        delta = torch.randn_like(x)
+        radius = torch.empty(len(x), *[1] * (x.dim() - 1), device=x.device,
+                             dtype=x.dtype).uniform_(0, 1)
+        x0 = x + delta * radius / _per_image_norm(delta) * eps
     elif start == "uniform":
         x0 = x + torch.empty_like(x).uniform_(-eps, eps)
     elif start == "normal":
@@ -59,19 +76,28 @@ def pgd(
     steps: int,
     start: Start,
     clamp_start: bool = True,
+    norm: Norm = "Linf",
 ) -> Tensor:
-    """L-inf PGD maximising `objective(x_adv)` (a scalar), pixels kept in [0, 1].
+    """PGD maximising `objective(x_adv)` (a scalar), pixels kept in [0, 1].
 
-    Each step is x <- clip(Proj_eps(x + step * sign(grad)), 0, 1), as in every reference code.
-    Networks stay in whatever mode the caller put them in.
+    L-inf: each step is x <- clip(Proj_eps(x + step * sign(grad)), 0, 1), as in every
+    reference code. L2: x <- clip(x0 + Proj_eps(x + step * grad / ||grad||_2 - x0), 0, 1) per
+    image, as torchattacks' PGDL2 (1e-10 added to the gradient's norm, the ball's projection a
+    rescaling). Networks stay in whatever mode the caller put them in.
     """
     x = x.detach()
-    x_adv = random_start(x, start, eps, clamp_start).detach()
+    x_adv = random_start(x, start, eps, clamp_start, norm).detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
             loss = objective(x_adv)
         (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = x_adv.detach() + step * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+        if norm == "L2":
+            x_adv = x_adv.detach() + step * grad / (_per_image_norm(grad) + 1e-10)
+            delta = x_adv - x
+            delta = delta * torch.clamp(eps / _per_image_norm(delta), max=1.0)
+            x_adv = (x + delta).clamp(0.0, 1.0)
+        else:
+            x_adv = x_adv.detach() + step * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
     return x_adv.detach()

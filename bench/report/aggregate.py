@@ -18,12 +18,15 @@ from bench import BenchError
 from bench.eval.evaluate import ALL_ATTACKS, PER_CLASS
 from bench.report.stats import MIN_CLASS_IMAGES, SUBSET, accuracy_interval
 
+CORRUPTION_PAIRING = ("corruption_acc", "corruption_images")  # what the paired tests need
+
 if TYPE_CHECKING:
     import pandas as pd
 
 TEXT_COLUMNS = ("method", "preset", "dataset", "arch", "checkpoint")
 LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd20s": "PGD-20 (0.003)",
-          "cw": "CW-inf", "aa": "AutoAttack"}
+          "cw": "CW-inf", "aa": "AutoAttack", "pgd20_l2": "PGD-20 L2", "aa_l2": "AutoAttack L2",
+          "corruptions": "Corruptions (mean)"}
 CHECKPOINT_ORDER = {"best": 0, "last": 1, "swa_best": 2, "swa_last": 3}
 # The worst class's accuracy under an attack (`bench table --worst`); its image count is the
 # attack's.
@@ -33,7 +36,10 @@ LABELS.update({f"{a}_worst": f"{LABELS[a]} worst class" for a in PER_CLASS})
 # and `robust`, every attack at once per image, is on them as well.
 LABELS.update({m: f"{LABELS[m.removesuffix('_on_aa')]} on AA's images" for m in SUBSET})
 LABELS["robust"] = "Worst case"
-TABLE_METRICS = ("clean", "fgsm", "pgd20", "pgd20s", "cw", *SUBSET, "aa", "robust")
+# The opt-in threat models' columns (L2, common corruptions) come last, where measured.
+OPT_IN_METRICS = ("pgd20_l2", "aa_l2", "corruptions")
+TABLE_METRICS = ("clean", "fgsm", "pgd20", "pgd20s", "cw", *SUBSET, "aa", "robust",
+                 *OPT_IN_METRICS)
 STALE = " (stale code)"  # a label's mark: rows made by other code of their method
 SYNTHETIC = " (synthetic data)"  # rows measured on bench.data.fake's random files
 
@@ -153,7 +159,8 @@ SECTION = ["dataset", "arch"]
 # A table line: runs of different lengths (epochs) never average together.
 GROUP = ["method", "preset", "dataset", "arch", "epochs", "checkpoint"]
 MAIN_METRICS = ("clean", "fgsm", "pgd20", "cw", "aa")  # the bar chart
-LATEX_METRICS = ("clean", "fgsm", "pgd20", "cw", *SUBSET, "aa", "robust")  # results.tex
+LATEX_METRICS = ("clean", "fgsm", "pgd20", "cw", *SUBSET, "aa", "robust",
+                 *OPT_IN_METRICS)  # results.tex
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
@@ -311,7 +318,7 @@ def aggregate(df: pd.DataFrame, keys: list[str] | None = None, names: Names | No
     df = df.assign(label=labels(df, names))
     metrics = [m for m in (*ALL_ATTACKS, *SUBSET, "robust", *WORST)
                if m in df and df[m].notna().any()]
-    kept = [c for c in dict.fromkeys(("seed", "outcomes", "test_images",
+    kept = [c for c in dict.fromkeys(("seed", "outcomes", "test_images", *CORRUPTION_PAIRING,
                                       *(count_key(m) for m in metrics))) if c in df]
     rows = []
     for key, g in df.groupby([*keys, "label"], sort=False, dropna=False):
@@ -559,6 +566,13 @@ def how_measured(rows: pd.DataFrame) -> str:
         aa_text = (f" AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square, through "
                    f"`pyautoattack`) runs on a fixed, seeded subset of "
                    f"{lo if lo == hi else f'{lo}–{hi}'} test images.")
+    l2 = sorted(rows["eps_l2"].dropna().unique()) if "eps_l2" in rows else []
+    if l2:
+        aa_text += (f" L2 (opt-in): PGD-20-L2 (random start in the ball, step eps/4) and "
+                    f"AutoAttack-L2 standard at eps = {', '.join(f'{e:.4g}' for e in l2)}.")
+    if "corruptions" in rows and rows["corruptions"].notna().any():
+        aa_text += (" Corruptions: the mean accuracy over the 15 common corruptions x 5 "
+                    "severities of the published corrupted test sets (RobustBench's number).")
     return (
         f"**How measured.** White-box L∞ attacks at eps = {eps_text} on test images in "
         f"[0, 1], models in eval mode: FGSM (one step of size eps, no random start), PGD-20 "
@@ -575,7 +589,7 @@ def how_measured(rows: pd.DataFrame) -> str:
 
 # Row fields that are accuracies (fractions in the rows): percent in results.csv, `_pct`.
 PERCENT = (*ALL_ATTACKS, *WORST, "tutor_clean", "tutor_on_student", "tutor_on_self")
-PERCENT_NESTED = ("per_class",)  # {attack: [accuracy per class]}: percent too
+PERCENT_NESTED = ("per_class", "corruption_acc")  # {name: [accuracies]}: percent too
 
 
 def _pct(v: Any) -> Any:

@@ -6,6 +6,12 @@ that rows store (bench.eval.evaluate.pack), with statsmodels' and scipy's distri
   subset) are compared per attack with McNemar's exact test: only the images on which they
   disagree carry information, and under "no difference" each disagreement falls either way
   with probability 1/2 (a two-sided binomial test on the discordant pairs).
+- The corruptions' mean accuracy (each image seen under every corruption and severity) is
+  compared per image: its share of right sets under A against under B, and the exact sign
+  test on the images where they differ (McNemar's test is this sign test when each image
+  has one outcome). Its interval takes n = the test images, not images x sets: an image's
+  share of right sets varies no more than one right-or-wrong outcome, so this is
+  conservative where the sets of one image are correlated (they are).
 - Over seeds, the mean of the per-seed differences with its 95 % Student-t interval.
 """
 
@@ -19,7 +25,14 @@ from scipy import stats as st
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from bench.eval.evaluate import ALL_ATTACKS, outcomes, worst_case
+from bench.eval.evaluate import (
+    ALL_ATTACKS,
+    AUTOATTACKS,
+    CORRUPTIONS,
+    corruption_outcomes,
+    linf_worst,
+    outcomes,
+)
 
 LEVEL = 0.95
 # Per-class accuracies are withheld below this many images in the smallest class: one image
@@ -44,9 +57,9 @@ class Paired:
     """McNemar's exact test of A against B on the same n images."""
 
     n: int
-    a_right: int
-    b_right: int
-    only_a: int  # images A gets right and B wrong
+    a_right: float  # images right (summed shares of right sets, for the corruptions)
+    b_right: float
+    only_a: int  # images A gets right and B wrong (a larger share of right sets)
     only_b: int
     p: float
 
@@ -57,10 +70,18 @@ class Paired:
 
 
 def paired(a_ok: np.ndarray, b_ok: np.ndarray) -> Paired:
-    """McNemar's exact test on two models' per-image outcomes over the same images."""
+    """McNemar's exact test on two models' per-image outcomes over the same images; with
+    several outcomes an image (rows: images, columns: corrupted sets), the exact sign test on
+    each image's share of right sets, McNemar's test generalised."""
     a_ok, b_ok = np.asarray(a_ok, bool), np.asarray(b_ok, bool)
     if a_ok.shape != b_ok.shape:
         raise ValueError(f"outcomes over {a_ok.shape} and {b_ok.shape} images do not pair up")
+    if a_ok.ndim == 2:
+        sa, sb = a_ok.mean(1), b_ok.mean(1)
+        only_a, only_b = int((sa > sb).sum()), int((sa < sb).sum())
+        p = 1.0 if only_a + only_b == 0 else float(
+            mcnemar([[0, only_a], [only_b, 0]], exact=True).pvalue)
+        return Paired(len(sa), float(sa.sum()), float(sb.sum()), only_a, only_b, p)
     only_a, only_b = int((a_ok & ~b_ok).sum()), int((~a_ok & b_ok).sum())
     both, neither = int((a_ok & b_ok).sum()), int((~a_ok & ~b_ok).sum())
     p = 1.0 if only_a + only_b == 0 else float(
@@ -109,16 +130,20 @@ def per_image(row: dict[str, Any]) -> dict[str, tuple[str, np.ndarray]]:
     every attack, each of SUBSET on AutoAttack's subset, and the per-image worst case. Two
     rows' outcomes pair up only under the same first element (test set, and subset)."""
     n = int(row["n_clean"] if "n_clean" in row else max(
-        row[f"n_{a}"] for a in ALL_ATTACKS if f"n_{a}" in row and a != "aa"))
+        (row[f"n_{a}"] for a in ALL_ATTACKS if f"n_{a}" in row
+         and a not in (*AUTOATTACKS, CORRUPTIONS)), default=0))
     ok, index = outcomes(row, n)
     whole = str(row.get("test_images"))
     part = f"{whole}:{row['outcomes'].get('aa_subset')}" if index is not None else whole
-    out = {a: (part if a == "aa" else whole, v.numpy()) for a, v in ok.items()}
+    out = {a: (part if a in AUTOATTACKS else whole, v.numpy()) for a, v in ok.items()}
     if index is not None:
         out.update({m: (part, ok[m.removesuffix("_on_aa")][index].numpy()) for m in SUBSET
                     if m.removesuffix("_on_aa") in ok})
-    if ok:
-        out[WORST_CASE] = ((part if "aa" in ok else whole), worst_case(ok, index).numpy())
+    if (worst := linf_worst(ok, index)) is not None:
+        out[WORST_CASE] = (part if worst[1] else whole, worst[0].numpy())
+    corrupted = corruption_outcomes(row)
+    if corrupted is not None:  # other images: the corrupted sets' own fingerprint
+        out[CORRUPTIONS] = (f"corrupted:{row.get('corruption_images')}", corrupted.numpy())
     return out
 
 

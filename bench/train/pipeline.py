@@ -26,9 +26,11 @@ from bench.core import distributed, lock
 from bench.core.fingerprint import fingerprint
 from bench.core.store import Store
 from bench.data import datasets, devicedata
+from bench.data.corrupted import corrupted_sets
 from bench.eval import analysis
+from bench.eval import evaluate as suite
 from bench.eval.batching import eval_batch_sizes, eval_precision
-from bench.eval.evaluate import ALL_ATTACKS, Threat, evaluate, images_fingerprint, restrict
+from bench.eval.evaluate import DEFAULT_ATTACKS, Threat, evaluate, images_fingerprint, restrict
 from bench.train import checkpoint, selection, teacher_rows
 from bench.train.cells import Cell, Resolved, resolve
 from bench.train.compute import attack_frozen
@@ -49,17 +51,17 @@ class EvalOptions:
     """The evaluation protocol: which attacks, AutoAttack on how many test images and on
     which checkpoints (the cheap attacks run on every checkpoint)."""
 
-    attacks: tuple[str, ...] = ALL_ATTACKS
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
     aa_samples: int | None = None  # None: the data set's default (all images for real sets)
     aa_on: str = "best"  # "best": the reported checkpoints only; "all"; "none"
     precision: str = "auto"  # fp32, tf32 or auto (torch's defaults): `batching.eval_precision`
 
     def attacks_for(self, checkpoint: str, reported: tuple[str, ...] = REPORTED
                     ) -> tuple[str, ...]:
-        """AutoAttack, the costly one, only where `aa_on` asks for it (`reported`: the
-        checkpoints the cell's selection rule reports)."""
+        """AutoAttack (L-inf and L2), the costly one, only where `aa_on` asks for it
+        (`reported`: the checkpoints the cell's selection rule reports)."""
         aa = self.aa_on == "all" or (self.aa_on == "best" and checkpoint in reported)
-        return tuple(a for a in self.attacks if a != "aa" or aa)
+        return tuple(a for a in self.attacks if a not in suite.AUTOATTACKS or aa)
 
 
 def _versions() -> dict[str, str]:
@@ -201,8 +203,8 @@ def missing_package(resolved: Sequence[Resolved], ev: EvalOptions,
     """The first optional package the run will need and lacks, as one line naming it and the
     flag that avoids it (None: nothing missing); checked before any training, so a run never
     trains fully and then stops at AutoAttack."""
-    if "aa" in ev.attacks and ev.aa_on != "none" and not _has("pyautoattack"):
-        rest = ",".join(a for a in ev.attacks if a != "aa") or "clean"
+    if set(suite.AUTOATTACKS) & set(ev.attacks) and ev.aa_on != "none" and not _has("pyautoattack"):
+        rest = ",".join(a for a in ev.attacks if a not in suite.AUTOATTACKS) or "clean"
         return ("AutoAttack needs the pyautoattack package (pip install pyautoattack), or drop "
                 f"it: --attacks {rest}")
     for r in resolved:
@@ -494,6 +496,9 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
     with eval_precision(opts.device, ev.precision) as precision_label:
         pass  # the name the rows record (fp32 on the CPU whatever the choice)
     images, synthetic = images_fingerprint(x, y), synthetic_data(r, opts)
+    corrupted = (corrupted_sets(cell.dataset, opts.data_root) if suite.CORRUPTIONS in ev.attacks
+                 else None)  # checked before training too (GridOptions.check)
+    l2 = {"eps_l2": r.spec.eps_l2} if set(suite.L2_ATTACKS) & set(ev.attacks) else {}
     done: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for name in sorted(filter(plan.evaluates, finals), key=lambda n: n == "last"):
         t1 = time.perf_counter()
@@ -508,11 +513,14 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
             torch.manual_seed(cell.seed)
             # weights frozen: a compiled network's attack asks for the input's gradient alone
             with eval_precision(opts.device, ev.precision), attack_frozen([finals[name]]):
-                metrics = evaluate(finals[name], x, y, Threat(r.spec.eps), attacks=attacks,
+                metrics = evaluate(finals[name], x, y, Threat(r.spec.eps, r.spec.eps_l2),
+                                   attacks=attacks,
                                    aa_samples=n_aa, device=opts.device,
                                    batch_size=batch, aa_batch_size=aa_batch,
                                    aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
-                                   num_classes=r.spec.num_classes)
+                                   num_classes=r.spec.num_classes,
+                                   aa_l2_state=_aa_state(trainer.dir / f"aa_state_l2_{name}.json"),
+                                   corrupted=corrupted)
             done[name] = attacks, metrics
         if attacks != ev.attacks:  # a worst case over fewer attacks is another quantity
             metrics = {k: v for k, v in metrics.items() if k not in ("robust", "n_robust")}
@@ -520,7 +528,7 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
             "method": cell.method, "preset": cell.preset, "dataset": cell.dataset,
             "arch": r.arch, "seed": cell.seed, "epochs": r.params.epochs, "checkpoint": name,
             "selection": r.params.selection or "common", "reported": name in rule.reported,
-            "eps": r.spec.eps, "train_eps": r.params.eps, **metrics, "test_images": images,
+            "eps": r.spec.eps, **l2, "train_eps": r.params.eps, **metrics, "test_images": images,
             **analysis.final_tutor(trainer.history),  # the last selection epoch's
             "train_seconds": round(trainer.train_seconds, 2),
             "wall_seconds": round(wall, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
@@ -543,8 +551,9 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
     with eval_precision(opts.device, ev.precision):  # each fixed teacher once, as the students
         teacher_rows.evaluate_teachers(
             r, lambda kind: teacher_for(r, opts, kind), x, y, ev.attacks_for("best", ("best",)),
-            out=opts.out, n_aa=n_aa, device=opts.device, batch_size=batch,
-            aa_batch_size=aa_batch, log=opts.log,
+            out=opts.out, threat=Threat(r.spec.eps, r.spec.eps_l2), n_aa=n_aa,
+            device=opts.device, batch_size=batch, aa_batch_size=aa_batch, log=opts.log,
+            corrupted=corrupted,
             row_fields={"versions": versions, "git_commit": commit, "device": device,
                         "eval_precision": precision_label, "synthetic_data": synthetic})
     return rows

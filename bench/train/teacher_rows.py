@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.store import Store
+from bench.data.corrupted import CorruptedSets
 from bench.eval.evaluate import Threat, evaluate, images_fingerprint
 from bench.train.cells import Resolved
 from bench.train.compute import attack_frozen
@@ -74,12 +75,14 @@ def _current(row: dict[str, Any] | None, attacks: tuple[str, ...], images: str,
 
 
 def evaluate_teachers(r: Resolved, load: Callable[[str], nn.Module | None], x: Tensor,
-                      y: Tensor, attacks: tuple[str, ...], *, out: Path, n_aa: int | None,
-                      device: str, batch_size: int, aa_batch_size: int,
-                      log: Callable[[str], None], row_fields: dict[str, Any]) -> list[str]:
+                      y: Tensor, attacks: tuple[str, ...], *, out: Path, threat: Threat,
+                      n_aa: int | None, device: str, batch_size: int, aa_batch_size: int,
+                      log: Callable[[str], None], row_fields: dict[str, Any],
+                      corrupted: CorruptedSets | None = None) -> list[str]:
     """Evaluate each fixed teacher of the cell whose row is missing or measured otherwise
-    (`load(kind)` gives the network, loaded only then) with the students' `attacks` on the
-    same images, seeded as a seed-0 student is; returns the keys written."""
+    (`load(kind)` gives the network, loaded only then) with the students' `attacks`, threat
+    models and corrupted sets on the same images, seeded as a seed-0 student is; returns
+    the keys written."""
     rows, images, written = store(out), images_fingerprint(x, y), []
     for kind in KINDS:
         teacher_id = r.config.get(kind)
@@ -96,16 +99,18 @@ def evaluate_teachers(r: Resolved, load: Callable[[str], nn.Module | None], x: T
         t0 = time.perf_counter()
         torch.manual_seed(0)
         with attack_frozen([model]):
-            metrics = evaluate(model, x, y, Threat(r.spec.eps), attacks=attacks,
-                               aa_samples=n_aa, device=device, batch_size=batch_size,
-                               aa_batch_size=aa_batch_size, num_classes=r.spec.num_classes)
+            metrics = evaluate(model, x, y, threat, attacks=attacks, aa_samples=n_aa,
+                               device=device, batch_size=batch_size,
+                               aa_batch_size=aa_batch_size, num_classes=r.spec.num_classes,
+                               corrupted=corrupted)
         cell = r.teacher_cell if kind == "teacher" else r.clean_teacher_cell
         rows.put(k, {
             "method": cell.method if cell is not None else teacher_id.split(":", 1)[0],
             "role": kind, "teacher": teacher_id, "teacher_name": name(r, kind),
             "dataset": r.cell.dataset, "arch": r.config.get(f"{kind}_arch") or teacher_id,
-            "eps": r.spec.eps, "attacks": list(attacks), "aa_samples": n_aa, **metrics,
-            "test_images": images, "eval_seconds": round(time.perf_counter() - t0, 2),
+            "eps": threat.eps, "eps_l2": threat.eps_l2, "attacks": list(attacks),
+            "aa_samples": n_aa, **metrics, "test_images": images,
+            "eval_seconds": round(time.perf_counter() - t0, 2),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **row_fields})
         written.append(k)
     return written
