@@ -103,6 +103,10 @@ class GridOptions:
                      default="best",
                      help="Checkpoints AutoAttack runs on: best = the ones papers report (best, "
                           "and swa_best for PeerAiD); the other attacks run on every checkpoint.")
+    eval_teachers: bool = opt(EVALUATION, "--eval-teachers/--no-eval-teachers", default=True,
+                              help="Evaluate each fixed teacher once, on the students' images "
+                                   "and attacks (a teacher row; AutoAttack on a big zoo model "
+                                   "costs as much as a student's).")
     eval_precision: str = opt(EVALUATION, "--eval-precision",
                               type=click.Choice(["fp32", "tf32", "auto"]), default="auto",
                               help="Evaluation and selection attacks' precision, recorded in "
@@ -220,7 +224,8 @@ class GridOptions:
         from bench.train.pipeline import EvalOptions
 
         return EvalOptions(attacks=self.attack_list(), aa_samples=self.aa_samples,
-                           aa_on=self.aa_on, precision=self.eval_precision)
+                           aa_on=self.aa_on, precision=self.eval_precision,
+                           teachers=self.eval_teachers)
 
     def run_options(self, out: Path, device: str, **more: Any):
         """The runner's options from these (`more`: the caller's own, e.g. its logger)."""

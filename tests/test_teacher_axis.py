@@ -180,3 +180,12 @@ def test_the_report_has_the_teacher_section_when_a_method_had_two_teachers(two_t
     page = (tmp_path / "index.html").read_text()
     assert '<section id="teachers">' in page
     assert (tmp_path / "teachers_digits_small_cnn_pgd20.png").exists()
+
+
+def test_no_eval_teachers_writes_no_teacher_row(tmp_path, capsys):
+    code, _, err = cli(["run", "--methods", "rslad", "--teachers", "train:standard:epochs=1",
+                        "--epochs", "1", "--attacks", "clean", "--no-eval-teachers",
+                        "--out", str(tmp_path), "--threads", "1"], capsys)
+    assert code == 0, err
+    assert list((tmp_path / "rows").glob("rslad-*.json"))
+    assert not (tmp_path / "teachers" / "rows").exists()

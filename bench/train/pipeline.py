@@ -55,6 +55,7 @@ class EvalOptions:
     aa_samples: int | None = None  # None: the data set's default (all images for real sets)
     aa_on: str = "best"  # "best": the reported checkpoints only; "all"; "none"
     precision: str = "auto"  # fp32, tf32 or auto (torch's defaults): `batching.eval_precision`
+    teachers: bool = True  # each fixed teacher evaluated once too (`teacher_rows`)
 
     def attacks_for(self, checkpoint: str, reported: tuple[str, ...] = REPORTED
                     ) -> tuple[str, ...]:
@@ -548,6 +549,8 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
         rows.append(row)
         opts.log(f"  [{cell.method}] {name}: " + "  ".join(
             f"{a} {metrics[a]:.3f}" for a in ev.attacks if a in metrics))
+    if not ev.teachers:
+        return rows
     with eval_precision(opts.device, ev.precision):  # each fixed teacher once, as the students
         teacher_rows.evaluate_teachers(
             r, lambda kind: teacher_for(r, opts, kind), x, y, ev.attacks_for("best", ("best",)),
