@@ -6,18 +6,20 @@ the same experiment always maps to the same checkpoint folder and result rows.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
 import types
 import typing
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from bench import BenchError
 from bench.core import registry
-from bench.core.distiller import Distiller, LandmarkError, Params, landmarks
+from bench.core.distiller import Distiller, LandmarkError, Params, landmarks, parse_number
 from bench.core.suggest import unknown
 from bench.data import datasets
 from bench.models import model_names
@@ -134,6 +136,27 @@ def _check_types(params_cls: type, overrides: dict[str, Any]) -> None:
 TRAIN = "train:"
 
 
+def literal(raw: str) -> Any:
+    """A Python literal (number, tuple, quoted string), a fraction such as 8/255 as its float
+    (as `bench eval --eps` takes it), else the text itself."""
+    with suppress(ValueError, SyntaxError):
+        return ast.literal_eval(raw)
+    with suppress(ValueError):
+        return parse_number(raw)
+    return raw
+
+
+def overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values are Python literals (numbers, tuples) or strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"--set takes key=value, got {pair!r}")
+        out[key.strip()] = literal(raw)
+    return out
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """A teacher bench trains, as a `--teachers` item names it: train:METHOD[:ARCH][:KEY=VALUE
@@ -149,8 +172,6 @@ class TrainSpec:
 def train_spec(text: str, kind: str = "teacher") -> TrainSpec:
     """`text` (after `train:`) parsed and its method and hyper-parameter names checked, with a
     one-line error naming the form; values are checked when the teacher's cell resolves."""
-    from bench.train.experiment import overrides as parse_overrides
-
     parts = [p.strip() for p in text.removeprefix(TRAIN).split(":")]
     form = f"{kind.replace('_', ' ')} {text!r}: the form is train:METHOD[:ARCH][:KEY=VALUE...]"
     if not parts or not parts[0]:
@@ -163,7 +184,7 @@ def train_spec(text: str, kind: str = "teacher") -> TrainSpec:
     arch = rest.pop(0) if rest and "=" not in rest[0] else None
     if any("=" not in p for p in rest):
         raise BenchError(f"{form}; {next(p for p in rest if '=' not in p)!r} is not KEY=VALUE")
-    over = parse_overrides(rest)
+    over = overrides(rest)
     preset = over.pop("preset", None)
     return TrainSpec(method, arch, None if preset is None else str(preset),
                      tuple(sorted(over.items())))

@@ -24,7 +24,7 @@ import click
 from bench import BenchError
 from bench.core.distiller import parse_number
 from bench.core.suggest import unknown
-from bench.train.cells import Cell
+from bench.train.cells import Cell, literal, overrides
 
 
 def csv(value: str) -> list[str]:
@@ -42,27 +42,6 @@ def seeds(value: str) -> list[int]:
     return out
 
 
-def _literal(raw: str) -> Any:
-    """A Python literal (number, tuple, quoted string), a fraction such as 8/255 as its float
-    (as `bench eval --eps` takes it), else the text itself."""
-    with suppress(ValueError, SyntaxError):
-        return ast.literal_eval(raw)
-    with suppress(ValueError):
-        return parse_number(raw)
-    return raw
-
-
-def overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """`--set key=value` pairs; values are Python literals (numbers, tuples) or strings."""
-    out = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise BenchError(f"--set takes key=value, got {pair!r}")
-        out[key.strip()] = _literal(raw)
-    return out
-
-
 def sweeps(pairs: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
     """`--sweep key=v1,v2` pairs -> {key: [v1, v2]}; each value parsed as `--set` parses it
     (`[1, 3],[2, 4]` sweeps a list-valued hyper-parameter)."""
@@ -75,7 +54,7 @@ def sweeps(pairs: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
         try:
             values = list(ast.literal_eval(f"[{raw}]"))
         except (ValueError, SyntaxError):
-            values = [_literal(v) for v in csv(raw)]
+            values = [literal(v) for v in csv(raw)]
         if not values:
             raise BenchError(f"--sweep {key}= names no value (give key=v1,v2,...)")
         if key in out:
