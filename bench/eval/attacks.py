@@ -59,14 +59,16 @@ def pgd(
     steps: int,
     start: Start,
     clamp_start: bool = True,
+    x0: Tensor | None = None,
 ) -> Tensor:
     """L-inf PGD maximising `objective(x_adv)` (a scalar), pixels kept in [0, 1].
 
     Each step is x <- clip(Proj_eps(x + step * sign(grad)), 0, 1), as in every reference code.
-    Networks stay in whatever mode the caller put them in.
+    Networks stay in whatever mode the caller put them in. `x0`: a start the caller drew
+    (`random_start`) and used itself (IBD's teacher sees it), instead of `start`'s draw.
     """
     x = x.detach()
-    x_adv = random_start(x, start, eps, clamp_start).detach()
+    x_adv = (random_start(x, start, eps, clamp_start) if x0 is None else x0).detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
