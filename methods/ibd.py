@@ -143,6 +143,7 @@ class IBD(Distiller):
         return {"student": self.student, "adaptor": self.adaptor}
 
     def _teacher(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        self.teacher.eval()
         with torch.no_grad():
             t, feats = self.t_tap(x)
         return t, feats[:self.p.teacher_blocks]
