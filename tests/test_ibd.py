@@ -109,21 +109,22 @@ def ref_afd(ad, g_s, g_t, qk_dim=128):
     spatial_mean = [torch.stack([F.adaptive_avg_pool2d(f_s.pow(2).mean(1, keepdim=True),
                                                        (u[2], u[3])).view(bs, -1)
                                  for f_s in g_s], dim=1) for u in unique_t_shapes]
-    key = torch.stack([nn_bn_relu(k, f) for k, f in zip(ad.key, channel_mean)], dim=1).view(
-        bs * s, -1)
+    key = torch.stack([nn_bn_relu(k, f) for k, f in zip(ad.key, channel_mean, strict=True)],
+                      dim=1).view(bs * s, -1)
     bilinear_key = nn_bn_relu(ad.bilinear, key, relu=False).view(bs, s, t, -1)
     value_s = [F.normalize(s_m, dim=2) for s_m in spatial_mean]
     # LinearTransformTeacher
     t_mean = [f_t.mean(3).mean(2) for f_t in g_t]
     t_spatial = [f_t.pow(2).mean(1).view(bs, -1) for f_t in g_t]
-    query = torch.stack([nn_bn_relu(q, f, relu=False) for f, q in zip(t_mean, ad.query)], dim=1)
+    query = torch.stack([nn_bn_relu(q, f, relu=False)
+                         for f, q in zip(t_mean, ad.query, strict=True)], dim=1)
     value_t = [F.normalize(f, dim=1) for f in t_spatial]
     p_logit = torch.matmul(ad.p_t, ad.p_s.t())
     logit = torch.add(torch.einsum("bstq,btq->bts", bilinear_key, query), p_logit) / math.sqrt(
         qk_dim)
     atts = F.softmax(logit, dim=2)
     loss = []
-    for i, (n, h_t) in enumerate(zip(n_t, value_t)):
+    for i, (n, h_t) in enumerate(zip(n_t, value_t, strict=True)):
         diff = (value_s[n] - h_t.unsqueeze(1)).pow(2).mean(2)
         loss.append(torch.mul(diff, atts[:, i]).sum(1).mean())
     return sum(loss)
@@ -145,7 +146,7 @@ def ref_loss(n: dict, ad, x, xa, t_in, a=0.8, b=0.8):
     return loss_nat * (1 - a) + loss_adv * a + loss_ibd * b
 
 
-def _all_params(m, ad_params=None):
+def _all_params(m):
     return list(m.student.parameters()) + list(m.adaptor.parameters())
 
 
