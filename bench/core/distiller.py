@@ -229,6 +229,9 @@ class Distiller(ABC):
     needs_clean_teacher: ClassVar[bool] = False  # a non-robust teacher, `self.clean_teacher`
     needs_peer: ClassVar[bool] = False
     trains_teacher: ClassVar[bool] = False  # the teacher keeps training (`teacher_loss`)
+    # The intermediate features the method reads, per network role ("student", "teacher",
+    # ...): "penultimate", "blocks" or a module name, tapped by `bench.models.features.Tap`.
+    features: ClassVar[dict[str, str]] = {}
     Params: ClassVar[type] = Params
     presets: ClassVar[dict[str, Preset]] = {"faithful": FAITHFUL, "paper": PAPER}
 

@@ -77,16 +77,19 @@ def pgd(
     start: Start,
     clamp_start: bool = True,
     norm: Norm = "Linf",
+    x0: Tensor | None = None,
 ) -> Tensor:
     """PGD maximising `objective(x_adv)` (a scalar), pixels kept in [0, 1].
 
     L-inf: each step is x <- clip(Proj_eps(x + step * sign(grad)), 0, 1), as in every
     reference code. L2: x <- clip(x0 + Proj_eps(x + step * grad / ||grad||_2 - x0), 0, 1) per
     image, as torchattacks' PGDL2 (1e-10 added to the gradient's norm, the ball's projection a
-    rescaling). Networks stay in whatever mode the caller put them in.
+    rescaling). Networks stay in whatever mode the caller put them in. `x0`: a start the
+    caller drew (`random_start`) and used itself (IBD's teacher sees it), instead of
+    `start`'s draw.
     """
     x = x.detach()
-    x_adv = random_start(x, start, eps, clamp_start, norm).detach()
+    x_adv = (random_start(x, start, eps, clamp_start, norm) if x0 is None else x0).detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():

@@ -94,6 +94,11 @@ RULES: dict[str, Rule] = {
                   "teacher, PGD-20 with step 0.003, at 1-based epoch 1, every 10 epochs and "
                   "every epoch from 250; and last", attack="pgd20s", score="clean+adv",
                   every=10, dense_from=250, first=True, keep=("best", "last", "teacher_best")),
+    # train.py tests at 0-based epochs 0, 10, 20, ... and every epoch past decay_epoch1 - 5
+    # (1-based 97 on); `every` counts 1-based (10, 20, ...): one epoch earlier, before the decay
+    "ibd": Rule("IBD: best PGD-10 (step 2/255) at 1-based epoch 1, every 10 epochs and every "
+                "epoch from 97; and last", every=10, dense_from=97, first=True,
+                keep=("best", "last"), reported=("best",)),
 }
 
 
