@@ -10,7 +10,8 @@ misclassifies, W, n = |W| (MAP), and in T(x') wherever y's logit is below the be
     + beta MSE_mean(softmax S(x'), softmax S(x))          (PCR, gradient through both)
 bs is the NOMINAL batch size (`args.bs`), B the batch's own: the last, smaller batch weighs its
 groups wrongly. A MobileNetV2 student gets a misplaced parenthesis instead:
-0.5 (n/bs L_clean + (bs - n)/bs) L_adv + beta PCR. `fixed` repairs both.
+0.5 (n/bs L_clean + (bs - n)/bs) L_adv + beta PCR. `fixed` repairs both (B for bs, and
+0.5 (n/B L_clean + (B - n)/B L_adv) + beta PCR for MobileNetV2).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class DGADParams(Params):
     seed: int | None = 42
     alp_beta: float = bounded(1.0, ge=0)  # PCR's weight (--ALP_beta; 0 is --alp off)
     nominal_batch: bool = True  # the group weights divide by batch_size (args.bs), not B
-    product_form: bool = False  # the MobileNetV2 branch: 0.5 (n/bs L_c + (bs-n)/bs) L_adv
+    half: bool = False  # the MobileNetV2 branch's 0.5 on the distillation terms
+    product_form: bool = False  # ... and its parenthesis: 0.5 (n/bs L_c + (bs-n)/bs) L_adv
 
 
 def swap_true_and_top(logits: Tensor, y: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -63,8 +65,8 @@ class DGAD(Distiller):
     Params = DGADParams
     presets = {
         "faithful": Preset(FAITHFUL.doc, per_dataset={
-            "cifar10:mobilenetv2": dict(product_form=True),
-            "cifar100:mobilenetv2": dict(product_form=True)}),
+            "cifar10:mobilenetv2": dict(half=True, product_form=True),
+            "cifar100:mobilenetv2": dict(half=True, product_form=True)}),
         # main.py's teacher choices (the README names none): LTD WRN-34-20 and WRN-34-10
         "paper": paper("adaad", cifar10="robustbench:Chen2021LTD_WRN34_20",
                        cifar100="robustbench:Chen2021LTD_WRN34_10"),
@@ -99,10 +101,11 @@ class DGAD(Distiller):
         adv = scale * weighted_kl(t_adv, s_adv, (~wrong).to(s_adv.dtype), "sum") / (
             b - n).clamp_min(1)
         pcr = q.alp_beta * F.mse_loss(F.softmax(s_adv, dim=1), F.softmax(s_nat, dim=1))
+        k = 0.5 if q.half else 1.0
         if not q.product_form:
-            return n / bs * clean + (bs - n) / bs * adv + pcr
+            return k * (n / bs * clean + (bs - n) / bs * adv) + pcr
         # a product of two global means: under torchrun each rank's factor times the other's
         # global value (detached), so that DDP's average has the product's value and gradient
         first = n / bs * clean + (bs - n) / bs
         g_first, g_adv = (v.detach() for v in global_means([first, adv], self.shard_weight))
-        return 0.5 * (g_first * adv + first * g_adv - g_first * g_adv) + pcr
+        return k * (g_first * adv + first * g_adv - g_first * g_adv) + pcr

@@ -90,6 +90,9 @@ def ref_loss(n: dict, x, xa, y, bs: int, model: str = "resnet18", alp: str = "on
     if model == "mobilenetV2":
         return 0.5 * ((num_lambda / bs) * loss_clean + (
             (bs - num_lambda) / bs)) * loss_adv + beta * loss_alp
+    if model == "mobilenetV2-repaired":  # `fixed`: the parenthesis closed after loss_adv
+        return 0.5 * ((num_lambda / bs) * loss_clean + (
+            (bs - num_lambda) / bs) * loss_adv) + beta * loss_alp
     return (num_lambda / bs) * loss_clean + ((bs - num_lambda) / bs) * loss_adv + beta * loss_alp
 
 
@@ -100,7 +103,8 @@ CASES = [("faithful", None, {}, 128, "resnet18", "on", 1.0),
          ("faithful", None, dict(alp_beta=0.0), 128, "resnet18", "off", 0.0),
          ("faithful", "mobilenetv2", {}, 128, "mobilenetV2", "on", 1.0),
          ("fixed", None, {}, None, "resnet18", "on", 1.0),
-         ("fixed", "mobilenetv2", dict(batch_size=8), 8, "resnet18", "on", 1.0)]
+         ("fixed", "mobilenetv2", {}, None, "mobilenetV2-repaired", "on", 1.0),
+         ("fixed", "mobilenetv2", dict(alp_beta=2.0), None, "mobilenetV2-repaired", "on", 2.0)]
 
 
 @pytest.mark.parametrize("bn", [True, False], ids=["bn", "nobn"])
@@ -275,9 +279,10 @@ def test_presets():
         assert [p.lr_at(e) for e in (0, 99, 100, 149, 150, 199)] == pytest.approx(
             [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
         mobile = registry.get("dgad").resolve("faithful", dataset, arch="mobilenetv2")
-        assert mobile.product_form == (dataset != "tinyimagenet")
+        assert mobile.product_form == mobile.half == (dataset != "tinyimagenet")
         fixed = registry.get("dgad").resolve("fixed", dataset, arch="mobilenetv2")
         assert not fixed.product_form and not fixed.nominal_batch
+        assert fixed.half == (dataset != "tinyimagenet")
     r = resolve(Cell("dgad", "cifar10", preset="paper"))
     assert r.params.selection == "adaad" and r.params.epochs == 200
     cls = registry.get("dgad")
