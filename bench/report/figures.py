@@ -69,7 +69,8 @@ FIGURE_MODULES: list[str] = ["bench.report.plots", "bench.report.analysis_plots"
 # (a test checks this list against the methods bench ships).
 BUILTIN_ORDER = ("absld", "adaad", "ard", "bmtard", "ciard", "iad", "igdm", "mtard", "peeraid",
                  "pgdat", "rslad", "saad", "standard", "trades",
-                 "akd2", "iad2", "cat", "ibd")  # later methods at the end: the earlier keep colours
+                 "akd2", "iad2", "cat", "ibd",
+                 "dgad")  # later methods at the end: the earlier keep colours
 
 
 def _palette() -> list[Any]:
