@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from bench.methods import dgad
 from resumable import killed_and_resumed
 from test_methods import (
     DATASETS,
@@ -32,7 +33,6 @@ from test_methods import (
 from torch import nn
 
 from bench.core import registry
-from bench.methods import dgad
 from bench.models import create_model
 from bench.train.cells import Cell, resolve
 from bench.train.runner import RunOptions, Trainer
