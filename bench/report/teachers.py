@@ -146,17 +146,19 @@ def teacher_plot(lines: pd.DataFrame, metric: str, dest: Path, names: Names | No
             ax.errorbar(g["teacher_acc"], g["student_acc"],
                         yerr=g["student_std"].where(g["seeds"] > 1), color=colors[label],
                         marker="o", capsize=3, lw=1.6, label=f"{label}: rho {_rho_text(g)}")
+        low = ax.get_ylim()[0]
         for teacher, t in sec.groupby("teacher")["teacher_acc"].first().items():
-            ax.annotate(str(teacher).removeprefix("train:").removeprefix("robustbench:"),
-                        (t, ax.get_ylim()[0]), rotation=35, fontsize=7, ha="right",
-                        va="bottom", color="0.35")
+            ax.axvline(t, color="0.8", lw=0.8, ls=":", zorder=0)  # each teacher, named upright
+            ax.text(t, low, " " + str(teacher).removeprefix("train:").removeprefix(
+                "robustbench:"), rotation=90, fontsize=7, ha="center", va="bottom",
+                color="0.35")
         seeds = sorted(set(sec["seeds"]))
         ax.set_xlabel(f"teacher {name} accuracy (%)")
         ax.set_ylabel(f"student {name} accuracy (%)")
         ax.set_title(f"{dataset} / {arch}: does a more robust teacher give a more robust "
                      f"student?\n(students: mean over {'/'.join(map(str, seeds))} seed(s), "
                      "± std; rho: Spearman over each method's teachers)", fontsize=10)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
         paths += _save(fig, dest, _slug("teachers", dataset, arch, metric,
                                         *([tag] if tag else [])))
     return paths
