@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 import torch
 
+from bench.models import create_model
 from bench.train import checkpoint
+from bench.train.cells import Cell, resolve
 from bench.train.compute import Compute
+from bench.train.runner import RunOptions, Trainer
 
 
 def same(a: Any, b: Any, where: str) -> None:
@@ -59,3 +62,15 @@ def killed_and_resumed(make: Callable[[Path], Any], tmp_path: Path,
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in got["history"]] == [
         {k: v for k, v in h.items() if k != "seconds"} for h in want["history"]]
     return got, want
+
+
+def short_trainer(method: str, out: Path, teacher: bool = False,
+                  clean_teacher: bool = False) -> Trainer:
+    """A 2-epoch Trainer of `method` on digits (2-step attack, selection every 5 epochs),
+    with a small_cnn teacher and a small_cnn_nobn clean teacher where asked: the run the
+    methods' resume checks kill and resume."""
+    torch.manual_seed(11)
+    t = create_model("small_cnn", num_classes=10, in_channels=1) if teacher else None
+    c = create_model("small_cnn_nobn", num_classes=10, in_channels=1) if clean_teacher else None
+    cell = Cell(method, select_every=5, overrides=(("epochs", 2), ("steps", 2)))
+    return Trainer(resolve(cell), RunOptions(out=out, log=lambda *_: None), t, c)

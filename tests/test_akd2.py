@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cli_run import cli
-from resumable import killed_and_resumed
+from resumable import killed_and_resumed, short_trainer
 from test_methods import (
     EPS,
     STEP,
@@ -30,9 +30,7 @@ from test_second_wave_mt import DATASETS, _make, _nets  # CIFAR-10 and -100: the
 from bench.core import registry
 from bench.core.distiller import RangeError
 from bench.data import datasets
-from bench.models import create_model
 from bench.train.cells import Cell, resolve
-from bench.train.runner import RunOptions, Trainer
 
 SPEC = dict(t=1.0, a1=0.5, a2=0.25, beta=0.1, warmup=40)  # AKD2.py / IAD-II.py argparse
 
@@ -255,22 +253,15 @@ def test_no_method_state():
 
 # --- resume: interrupted mid-epoch, then resumed, ends bit-identical ------------------------
 
-def _trainer(method: str, out: Path) -> Trainer:
-    torch.manual_seed(11)
-    teacher = create_model("small_cnn", num_classes=10, in_channels=1)
-    clean = create_model("small_cnn_nobn", num_classes=10, in_channels=1)
-    cell = Cell(method, select_every=5, overrides=(("epochs", 2), ("steps", 2)))
-    return Trainer(resolve(cell), RunOptions(out=out, log=lambda *_: None), teacher, clean)
-
-
 @pytest.mark.parametrize("method", ["akd2", "iad2"])
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, method: str,
                                                       monkeypatch) -> None:
     """Killed at batch 6 of the second epoch (IAD-II introspective in it: its warm-up of 3 of
     15 epochs scales to 1 of 2), resumed from the first epoch's checkpoint: the same bits."""
     if method == "iad2":
-        assert _trainer(method, tmp_path / "probe").method.p.warmup == 1
-    got, want = killed_and_resumed(lambda out: _trainer(method, out), tmp_path, monkeypatch)
+        assert short_trainer(method, tmp_path / "probe", True, True).method.p.warmup == 1
+    got, want = killed_and_resumed(lambda out: short_trainer(method, out, True, True),
+                                   tmp_path, monkeypatch)
     assert got["epoch"] == want["epoch"] == 2
     assert set(want["models"]) == {"student"}
 

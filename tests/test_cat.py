@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from resumable import killed_and_resumed
+from resumable import killed_and_resumed, short_trainer
 from test_methods import (
     EPS,
     STEP,
@@ -30,7 +30,6 @@ from torch import nn
 
 from bench.core import registry
 from bench.train.cells import Cell, resolve
-from bench.train.runner import RunOptions, Trainer
 
 KLDIV = nn.KLDivLoss(reduction="batchmean")  # train_cat.py:223
 CE = nn.CrossEntropyLoss()  # train_cat.py:195
@@ -274,16 +273,11 @@ def test_loss_crafts_the_peer_examples_without_attack():
 
 # --- resume: interrupted mid-epoch, then resumed, ends bit-identical ------------------------
 
-def _trainer(out: Path) -> Trainer:
-    torch.manual_seed(11)
-    cell = Cell("cat", select_every=5, overrides=(("epochs", 2), ("steps", 2)))
-    return Trainer(resolve(cell), RunOptions(out=out, log=lambda *_: None), None)
-
-
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
     """Killed at batch 6 of the second epoch, resumed by a fresh Trainer from the first epoch's
     checkpoint: student, peer, both optimizers and the history as a run never interrupted."""
-    got, want = killed_and_resumed(_trainer, tmp_path, monkeypatch)
+    got, want = killed_and_resumed(
+        lambda out: short_trainer("cat", out), tmp_path, monkeypatch)
     assert got["epoch"] == want["epoch"] == 2
     assert set(want["models"]) == set(want["optims"]) == {"student", "peer"}
     assert want["optims"]["peer"]["state"]  # momentum buffers: the peer stepped

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bench.methods import dgad
-from resumable import killed_and_resumed
+from resumable import killed_and_resumed, short_trainer
 from test_methods import (
     DATASETS,
     EPS,
@@ -33,9 +33,7 @@ from test_methods import (
 from torch import nn
 
 from bench.core import registry
-from bench.models import create_model
 from bench.train.cells import Cell, resolve
-from bench.train.runner import RunOptions, Trainer
 
 
 def _mixed_batch(nets: dict, classes: int, n: int = 8):
@@ -298,15 +296,9 @@ def test_no_method_state():
     assert m.state_dict() == {}
 
 
-def _trainer(out: Path) -> Trainer:
-    torch.manual_seed(11)
-    teacher = create_model("small_cnn", num_classes=10, in_channels=1)
-    cell = Cell("dgad", select_every=5, overrides=(("epochs", 2), ("steps", 2)))
-    return Trainer(resolve(cell), RunOptions(out=out, log=lambda *_: None), teacher)
-
-
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
     """Killed at batch 6 of the second epoch, resumed from the first epoch's checkpoint."""
-    got, want = killed_and_resumed(_trainer, tmp_path, monkeypatch)
+    got, want = killed_and_resumed(
+        lambda out: short_trainer("dgad", out, teacher=True), tmp_path, monkeypatch)
     assert got["epoch"] == want["epoch"] == 2
     assert set(want["models"]) == {"student"}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from resumable import killed_and_resumed
+from resumable import killed_and_resumed, short_trainer
 from test_methods import EPS, STEP, _batch, assert_same_loss_and_grads, ref_pgd
 from torch import nn
 
@@ -26,7 +26,6 @@ from bench.data import datasets
 from bench.models import create_model, model_names
 from bench.models.features import Tap
 from bench.train.cells import Cell, resolve
-from bench.train.runner import RunOptions, Trainer
 from bench.train.selection import RULES
 
 # --- tiny models whose blocks are known -----------------------------------------------------
@@ -321,15 +320,9 @@ def test_selection_rule_is_train_py():
     assert rule.keep == ("best", "last") and rule.attack == "pgd10"
 
 
-def _trainer(out: Path) -> Trainer:
-    torch.manual_seed(11)
-    teacher = create_model("small_cnn", num_classes=10, in_channels=1)
-    cell = Cell("ibd", select_every=5, overrides=(("epochs", 2), ("steps", 2)))
-    return Trainer(resolve(cell), RunOptions(out=out, log=lambda *_: None), teacher)
-
-
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
     """Killed at batch 6 of the second epoch, resumed: the student, the adaptor and both
     their optimizers end the same bits."""
-    got, want = killed_and_resumed(_trainer, tmp_path, monkeypatch)
+    got, want = killed_and_resumed(
+        lambda out: short_trainer("ibd", out, teacher=True), tmp_path, monkeypatch)
     assert set(want["models"]) == set(want["optims"]) == {"student", "adaptor"}
