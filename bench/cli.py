@@ -106,10 +106,15 @@ def run(grid: GridOptions, control: RunControl) -> None:
                 opts.log(note)
 
         # a cell another process holds is put off to the end, then waited for
-        run_cells(cells, opts, ev, store, redo=control.redo, resume=control.resume,
-                  announce=announce)
+        # one cell that stops (a non-finite loss) does not lose the grid's other cells
+        failed = run_cells(cells, opts, ev, store, redo=control.redo, resume=control.resume,
+                           announce=announce,
+                           keep_going=len(cells) > 1 and distributed.world_size() == 1)
     if main_rank:
         _print_table(store, {r.id for r in resolved})
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(cells)} cells stopped (the others are "
+                         f"stored): " + "; ".join(failed))
 
 
 def _check_teacher_files(resolved: list[Resolved]) -> None:

@@ -4,6 +4,7 @@ what bench does about it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -122,6 +123,19 @@ def test_a_first_epoch_with_a_nan_loss_names_no_checkpoint(tmp_path, capsys):
     assert line.startswith("error: loss is nan at epoch 1"), line
     assert line.endswith("stopped; no epoch finished, so no checkpoint was kept"), line
     assert not list((out / "runs").glob("*/ckpt*.pt"))
+
+
+def test_a_cell_that_stops_does_not_lose_the_grids_other_cells(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, text, err = cli(["run", "--methods", "pgdat", "--epochs", "1", "--sweep",
+                           "lr=1e30,0.05", "--attacks", "clean", "--out", str(out)], capsys)
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: 1 of 2 cells stopped (the others are stored): pgdat seed 0: "
+                           "loss is nan at epoch 1"), line
+    rows = [json.loads(p.read_text()) for p in (out / "rows").glob("*.json")]
+    assert {r["config"]["params"]["lr"] for r in rows} == {0.05}  # the other cell, stored
+    assert "PGD-AT" in text  # and its table printed
 
 
 # -- teachers -----------------------------------------------------------------------------

@@ -450,21 +450,37 @@ def run_cell(cell: Cell, opts: RunOptions, ev: EvalOptions, store: Store,
 
 def run_cells(cells: Sequence[Cell], opts: RunOptions, ev: EvalOptions, store: Store,
               redo: bool = False, resume: bool = True,
-              announce: Callable[[Cell], None] = lambda c: None) -> None:
+              announce: Callable[[Cell], None] = lambda c: None,
+              keep_going: bool = False) -> list[str]:
     """`run_cell` over `cells`, in order; a cell another process is training is put off
     until the others are done, then waited for (its rows are then stored: no retraining).
-    `announce` is called before each cell is taken up."""
-    later = []
+    `announce` is called before each cell is taken up. With `keep_going`, a cell that stops
+    (a non-finite loss, a teacher that cannot load) is logged and the others still run; its
+    one-line reason is returned, one per cell (else the first one is raised)."""
+    later, failed = [], []
+
+    def run(c: Cell, wait: bool) -> None:
+        try:
+            run_cell(c, opts, ev, store, redo=redo, resume=resume, wait=wait)
+        except lock.Busy:
+            raise
+        except BenchError as exc:
+            if not keep_going:
+                raise
+            failed.append(f"{c.method} seed {c.seed}: {exc}")
+            opts.log(f"  stopped: {exc}")
+
     for c in cells:
         announce(c)
         try:
-            run_cell(c, opts, ev, store, redo=redo, resume=resume, wait=False)
+            run(c, wait=False)
         except lock.Busy as busy:
             opts.log(f"{busy}: moving on, back to it at the end")
             later.append(c)
     for c in later:
         announce(c)
-        run_cell(c, opts, ev, store, redo=redo, resume=resume)
+        run(c, wait=True)
+    return failed
 
 
 def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
