@@ -94,6 +94,8 @@ RULES: dict[str, Rule] = {
                   "teacher, PGD-20 with step 0.003, at 1-based epoch 1, every 10 epochs and "
                   "every epoch from 250; and last", attack="pgd20s", score="clean+adv",
                   every=10, dense_from=250, first=True, keep=("best", "last", "teacher_best")),
+    "fair": Rule("Fair-ARD family: no selection in the scripts (every epoch saved, eval.py "
+                 "takes one file); the last epoch", keep=("last",), reported=("last",)),
 }
 
 
