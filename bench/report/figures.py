@@ -69,17 +69,20 @@ FIGURE_MODULES: list[str] = ["bench.report.plots", "bench.report.analysis_plots"
 # (a test checks this list against the methods bench ships).
 BUILTIN_ORDER = ("absld", "adaad", "ard", "bmtard", "ciard", "iad", "igdm", "mtard", "peeraid",
                  "pgdat", "rslad", "saad", "standard", "trades",
-                 "akd2", "iad2", "cat", "ibd",
-                 "dgad")  # later methods at the end: the earlier keep colours
+                 "akd2", "iad2", "cat", "ibd", "dgad",
+                 "fair_ard", "fair_iad", "fair_rslad", "fair_mtard")
+# (later methods go at the end, so that the earlier ones keep their colours)
 
 
 def _palette() -> list[Any]:
     """The colour-blind palette without its yellow and pink (thin lines of them all but vanish
-    on white), then seaborn's dark one: the built-ins' colours in `BUILTIN_ORDER`."""
+    on white), then seaborn's dark one, then its deep one without those two: the built-ins'
+    colours in `BUILTIN_ORDER` (more than the first two hold)."""
     import seaborn as sns
 
-    bright = sns.color_palette("colorblind", 10)
-    return [c for i, c in enumerate(bright) if i not in (6, 8)] + sns.color_palette("dark", 10)
+    bright, deep = sns.color_palette("colorblind", 10), sns.color_palette("deep", 10)
+    return ([c for i, c in enumerate(bright) if i not in (6, 8)] + sns.color_palette("dark", 10)
+            + [c for i, c in enumerate(deep) if i not in (6, 8)])
 
 
 def plugin_palette() -> list[Any]:

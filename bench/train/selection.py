@@ -99,6 +99,8 @@ RULES: dict[str, Rule] = {
     "ibd": Rule("IBD: best PGD-10 (step 2/255) at 1-based epoch 1, every 10 epochs and every "
                 "epoch from 97; and last", every=10, dense_from=97, first=True,
                 keep=("best", "last"), reported=("best",)),
+    "fair": Rule("Fair-ARD family: no selection in the scripts (every epoch saved, eval.py "
+                 "takes one file); the last epoch", keep=("last",), reported=("last",)),
 }
 
 
