@@ -10,7 +10,8 @@ from bench.train.pipeline import EvalOptions, run_cell
 from bench.train.runner import RunOptions
 
 ROBUST = ["pgdat", "trades", "peeraid", "rslad", "ard", "adaad", "iad", "igdm", "saad", "absld",
-          "mtard", "bmtard", "ciard", "akd2", "iad2", "cat"]
+          "mtard", "bmtard", "ciard", "akd2", "iad2", "cat", "ibd", "dgad", "fair_ard",
+          "fair_iad", "fair_mtard", "fair_rslad:fixed"]
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +19,18 @@ def results(tmp_path_factory) -> dict[tuple[str, str], dict]:
     out = tmp_path_factory.mktemp("results")
     opts = RunOptions(out=out, log=lambda *_: None)
     store = Store(out)
-    for method in ["standard", *ROBUST]:
-        run_cell(Cell(method), opts, EvalOptions(attacks=("clean", "pgd20")), store)
+    # fair_rslad's faithful preset stops at a NaN on this set (the script's 1/Kappa with no
+    # epsilon, for a class the untrained student never gets right): its repair runs here
+    for name in ["standard", *ROBUST]:
+        method, _, preset = name.partition(":")
+        run_cell(Cell(method, preset=preset or "faithful"), opts,
+                 EvalOptions(attacks=("clean", "pgd20")), store)
     rows, problems = store.read()
     assert not problems
     return {(r["method"], r["checkpoint"]): r for r in rows}
 
 
-@pytest.mark.parametrize("method", ROBUST)
+@pytest.mark.parametrize("method", [m.partition(":")[0] for m in ROBUST])
 def test_robust_method_beats_standard_training(results, method: str) -> None:
     std = results[("standard", "best")]
     for ckpt in ("best", "last"):
