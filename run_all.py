@@ -89,10 +89,11 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool, so=None,
 
 # --- report -----------------------------------------------------------------------------
 
-def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = None
-                 ) -> list[Path]:
+def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = None,
+                 stopped: list[str] | None = None) -> list[Path]:
     """Every table and figure of the report from the rows stored under `out`; `names`
-    overrides methods' display names (method id -> name)."""
+    overrides methods' display names (method id -> name); `stopped`: the grid's cells that
+    stopped this time, one line each, said in the report (they have no rows in it)."""
     import pandas as pd
 
     from bench.core.store import Store
@@ -238,6 +239,15 @@ def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = Non
                     md.append(p.read_text())
                     appendix += f'<p class="note">{html.esc(p.read_text())}</p>'
         appendix += "</section>"
+    if stopped:
+        note = ("These cells of the grid stopped and have no rows here (rerun the same "
+                "command to retry them):")
+        md.append("## Cells that stopped\n\n" + note + "\n\n"
+                  + "\n".join(f"- {line}" for line in stopped) + "\n")
+        appendix += ('<section id="stopped"><h2>Cells that stopped</h2><p class="note">'
+                     + html.esc(note) + "</p><ul>"
+                     + "".join(f"<li>{html.esc(line)}</li>" for line in stopped)
+                     + "</ul></section>")
     md.append(_problems_md(problems))
     put("results.md", "\n".join(md))
     put("results.tex", "\n".join(tex))
@@ -351,7 +361,7 @@ def cli(grid: GridOptions, report_dir: str | None, no_train: bool,
     say(f"grid: {len(cells)} cell(s) on {grid.datasets}, results in {out_path}")
     failures = train_grid(cells, out_path, device, grid.eval_options(), no_train,
                           grid.sweep_options(), grid)
-    written = write_report(out_path, report, renames or None)
+    written = write_report(out_path, report, renames or None, failures)
     say(f"report in {report}:")
     for p in written:
         say(f"  {p.name}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run import cli
+from cli_run import cli, run_all_module
 
 from bench import BenchError
 from bench.cli import main
@@ -271,3 +271,16 @@ def test_checkpoint_names_are_the_finals(selection, swa):
     trainer.epoch = r.params.epochs
     trainer._load = lambda name: trainer.method.student
     assert list(trainer.finals()) == checkpoint_names(r)
+
+
+def test_the_report_names_the_cells_that_stopped(tmp_path, capsys):
+    run_all = run_all_module()
+    out, report = tmp_path / "out", tmp_path / "report"
+    code = run_all.main(["--methods", "pgdat", "--epochs", "1", "--sweep", "lr=1e30,0.05",
+                         "--attacks", "clean", "--out", str(out), "--report-dir", str(report)])
+    assert code == 1
+    assert "1 cell(s) failed" in capsys.readouterr().err
+    md = (report / "results.md").read_text()
+    stopped = md.split("## Cells that stopped")[1]
+    assert "loss is nan at epoch 1" in stopped
+    assert '<section id="stopped">' in (report / "index.html").read_text()
