@@ -240,8 +240,8 @@ def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = Non
                     appendix += f'<p class="note">{html.esc(p.read_text())}</p>'
         appendix += "</section>"
     if stopped:
-        note = ("These cells of the grid stopped and have no rows here (rerun the same "
-                "command to retry them):")
+        note = ("These cells of the grid stopped and have no rows here; each line says why "
+                "(a rerun resumes one from its last good checkpoint):")
         md.append("## Cells that stopped\n\n" + note + "\n\n"
                   + "\n".join(f"- {line}" for line in stopped) + "\n")
         appendix += ('<section id="stopped"><h2>Cells that stopped</h2><p class="note">'
