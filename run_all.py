@@ -92,8 +92,8 @@ def train_grid(cells: list, out: Path, device: str, ev, no_train: bool, so=None,
 def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = None,
                  stopped: list[str] | None = None) -> list[Path]:
     """Every table and figure of the report from the rows stored under `out`; `names`
-    overrides methods' display names (method id -> name); `stopped`: the grid's cells that
-    stopped this time, one line each, said in the report (they have no rows in it)."""
+    overrides methods' display names (method id -> name); `stopped`: the grid's cells without
+    rows (stopped, or not trained), one line each, said in the report."""
     import pandas as pd
 
     from bench.core.store import Store
@@ -240,11 +240,11 @@ def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = Non
                     appendix += f'<p class="note">{html.esc(p.read_text())}</p>'
         appendix += "</section>"
     if stopped:
-        note = ("These cells of the grid stopped and have no rows here; each line says why "
-                "(a rerun resumes one from its last good checkpoint):")
-        md.append("## Cells that stopped\n\n" + note + "\n\n"
+        note = ("These cells of the grid have no rows here; each line says why (a rerun "
+                "resumes a stopped one from its last good checkpoint):")
+        md.append("## Cells without rows\n\n" + note + "\n\n"
                   + "\n".join(f"- {line}" for line in stopped) + "\n")
-        appendix += ('<section id="stopped"><h2>Cells that stopped</h2><p class="note">'
+        appendix += ('<section id="stopped"><h2>Cells without rows</h2><p class="note">'
                      + html.esc(note) + "</p><ul>"
                      + "".join(f"<li>{html.esc(line)}</li>" for line in stopped)
                      + "</ul></section>")
@@ -259,6 +259,19 @@ def write_report(out: Path, report_dir: Path, names: dict[str, str] | None = Non
     put("index.html", html.page("Results: adversarial distillation benchmark", intro, pages,
                                 reported, appendix))
     return written
+
+
+def _without_rows(cells: list, out: Path, failures: list[str]) -> list[str]:
+    """A line for each cell of the grid with no rows stored that did not fail this time (not
+    trained here, or stopped in an earlier run): the report says it is missing."""
+    from bench.core.store import Store
+    from bench.train.cells import resolve
+    from bench.train.pipeline import stored
+
+    store, said = Store(out), {f.split(":", 1)[0] for f in failures}
+    return [f"{r.id}: no rows (not trained by this run; `bench history {r.id}` shows how far "
+            "an earlier run got)" for r in map(resolve, cells)
+            if r.id not in said and not stored(r, store)]
 
 
 def _teachers_section(df, out: Path, md: list[str]) -> str:
@@ -361,7 +374,8 @@ def cli(grid: GridOptions, report_dir: str | None, no_train: bool,
     say(f"grid: {len(cells)} cell(s) on {grid.datasets}, results in {out_path}")
     failures = train_grid(cells, out_path, device, grid.eval_options(), no_train,
                           grid.sweep_options(), grid)
-    written = write_report(out_path, report, renames or None, failures)
+    written = write_report(out_path, report, renames or None,
+                           failures + _without_rows(cells, out_path, failures))
     say(f"report in {report}:")
     for p in written:
         say(f"  {p.name}")

@@ -281,6 +281,12 @@ def test_the_report_names_the_cells_that_stopped(tmp_path, capsys):
     assert code == 1
     assert "1 cell(s) failed" in capsys.readouterr().err
     md = (report / "results.md").read_text()
-    stopped = md.split("## Cells that stopped")[1]
+    stopped = md.split("## Cells without rows")[1]
     assert "loss is nan at epoch 1" in stopped
     assert '<section id="stopped">' in (report / "index.html").read_text()
+    # rebuilt without training: the stopped cell is still named as missing, and it exits 0
+    assert run_all.main(["--methods", "pgdat", "--epochs", "1", "--sweep", "lr=1e30,0.05",
+                         "--attacks", "clean", "--out", str(out), "--report-dir", str(report),
+                         "--no-train"]) == 0
+    missing = (report / "results.md").read_text().split("## Cells without rows")[1]
+    assert "no rows (not trained by this run" in missing and "bench history pgdat-" in missing
