@@ -103,10 +103,12 @@ class GridOptions:
                      default="best",
                      help="Checkpoints AutoAttack runs on: best = the ones papers report (best, "
                           "and swa_best for PeerAiD); the other attacks run on every checkpoint.")
-    eval_teachers: bool = opt(EVALUATION, "--eval-teachers/--no-eval-teachers", default=True,
-                              help="Evaluate each fixed teacher once, on the students' images "
-                                   "and attacks (a teacher row; AutoAttack on a big zoo model "
-                                   "costs as much as a student's).")
+    eval_teachers: str = opt(EVALUATION, "--eval-teachers",
+                             type=click.Choice(["auto", "yes", "no"]), default="auto",
+                             help="Evaluate each fixed teacher once, on the students' images and "
+                                  "attacks (a teacher row, for `bench table --teachers`); auto: "
+                                  "when the grid names --teachers or --clean-teachers (it costs "
+                                  "as much as a student's evaluation).")
     eval_precision: str = opt(EVALUATION, "--eval-precision",
                               type=click.Choice(["fp32", "tf32", "auto"]), default="auto",
                               help="Evaluation and selection attacks' precision, recorded in "
@@ -225,7 +227,9 @@ class GridOptions:
 
         return EvalOptions(attacks=self.attack_list(), aa_samples=self.aa_samples,
                            aa_on=self.aa_on, precision=self.eval_precision,
-                           teachers=self.eval_teachers)
+                           teachers=self.eval_teachers == "yes" or (
+                               self.eval_teachers == "auto"
+                               and (self.teachers or self.clean_teachers) is not None))
 
     def run_options(self, out: Path, device: str, **more: Any):
         """The runner's options from these (`more`: the caller's own, e.g. its logger)."""

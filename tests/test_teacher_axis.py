@@ -182,10 +182,20 @@ def test_the_report_has_the_teacher_section_when_a_method_had_two_teachers(two_t
     assert (tmp_path / "teachers_digits_small_cnn_pgd20.png").exists()
 
 
-def test_no_eval_teachers_writes_no_teacher_row(tmp_path, capsys):
+def test_eval_teachers_no_writes_no_teacher_row(tmp_path, capsys):
     code, _, err = cli(["run", "--methods", "rslad", "--teachers", "train:standard:epochs=1",
-                        "--epochs", "1", "--attacks", "clean", "--no-eval-teachers",
+                        "--epochs", "1", "--attacks", "clean", "--eval-teachers", "no",
                         "--out", str(tmp_path), "--threads", "1"], capsys)
     assert code == 0, err
     assert list((tmp_path / "rows").glob("rslad-*.json"))
     assert not (tmp_path / "teachers" / "rows").exists()
+
+
+def test_teacher_rows_by_default_only_where_the_grid_names_teachers(tmp_path, capsys):
+    from bench.options import GridOptions
+
+    assert not GridOptions(methods="rslad").eval_options().teachers  # the embedded default
+    assert GridOptions(methods="rslad", teachers="train:pgdat").eval_options().teachers
+    assert GridOptions(methods="rslad", eval_teachers="yes").eval_options().teachers
+    assert not GridOptions(methods="rslad", teachers="x.pt",
+                           eval_teachers="no").eval_options().teachers
