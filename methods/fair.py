@@ -82,8 +82,9 @@ class ClassWeighted(Distiller):
             yield
         finally:
             self.student = net
-        self.accumulate("hits", hits.hits, y, hits.classes)
-        self.accumulate("n", torch.ones_like(hits.hits), y, hits.classes)
+        if hits.classes:  # an attack that ran S at least once (the training attack always does)
+            self.accumulate("hits", hits.hits, y, hits.classes)
+            self.accumulate("n", torch.ones_like(hits.hits), y, hits.classes)
 
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
         with self.counting(y):

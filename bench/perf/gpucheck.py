@@ -96,9 +96,9 @@ def attack_objective(method, x: torch.Tensor, y: torch.Tensor):
 
     seen: dict[str, Any] = {}
 
-    def capture(objective, x0, **_):
+    def capture(objective, x, **_):  # pgd's own parameter names (a caller may pass x0=)
         seen["f"] = objective
-        return x0
+        return x
 
     real = attacks.pgd
     users = [mod for mod in list(sys.modules.values()) if getattr(mod, "pgd", None) is real]
