@@ -117,8 +117,10 @@ FIXED_IDS = {  # computed before landmarks scaled: a run without --epochs keeps 
     Cell("saad"): "saad-faithful-digits-small_cnn-s0-f4f3034593",
     Cell("iad"): "iad-faithful-digits-small_cnn-s0-99758d3554",
     Cell("peeraid", preset="paper"): "peeraid-paper-digits-small_cnn-s0-8c29b28480",
-    Cell("ciard", "cifar10"): "ciard-faithful-cifar10-resnet18-s0-c810bd44cf",
-    Cell("mtard", "cifar10"): "mtard-faithful-cifar10-resnet18-s0-6bad2f5518",
+    # (their clean teacher, a `standard` cell, is selected by clean accuracy since 2026-12-07:
+    # a new teacher id, so new ids; --epochs still changes nothing else)
+    Cell("ciard", "cifar10"): "ciard-faithful-cifar10-resnet18-s0-4b3b841c72",
+    Cell("mtard", "cifar10"): "mtard-faithful-cifar10-resnet18-s0-479c1117b5",
     Cell("iad", "cifar10", preset="paper"): "iad-paper-cifar10-resnet18-s0-f2ff4e4ee9",
     # every landmark set by the user: nothing to scale, the id as before
     Cell("peeraid", overrides=(("epochs", 4), ("milestones", (2,)))):

@@ -43,7 +43,11 @@ GRADES_NOTE = ("Grades, by the evidence behind each published figure: " + "; ".j
 # steps, step size); clean and AutoAttack have neither.
 SUITE = {"clean": ("clean", None, None), "fgsm": ("fgsm", 1, "8/255"),
          "pgd20": ("pgd", 20, "2/255"), "pgd20s": ("pgd", 20, "0.003"),
-         "cw": ("cw_inf", 30, "2/255"), "aa": ("autoattack", None, None)}
+         "cw": ("cw_inf", 30, "2/255"), "aa": ("autoattack", None, None),
+         # the opt-in threat models: L2 at RobustBench's CIFAR-10 radius 0.5 (step eps_l2/4)
+         # and the common corruptions' mean (no published figure uses them yet)
+         "pgd20_l2": ("pgd_l2", 20, "0.125"), "aa_l2": ("autoattack_l2", None, None),
+         "corruptions": ("common_corruptions", None, None)}
 EPS = "8/255"
 FIELDS = ("paper", "table", "method", "published_as", "dataset", "arch", "teacher",
           "teacher_key", "checkpoint", "metric", "about", "attack", "steps", "step", "eps",
