@@ -190,6 +190,19 @@ def train_spec(text: str, kind: str = "teacher") -> TrainSpec:
                      tuple(sorted(over.items())))
 
 
+def _teacher_id(t_cell: Cell, cell: Cell, kind: str, spec: str | None = None) -> str:
+    """The id of `cell`'s teacher cell `t_cell`; its errors say whose teacher it is (and which
+    --teachers item, `spec`, named it)."""
+    try:
+        return resolve(t_cell).id
+    except LandmarkError as e:  # say whose schedule it is
+        raise LandmarkError(f"{cell.method}'s {kind.replace('_', ' ')} {e}") from None
+    except BenchError as e:
+        if spec is None:
+            raise
+        raise BenchError(f"{kind.replace('_', ' ')} {spec}: {e}") from None
+
+
 @dataclass(frozen=True)
 class _Teacher:
     """Where a fixed teacher comes from: its id in the config, and a file or a cell to train."""
@@ -276,21 +289,21 @@ def _teacher(cell: Cell, cls: type[Distiller], arch: str, kind: str, source: str
     trained = prescribed if isinstance(prescribed, tuple) else (default_method, arch)
     if source and source.startswith(ZOO):
         return _Teacher(source, prescribed=source == prescribed)
-    spec = train_spec(source, kind) if source and source.startswith(TRAIN) else None
-    if source and spec is None:
+    if source and source.startswith(TRAIN):  # the spec says it all: no --teacher-method,
+        spec = train_spec(source, kind)  # --teacher-arch or run length of the student's
+        t_cell = Cell(spec.method, cell.dataset, spec.arch or arch, seed=0,
+                      preset=spec.preset or "faithful", overrides=spec.overrides,
+                      precision=cell.precision)
+        return _Teacher(_teacher_id(t_cell, cell, kind, source), t_cell.arch, t_cell)
+    if source:
         path = Path(source)
         return _Teacher(f"file:{_file_digest(path, kind)}", t_arch or arch, file=path)
-    if spec is not None:  # the spec says it all: no --teacher-method / -arch, no run length
-        trained, t_method, t_arch = (spec.method, spec.arch or arch, spec.preset or "faithful"), \
-            None, None
     t_arch = t_arch or trained[1]
     mine = dict(cell.overrides)
-    epochs = mine.get("epochs") if spec is None else None
+    epochs = mine.get("epochs")
     recipe = trained[2] if len(trained) > 2 and not t_method else "faithful"
     method = t_method or trained[0]
     over: tuple[tuple[str, Any], ...] = (("epochs", epochs),) if epochs else ()
-    if spec is not None:
-        over = spec.overrides
     if epochs:  # the run's length, and the landmarks set with it where the teacher has them
         t_cls = registry.get(method)
         own = t_cls.resolve(recipe, cell.dataset, arch=t_arch,
@@ -299,14 +312,7 @@ def _teacher(cell: Cell, cls: type[Distiller], arch: str, kind: str, source: str
                       if k in mine and getattr(own, k) is not None)
     t_cell = Cell(method, cell.dataset, t_arch, seed=0, preset=recipe, overrides=over,
                   precision=cell.precision)
-    try:
-        t_id = resolve(t_cell).id
-    except LandmarkError as e:  # say whose schedule it is
-        raise LandmarkError(f"{cell.method}'s {kind.replace('_', ' ')} {e}") from None
-    except BenchError as e:
-        if spec is None:
-            raise
-        raise BenchError(f"{kind.replace('_', ' ')} {source}: {e}") from None
+    t_id = _teacher_id(t_cell, cell, kind)
     return _Teacher(t_id, t_arch, t_cell,
                     prescribed=isinstance(prescribed, tuple) and not t_method and
                     t_arch == prescribed[1])

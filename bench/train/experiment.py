@@ -124,6 +124,7 @@ class Grid:
         keys = sorted(self.sweep)
         combos = [dict(zip(keys, vals, strict=True))
                   for vals in itertools.product(*(self.sweep[k] for k in keys))]
+
         def axis(method: str, kind: str) -> list[str | None]:
             values = self.teachers if kind == "teacher" else self.clean_teachers
             return values if getattr(registry.get(method), f"needs_{kind}") else [None]
