@@ -516,6 +516,7 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
     corrupted = (corrupted_sets(cell.dataset, opts.data_root) if suite.CORRUPTIONS in ev.attacks
                  else None)  # checked before training too (GridOptions.check)
     l2 = {"eps_l2": r.spec.eps_l2} if set(suite.L2_ATTACKS) & set(ev.attacks) else {}
+    threat = Threat(r.spec.eps, r.spec.eps_l2)  # one for the students and their teachers
     done: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for name in sorted(filter(plan.evaluates, finals), key=lambda n: n == "last"):
         t1 = time.perf_counter()
@@ -530,8 +531,7 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
             torch.manual_seed(cell.seed)
             # weights frozen: a compiled network's attack asks for the input's gradient alone
             with eval_precision(opts.device, ev.precision), attack_frozen([finals[name]]):
-                metrics = evaluate(finals[name], x, y, Threat(r.spec.eps, r.spec.eps_l2),
-                                   attacks=attacks,
+                metrics = evaluate(finals[name], x, y, threat, attacks=attacks,
                                    aa_samples=n_aa, device=opts.device,
                                    batch_size=batch, aa_batch_size=aa_batch,
                                    aa_state=_aa_state(trainer.dir / f"aa_state_{name}.json"),
@@ -569,8 +569,9 @@ def _train_and_store(cell: Cell, r: Resolved, opts: RunOptions, ev: EvalOptions,
         return rows
     with eval_precision(opts.device, ev.precision):  # each fixed teacher once, as the students
         teacher_rows.evaluate_teachers(
+            # a teacher is attacked as a reported checkpoint is (AutoAttack unless --aa-on none)
             r, lambda kind: teacher_for(r, opts, kind), x, y, ev.attacks_for("best", ("best",)),
-            out=opts.out, threat=Threat(r.spec.eps, r.spec.eps_l2), n_aa=n_aa,
+            out=opts.out, threat=threat, n_aa=n_aa,
             device=opts.device, batch_size=batch, aa_batch_size=aa_batch, log=opts.log,
             corrupted=corrupted,
             row_fields={"versions": versions, "git_commit": commit, "device": device,
