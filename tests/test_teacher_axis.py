@@ -199,3 +199,20 @@ def test_teacher_rows_by_default_only_where_the_grid_names_teachers(tmp_path, ca
     assert GridOptions(methods="rslad", eval_teachers="yes").eval_options().teachers
     assert not GridOptions(methods="rslad", teachers="x.pt",
                            eval_teachers="no").eval_options().teachers
+
+
+def test_a_teacher_measured_on_other_images_is_not_set_beside_its_students(two_teachers,
+                                                                            tmp_path):
+    import shutil
+
+    from bench.report.teachers import beside
+
+    out = tmp_path / "copy"
+    shutil.copytree(two_teachers[0], out)
+    df = pd.DataFrame([json.loads(p.read_text()) for p in (out / "rows").glob("rslad-*.json")])
+    assert len(beside(df, out)[0]) == 2
+    moved = next((out / "teachers" / "rows").glob("*.json"))
+    row = json.loads(moved.read_text())
+    moved.write_text(json.dumps({**row, "test_images": "0" * 16}))
+    lines, _ = beside(df, out)
+    assert len(lines) == 1 and row["teacher_name"] not in set(lines["teacher"])

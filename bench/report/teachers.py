@@ -32,8 +32,9 @@ def beside(df: pd.DataFrame, out: str | Path, metric: str | None = None
            ) -> tuple[pd.DataFrame, str | None]:
     """(one line per data set, arch, method label and teacher: the teacher's accuracy and its
     students' mean / std / seeds, in %; the metric used). Students are each cell's first
-    reported checkpoint (best, else swa_best, last); labels are the methods' without the
-    teacher (the axis). Empty when no student row links a stored teacher row."""
+    reported checkpoint (best, else swa_best, last), paired with its teacher only where both
+    were measured on the same images; labels are the methods' without the teacher (the
+    axis). Empty when no student row links a stored teacher row."""
     import pandas as pd
 
     from bench.report.aggregate import CHECKPOINT_ORDER, display_name, prepare
@@ -61,13 +62,20 @@ def beside(df: pd.DataFrame, out: str | Path, metric: str | None = None
     keys = ["dataset", "arch", "method", "preset", "epochs", "teacher_row"]
     for (dataset, arch, method, preset, epochs, key), g in df.groupby(keys, sort=True):
         t = teachers[key]
+        # side by side only where measured on the same images (and as many for the metric)
+        same = (g["test_images"] == t.get("test_images")) if "test_images" in g else False
+        g = g[same & (g.get(f"n_{metric}") == t.get(f"n_{metric}"))]
         vals = g[metric].dropna() * 100
+        if vals.empty:
+            continue
         lines.append({"dataset": dataset, "arch": arch, "method": method, "preset": preset,
                       "epochs": epochs, "label": display_name(method), "teacher": t.get(
                           "teacher_name") or t.get("teacher"),
                       "teacher_acc": 100 * t[metric] if t.get(metric) is not None else None,
                       "student_acc": vals.mean(), "student_std": vals.std(),
                       "seeds": len(vals), "checkpoint": g["checkpoint"].iloc[0]})
+    if not lines:
+        return empty, None
     out_df = pd.DataFrame(lines).dropna(subset=["teacher_acc", "student_acc"])
     if out_df["preset"].nunique() > 1:  # as the tables label them
         out_df["label"] += " [" + out_df["preset"] + "]"
